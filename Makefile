@@ -1,0 +1,28 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= demo
+
+.PHONY: install demo test lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --durations=15 tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bc_keras data_tools tests *.py
+
+demo: $(STAMP)
+	bash scripts/demo.sh "$(PY)" "$(DEMO_DIR)"
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache
