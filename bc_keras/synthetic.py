@@ -1,0 +1,357 @@
+"""Synthetic H&E-like tissue images in a BreaKHis_v1-shaped tree, for demos and tests only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bc_keras.breakhis import (
+    MAGNIFICATIONS,
+    OFFICIAL_IMAGE_COUNTS,
+    OFFICIAL_PATIENT_COUNTS,
+    SUBTYPES,
+    BreaKHisName,
+    archive_relative_path,
+)
+
+LAYOUT_SMALL = "small"
+LAYOUT_BREAKHIS = "breakhis"
+LAYOUTS = (LAYOUT_SMALL, LAYOUT_BREAKHIS)
+DEFAULT_SIZE = (700, 460)
+ARCHIVE_PREFIX = Path("BreaKHis_v1") / "histology_slides" / "breast"
+
+# Optical densities (Ruifrok & Johnston) of the two stains, per RGB channel.
+_HEMATOXYLIN_OD = np.array([0.65, 0.70, 0.29])
+_EOSIN_OD = np.array([0.07, 0.99, 0.11])
+_REFERENCE_WIDTH = 700.0
+# Nucleus radius in pixels of a 700-px-wide field at each magnification.
+_NUCLEUS_RADIUS = {40: 2.5, 100: 5.0, 200: 9.0, 400: 16.0}
+# Per-subtype flavour: (nuclear area fraction, gland count per field, lumen scale).
+_SUBTYPE_STYLE = {
+    "A": (0.12, 7, 0.8),
+    "F": (0.08, 3, 1.2),
+    "PT": (0.10, 2, 1.0),
+    "TA": (0.12, 8, 0.7),
+    "DC": (0.20, 1, 1.0),
+    "LC": (0.18, 0, 1.0),
+    "MC": (0.14, 2, 1.6),
+    "PC": (0.19, 3, 1.1),
+}
+
+
+@dataclass(frozen=True)
+class Stain:
+    """One patient's staining: stain vectors and how strongly each stain took."""
+
+    hematoxylin_od: tuple[float, float, float]
+    eosin_od: tuple[float, float, float]
+    hematoxylin_strength: float
+    eosin_strength: float
+    density_factor: float
+
+
+def sample_stain(rng: np.random.Generator) -> Stain:
+    """Draws a per-patient stain; its spread is wide enough that class means of colour overlap."""
+    hematoxylin = _HEMATOXYLIN_OD * rng.uniform(0.85, 1.15, size=3)
+    eosin = _EOSIN_OD * rng.uniform(0.85, 1.15, size=3)
+    return Stain(
+        hematoxylin_od=tuple(float(v) for v in hematoxylin / np.linalg.norm(hematoxylin)),
+        eosin_od=tuple(float(v) for v in eosin / np.linalg.norm(eosin)),
+        hematoxylin_strength=float(rng.uniform(0.9, 1.6)),
+        eosin_strength=float(rng.uniform(0.25, 0.55)),
+        density_factor=float(rng.lognormal(0.0, 0.25)),
+    )
+
+
+def _smooth_field(rng, height, width, cell, stretch=1.0):
+    """Smooth random field in [0, 1]: coarse noise upsampled bicubically."""
+    grid_h = max(2, int(round(height / (cell / stretch))) + 1)
+    grid_w = max(2, int(round(width / (cell * stretch))) + 1)
+    coarse = rng.random((grid_h, grid_w)).astype(np.float32)
+    field = np.asarray(
+        Image.fromarray(coarse, mode="F").resize((width, height), Image.BICUBIC), dtype=np.float32
+    )
+    return np.clip(field, 0.0, 1.0)
+
+
+def _stamp_ellipses(canvas, centers, radii_y, radii_x, angles, values):
+    """Draws soft-edged filled ellipses into `canvas` (max-composited), vectorised in chunks of
+    similar size so that a few large nuclei do not inflate the window of all the small ones."""
+    order = np.argsort(np.maximum(radii_y, radii_x))
+    for chunk in np.array_split(order, max(1, len(order) // 256)):
+        if len(chunk):
+            _stamp_chunk(
+                canvas, centers[chunk], radii_y[chunk], radii_x[chunk], angles[chunk], values[chunk]
+            )
+
+
+def _stamp_chunk(canvas, centers, radii_y, radii_x, angles, values):
+    height, width = canvas.shape
+    half = int(np.ceil(max(radii_y.max(), radii_x.max()))) + 1
+    offsets = np.arange(-half, half + 1, dtype=np.float32)
+    rows = np.round(centers[:, 0]).astype(np.int64)
+    cols = np.round(centers[:, 1]).astype(np.int64)
+    frac_y = (centers[:, 0] - rows)[:, None, None]
+    frac_x = (centers[:, 1] - cols)[:, None, None]
+    dy = offsets[None, :, None] - frac_y
+    dx = offsets[None, None, :] - frac_x
+    cos = np.cos(angles)[:, None, None]
+    sin = np.sin(angles)[:, None, None]
+    u = (dy * cos + dx * sin) / radii_y[:, None, None]
+    v = (-dy * sin + dx * cos) / radii_x[:, None, None]
+    # Edge softness of about one pixel whatever the nucleus size.
+    softness = np.minimum(radii_y, radii_x)[:, None, None]
+    coverage = np.clip((1.0 - np.sqrt(u * u + v * v)) * softness + 0.5, 0.0, 1.0)
+    coverage *= values[:, None, None]
+    all_rows = rows[:, None, None] + offsets.astype(np.int64)[None, :, None]
+    all_cols = cols[:, None, None] + offsets.astype(np.int64)[None, None, :]
+    all_rows, all_cols = np.broadcast_arrays(all_rows, all_cols)
+    inside = (all_rows >= 0) & (all_rows < height) & (all_cols >= 0) & (all_cols < width)
+    inside &= coverage > 0
+    np.maximum.at(canvas, (all_rows[inside], all_cols[inside]), coverage[inside])
+
+
+def generate_tissue_image(
+    rng: np.random.Generator,
+    label: str,
+    subtype: str,
+    magnification: int,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    stain: Stain | None = None,
+) -> np.ndarray:
+    """Generates one H&E-like field as an RGB uint8 array of shape (height, width, 3).
+
+    Malignant fields have more, larger, more variable and darker nuclei; benign fields have
+    regular nuclei, partly lined up around gland lumens. Stains vary by patient.
+
+    Args:
+        rng: the random generator (the image is a pure function of its state and the arguments).
+        label: "benign" or "malignant".
+        subtype: a BreaKHis subtype code such as "DC" (sets the tissue's flavour).
+        magnification: 40, 100, 200 or 400; scales nuclei and glands.
+        size: (width, height) in pixels.
+        stain: the patient's stain; drawn from `rng` when None.
+
+    Returns:
+        The image as a uint8 array.
+    """
+    if subtype not in SUBTYPES or SUBTYPES[subtype][0] != label:
+        raise ValueError(
+            f"Unknown subtype or subtype/label mismatch. Received: label={label!r}, "
+            f"subtype={subtype!r}"
+        )
+    if magnification not in _NUCLEUS_RADIUS:
+        raise ValueError(
+            f"magnification must be one of {MAGNIFICATIONS}. Received: magnification={magnification}"
+        )
+    width, height = int(size[0]), int(size[1])
+    if width < 1 or height < 1:
+        raise ValueError(f"size must be positive (width, height). Received: size={size}")
+    stain = stain or sample_stain(rng)
+    malignant = label == "malignant"
+    scale = width / _REFERENCE_WIDTH
+    area_fraction, gland_count, lumen_scale = _SUBTYPE_STYLE[subtype]
+    area_fraction *= stain.density_factor * rng.lognormal(0.0, 0.15)
+
+    # Stroma: eosin density with a smooth, slightly fibrous texture.
+    base_cell = max(3.0, 40.0 * scale)
+    eosin = 0.55 + 0.35 * _smooth_field(rng, height, width, base_cell)
+    eosin *= 0.75 + 0.35 * _smooth_field(rng, height, width, base_cell / 3, stretch=3.0)
+
+    # Gland lumens (white) with nuclei lined up around their rims.
+    mean_radius = max(0.6, _NUCLEUS_RADIUS[magnification] * scale)
+    lumen_radius = max(1.0, 45.0 * scale * lumen_scale * (magnification / 100.0) ** 0.5)
+    glands = rng.poisson(gland_count * (0.6 if malignant else 1.0))
+    rim_centers = []
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) if glands else (None, None)
+    for _ in range(glands):
+        center_y, center_x = rng.uniform(0, height), rng.uniform(0, width)
+        radius_y = lumen_radius * rng.uniform(0.6, 1.4)
+        radius_x = lumen_radius * rng.uniform(0.6, 1.4)
+        distance = np.sqrt(((yy - center_y) / radius_y) ** 2 + ((xx - center_x) / radius_x) ** 2)
+        eosin *= np.clip(distance * 1.5 - 0.6, 0.05, 1.0)
+        rim_count = int(np.clip(2 * np.pi * lumen_radius / (2.4 * mean_radius), 3, 200))
+        theta = np.linspace(0, 2 * np.pi, rim_count, endpoint=False) + rng.uniform(0, 2 * np.pi)
+        ring = 1.0 + 1.3 * mean_radius / lumen_radius
+        rim_centers.append(
+            np.stack(
+                [
+                    center_y + ring * radius_y * np.sin(theta),
+                    center_x + ring * radius_x * np.cos(theta),
+                ],
+                axis=1,
+            )
+        )
+
+    # Nuclei: malignant = more, larger, pleomorphic; benign = smaller and regular.
+    size_factor = 1.3 if malignant else 1.0
+    variability = 0.35 if malignant else 0.12
+    count = int(
+        area_fraction
+        * (1.3 if malignant else 1.0)
+        * width
+        * height
+        / (np.pi * (mean_radius * size_factor) ** 2)
+    )
+    count = min(max(count, 1), 6000)
+    scattered = np.stack([rng.uniform(0, height, count), rng.uniform(0, width, count)], axis=1)
+    if rim_centers:
+        rims = np.concatenate(rim_centers)
+        centers = np.concatenate([rims, scattered[: max(0, count - len(rims))]])
+    else:
+        centers = scattered
+    total = len(centers)
+    radius = mean_radius * size_factor * rng.lognormal(0.0, variability, total)
+    radius = np.clip(radius, 0.5, mean_radius * 2.5)
+    elongation = rng.uniform(1.0, 1.9 if malignant else 1.3, total)
+    darkness = rng.uniform(0.7, 1.0, total) * (1.2 if malignant else 1.0)
+    hematoxylin = np.zeros((height, width), dtype=np.float32)
+    _stamp_ellipses(
+        hematoxylin,
+        centers.astype(np.float32),
+        (radius * elongation).astype(np.float32),
+        (radius / np.sqrt(elongation)).astype(np.float32),
+        rng.uniform(0, np.pi, total).astype(np.float32),
+        darkness.astype(np.float32),
+    )
+    # Chromatin texture inside nuclei.
+    hematoxylin *= 0.8 + 0.4 * rng.random((height, width), dtype=np.float32)
+
+    optical_density = hematoxylin[..., None] * stain.hematoxylin_strength * np.asarray(
+        stain.hematoxylin_od
+    ) + (eosin * (1.0 - 0.7 * hematoxylin))[..., None] * stain.eosin_strength * np.asarray(
+        stain.eosin_od
+    )
+    rgb = 250.0 * np.exp(-optical_density) + rng.normal(0.0, 4.0, (height, width, 3))
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _slide_ids(rng: np.random.Generator, count: int, taken: set[str]) -> list[str]:
+    """Real-looking `<yy>-<digits>[letters]` slide ids, not in `taken` (which is updated)."""
+    suffixes = ["", "", "", "AB", "CD", "EF", "F", "A", "B"]
+    ids = []
+    while len(ids) < count:
+        year = rng.choice(["13", "14", "14", "14", "15"])
+        slide = f"{year}-{rng.integers(1000, 30000)}{suffixes[rng.integers(len(suffixes))]}"
+        if slide not in taken:
+            taken.add(slide)
+            ids.append(slide)
+    return ids
+
+
+def _images_per_patient(rng, total: int, weights: np.ndarray) -> np.ndarray:
+    """Splits `total` images over patients by `weights`, each patient getting at least one."""
+    patients = len(weights)
+    if total < patients:
+        raise ValueError(f"Cannot give {patients} patients one image each from {total} images.")
+    return 1 + rng.multinomial(total - patients, weights)
+
+
+def synthetic_plan(
+    layout: str = LAYOUT_SMALL,
+    patients_per_subtype: int = 3,
+    images_per_patient: int = 4,
+    seed: int = 0,
+) -> list[BreaKHisName]:
+    """The names (patients, magnifications, sequence numbers) of a synthetic tree, no pixels.
+
+    Args:
+        layout: "small" (N patients per subtype, M images per patient and magnification) or
+            "breakhis" (the official patient and image counts, 7,909 images).
+        patients_per_subtype: N for the small layout.
+        images_per_patient: M for the small layout.
+        seed: seeds slide ids and, for "breakhis", how images spread over patients.
+
+    Returns:
+        One parsed name per image.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}. Received: layout={layout!r}")
+    if layout == LAYOUT_SMALL and (patients_per_subtype < 1 or images_per_patient < 1):
+        raise ValueError(
+            "patients_per_subtype and images_per_patient must be >= 1. Received: "
+            f"patients_per_subtype={patients_per_subtype}, images_per_patient={images_per_patient}"
+        )
+    rng = np.random.default_rng(seed)
+    taken: set[str] = set()
+    names = []
+    shared_slide = None
+    for subtype, (label, _) in SUBTYPES.items():
+        if layout == LAYOUT_BREAKHIS:
+            patients = OFFICIAL_PATIENT_COUNTS[subtype]
+            # A patient with many slides has many images at every magnification, as in BreaKHis.
+            weights = rng.dirichlet(np.full(patients, 0.8))
+            counts = np.stack(
+                [
+                    _images_per_patient(rng, total, weights)
+                    for total in OFFICIAL_IMAGE_COUNTS[subtype]
+                ],
+                axis=1,
+            )
+        else:
+            patients = patients_per_subtype
+            counts = np.full((patients, len(MAGNIFICATIONS)), images_per_patient)
+        slides = _slide_ids(rng, patients, taken)
+        # As in the real archive (slide 14-13412), one slide id is both a DC and an LC patient.
+        if subtype == "DC":
+            shared_slide = slides[0]
+        elif subtype == "LC" and shared_slide is not None:
+            slides[0] = shared_slide
+        for slide, patient_counts in zip(slides, counts, strict=True):
+            year, slide_number = slide.split("-", 1)
+            for magnification, count in zip(MAGNIFICATIONS, patient_counts, strict=True):
+                for sequence in range(1, int(count) + 1):
+                    code = "B" if label == "benign" else "M"
+                    filename = f"SOB_{code}_{subtype}-{slide}-{magnification}-{sequence:03d}.png"
+                    names.append(
+                        BreaKHisName(
+                            filename, label, subtype, year, slide_number, magnification, sequence
+                        )
+                    )
+    return names
+
+
+def write_synthetic_tree(
+    out: str | Path,
+    layout: str = LAYOUT_SMALL,
+    patients_per_subtype: int = 3,
+    images_per_patient: int = 4,
+    size: tuple[int, int] = DEFAULT_SIZE,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Path]:
+    """Writes `out/BreaKHis_v1/histology_slides/breast/...` with synthetic PNGs.
+
+    Args:
+        out: the folder to write into (created if needed).
+        layout, patients_per_subtype, images_per_patient, seed: see `synthetic_plan`.
+        size: (width, height) of every image.
+        progress: called as `progress(done, total)` every 500 images and at the end.
+
+    Returns:
+        The written image paths, in plan order.
+    """
+    names = synthetic_plan(layout, patients_per_subtype, images_per_patient, seed)
+    root = Path(out) / ARCHIVE_PREFIX
+    stains: dict[str, Stain] = {}
+    written = []
+    for index, name in enumerate(names):
+        patient = name.patient
+        if patient not in stains:
+            stains[patient] = sample_stain(np.random.default_rng([seed, 1, len(stains)]))
+        # Each image has its own generator, so an image does not depend on the ones before it.
+        rng = np.random.default_rng([seed, 2, index])
+        pixels = generate_tissue_image(
+            rng, name.label, name.subtype, name.magnification, size, stains[patient]
+        )
+        path = root / archive_relative_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, compress_level=1)
+        written.append(path)
+        if progress is not None and ((index + 1) % 500 == 0 or index + 1 == len(names)):
+            progress(index + 1, len(names))
+    return written

@@ -1,0 +1,121 @@
+"""Prepare BreaKHis_v1 for training: index, split and lay out train/val/test folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bc_keras.splits import (
+    DEFAULT_RATIOS,
+    DEFAULT_SEED,
+    SPLIT_FOLD,
+    SPLIT_IMAGE,
+    SPLIT_MODES,
+    SPLIT_PATIENT,
+    DatasetError,
+    parse_magnifications,
+    prepare_split,
+    stats_report,
+    validate_ratios,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prepare_breakhis.py",
+        description=(
+            "Index BreaKHis_v1 (archive or extracted tree), split it and write "
+            "OUT/{train,val,test}/{benign,malignant}/ plus OUT/split.csv and OUT/prepare.json, "
+            "so flow_from_directory works as in the report."
+        ),
+    )
+    parser.add_argument(
+        "source",
+        metavar="SOURCE",
+        help="BreaKHis_v1.tar.gz (.tgz/.tar) or a folder holding the "
+        "BreaKHis_v1/histology_slides/breast tree, at any level down to breast itself",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="prepared folder to write")
+    parser.add_argument(
+        "--split",
+        choices=SPLIT_MODES,
+        default=SPLIT_PATIENT,
+        help=f"{SPLIT_PATIENT}: patient-disjoint, stratified by class and subtype (default); "
+        f"{SPLIT_IMAGE}: the report's random split by image (leaks patients); "
+        f"{SPLIT_FOLD}: an official dsfoldN.txt (test = its test group, val carved by patient "
+        "from its train group)",
+    )
+    parser.add_argument(
+        "--fold-file", metavar="FILE", help="official dsfoldN.txt, required with --split fold"
+    )
+    parser.add_argument(
+        "--magnification",
+        nargs="+",
+        default=["all"],
+        metavar="MAG",
+        help="magnifications to keep: one or more of 40 100 200 400, or all (default: all)",
+    )
+    parser.add_argument(
+        "--ratios",
+        nargs="+",
+        type=float,
+        default=list(DEFAULT_RATIOS),
+        metavar="R",
+        help="train val test fractions summing to 1 (default: 0.70 0.15 0.15)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help=f"split seed (default: {DEFAULT_SEED})"
+    )
+    parser.add_argument(
+        "--copy",
+        action="store_true",
+        help="copy images instead of absolute symbolic links (archives are always extracted)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        ratios = validate_ratios(args.ratios)
+        magnifications = parse_magnifications(args.magnification)
+        if args.split == SPLIT_FOLD and not args.fold_file:
+            raise DatasetError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
+        result = prepare_split(
+            args.source,
+            args.out,
+            split=args.split,
+            ratios=ratios,
+            seed=args.seed,
+            magnifications=magnifications,
+            fold_file=args.fold_file,
+            copy=args.copy,
+            overwrite=args.overwrite,
+            log=print,
+            warn=lambda message: print(
+                message if message.startswith("WARNING") else f"warning: {message}",
+                file=sys.stderr,
+            ),
+        )
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"error: interrupted; nothing was written to {args.out}", file=sys.stderr)
+        return 130
+    print(f"\nWrote {result.out} ({args.split} split, {len(result.records)} images)")
+    for split, info in result.settings["counts"].items():
+        print(
+            f"  {split:5s}: {info['images']:5d} images ({100 * info['fraction']:.1f}%), "
+            f"{info['benign']} benign, {info['malignant']} malignant, {info['patients']} patients"
+        )
+    print()
+    print(stats_report(result.records, per_split=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
