@@ -354,8 +354,9 @@ def index_archive(
                 if len(result.records) % PROGRESS_EVERY == 0:
                     log(f"extracted {len(result.records)} images ...")
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        detail = " ".join(str(error).split())[:160]
         raise DatasetError(
-            f"archive {archive} is corrupt or truncated ({type(error).__name__}: {error}); "
+            f"archive {archive} is corrupt or truncated ({type(error).__name__}: {detail}); "
             "download BreaKHis_v1.tar.gz again or pass its extracted folder"
         ) from error
     if not found_tree:
@@ -892,15 +893,15 @@ def prepare_split(
     )
     try:
         from_archive = is_archive(source)
+        log(f"indexing {source} ...")
+        index = index_source(
+            source, extract_to=staging / ".extracted" if from_archive else None, log=log
+        )
         if from_archive and not copy:
             _warn(
                 "images are extracted from the archive into place (symbolic links are "
                 "impossible from a tar archive)"
             )
-        log(f"indexing {source} ...")
-        index = index_source(
-            source, extract_to=staging / ".extracted" if from_archive else None, log=log
-        )
         for line in index.warnings():
             _warn(line)
         records = filter_magnifications(index.records, magnifications)

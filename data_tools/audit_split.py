@@ -35,8 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"LEAK: {len(overlap)} of {patients} patients are in more than one split:")
     for patient, per_split in overlap.items():
-        where = ", ".join(f"{split} {count}" for split, count in per_split.items())
-        print(f"  {patient}: {where} images")
+        where = ", ".join(
+            f"{split}: {count} image{'' if count == 1 else 's'}"
+            for split, count in per_split.items()
+        )
+        print(f"  {patient} -> {where}")
     return 1
 
 
