@@ -1,0 +1,184 @@
+"""Figures as PNG files: training curves, confusion matrix, ROC, PR, samples, t-SNE, view pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import seaborn as sns  # noqa: E402
+from PIL import Image  # noqa: E402
+from sklearn import metrics as sk  # noqa: E402
+
+from bc_keras.breakhis import CLASS_NAMES  # noqa: E402
+
+
+def _save(figure, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_history(history: dict, path, title: str = "", phase_key: str = "phase") -> Path:
+    """Training/validation accuracy and loss per epoch; a dashed line where a new phase starts.
+
+    Args:
+        history: column -> list of per-epoch values (as read from the history CSV). Needs
+            `loss` and `val_loss`; plots `accuracy`/`val_accuracy` when present.
+    """
+    if not history.get("loss"):
+        raise ValueError("The history holds no epoch to plot (no 'loss' values).")
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    panels = [("loss", "Loss")]
+    if "accuracy" in history:
+        panels.insert(0, ("accuracy", "Accuracy"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    axes = np.atleast_1d(axes)
+    phases = history.get(phase_key)
+    for axis, (key, label) in zip(axes, panels, strict=True):
+        axis.plot(epochs, history[key], marker="o", markersize=3, label=f"training {label.lower()}")
+        if f"val_{key}" in history:
+            axis.plot(
+                epochs,
+                history[f"val_{key}"],
+                marker="o",
+                markersize=3,
+                label=f"validation {label.lower()}",
+            )
+        if phases is not None:
+            for index in range(1, len(phases)):
+                if phases[index] != phases[index - 1]:
+                    axis.axvline(index + 0.5, color="grey", linestyle="--")
+                    axis.text(
+                        index + 0.6,
+                        axis.get_ylim()[1],
+                        f" phase {phases[index]:g}",
+                        va="top",
+                        fontsize=8,
+                    )
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.set_title(f"{title} {label.lower()}".strip())
+        axis.legend()
+        axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix, path, title: str = "Confusion matrix") -> Path:
+    """Seaborn heatmap of a 2x2 confusion matrix (rows true, columns predicted)."""
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    sns.heatmap(
+        np.asarray(matrix),
+        annot=True,
+        fmt="d",
+        cmap="Blues",
+        xticklabels=CLASS_NAMES,
+        yticklabels=CLASS_NAMES,
+        cbar=False,
+        ax=axis,
+    )
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    axis.set_title(title)
+    return _save(figure, path)
+
+
+def plot_roc_curve(labels, probabilities, path, title: str = "ROC curve") -> Path:
+    """ROC curve with its AUC in the legend."""
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    if len(np.unique(labels)) > 1:
+        false_positive_rate, true_positive_rate, _ = sk.roc_curve(labels, probabilities)
+        auc = sk.roc_auc_score(labels, probabilities)
+        axis.plot(false_positive_rate, true_positive_rate, label=f"AUC = {auc:.3f}")
+    else:
+        axis.text(0.5, 0.5, "one class only: ROC undefined", ha="center")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate (recall)")
+    axis.set_title(title)
+    axis.legend(loc="lower right")
+    return _save(figure, path)
+
+
+def plot_precision_recall_curve(
+    labels, probabilities, path, title: str = "Precision-recall curve"
+) -> Path:
+    """Precision-recall curve with average precision; the dashed line is the malignant share."""
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    precision, recall, _ = sk.precision_recall_curve(labels, probabilities)
+    average_precision = sk.average_precision_score(labels, probabilities)
+    axis.plot(recall, precision, label=f"AP = {average_precision:.3f}")
+    axis.axhline(float(np.mean(labels)), color="grey", linestyle="--", label="chance")
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_ylim(0, 1.02)
+    axis.set_title(title)
+    axis.legend(loc="lower left")
+    return _save(figure, path)
+
+
+def plot_sample_predictions(
+    paths, labels, probabilities, path, *, threshold: float = 0.5, count: int = 12, seed: int = 0
+) -> Path:
+    """A grid of test images titled with true label, predicted label and probability."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
+    columns = 4
+    rows = int(np.ceil(len(chosen) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.6 * rows), squeeze=False)
+    for axis in axes.ravel():
+        axis.axis("off")
+    for axis, index in zip(axes.ravel(), chosen, strict=False):
+        with Image.open(paths[index]) as image:
+            axis.imshow(image.convert("RGB"))
+        predicted = int(probabilities[index] >= threshold)
+        correct = predicted == int(labels[index])
+        axis.set_title(
+            f"true {CLASS_NAMES[int(labels[index])]}\npred {CLASS_NAMES[predicted]} (p={probabilities[index]:.2f})",
+            fontsize=8,
+            color="green" if correct else "red",
+        )
+    return _save(figure, path)
+
+
+def plot_tsne(
+    embeddings, labels, path, *, seed: int = 0, title: str = "t-SNE of encoder embeddings"
+) -> Path:
+    """2-D t-SNE of embeddings coloured by class."""
+    from sklearn.manifold import TSNE
+
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    perplexity = float(min(30.0, max(2.0, (len(embeddings) - 1) / 3)))
+    points = TSNE(
+        n_components=2, perplexity=perplexity, random_state=seed, init="pca"
+    ).fit_transform(embeddings)
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    labels = np.asarray(labels).astype(int)
+    for label, name in enumerate(CLASS_NAMES):
+        mask = labels == label
+        axis.scatter(points[mask, 0], points[mask, 1], s=10, alpha=0.7, label=name)
+    axis.set_title(title)
+    axis.legend()
+    axis.set_xticks([])
+    axis.set_yticks([])
+    return _save(figure, path)
+
+
+def plot_augmented_pairs(views_a, views_b, path, title: str = "Augmented pairs") -> Path:
+    """Each image's two views side by side (the report shows four images, two views each)."""
+    count = len(views_a)
+    figure, axes = plt.subplots(count, 2, figsize=(4.4, 2.2 * count), squeeze=False)
+    for row in range(count):
+        for column, views in enumerate((views_a, views_b)):
+            axes[row, column].imshow(np.clip(np.asarray(views[row]), 0.0, 1.0))
+            axes[row, column].axis("off")
+            axes[row, column].set_title(f"image {row + 1}, view {column + 1}", fontsize=8)
+    figure.suptitle(title)
+    return _save(figure, path)
