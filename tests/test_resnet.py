@@ -1,0 +1,103 @@
+"""Tests for the ResNet-18 encoder."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from bc_keras.models import save_model
+from bc_keras.resnet import apply_basic_block, build_resnet18
+
+# torchvision's resnet18 has 11,689,512 parameters, of which its 1000-way classifier holds
+# 512 * 1000 + 1000; what remains is the encoder's trainable weights.
+TORCHVISION_RESNET18_WITHOUT_FC = 11_689_512 - (512 * 1000 + 1000)
+
+
+def expected_resnet18_parameters() -> tuple[int, int]:
+    """(trainable, non-trainable) parameters of ResNet-18 without its classifier, by hand.
+
+    Convolutions have no bias (BatchNorm follows each); a BatchNorm of c channels has c scales
+    and c offsets (trainable) and c moving means and c moving variances (not trainable).
+    """
+    trainable = 7 * 7 * 3 * 64 + 2 * 64  # stem convolution + its BatchNorm
+    moving = 2 * 64
+    in_channels = 64
+    for out_channels in (64, 128, 256, 512):
+        for block in range(2):
+            block_in = in_channels if block == 0 else out_channels
+            trainable += 3 * 3 * block_in * out_channels + 2 * out_channels  # conv1 + bn1
+            trainable += 3 * 3 * out_channels * out_channels + 2 * out_channels  # conv2 + bn2
+            moving += 2 * out_channels * 2
+            if block == 0 and block_in != out_channels:
+                trainable += block_in * out_channels + 2 * out_channels  # 1x1 projection + bn
+                moving += 2 * out_channels
+        in_channels = out_channels
+    return trainable, moving
+
+
+def test_resnet18_output_is_a_512_vector():
+    encoder = build_resnet18(image_size=32)
+    assert encoder.name == "resnet18_encoder"
+    assert encoder.output.shape == (None, 512)
+    images = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
+    embeddings = encoder.predict(images, verbose=0)
+    assert embeddings.shape == (2, 512)
+    # Pooled ReLU activations are non-negative.
+    assert (embeddings >= 0).all()
+
+
+def test_resnet18_parameter_count_matches_hand_computation():
+    encoder = build_resnet18(image_size=224)
+    trainable, moving = expected_resnet18_parameters()
+    assert trainable == TORCHVISION_RESNET18_WITHOUT_FC
+    trainable_count = sum(int(np.prod(w.shape)) for w in encoder.trainable_weights)
+    moving_count = sum(int(np.prod(w.shape)) for w in encoder.non_trainable_weights)
+    assert trainable_count == trainable
+    assert moving_count == moving
+    assert encoder.count_params() == trainable + moving
+    # The parameter count does not depend on the input size.
+    assert build_resnet18(image_size=64).count_params() == encoder.count_params()
+
+
+def test_resnet18_has_eight_basic_blocks_and_three_projection_shortcuts():
+    encoder = build_resnet18(image_size=32)
+    names = [layer.name for layer in encoder.layers]
+    assert sum(name.endswith("_add") for name in names) == 8
+    projections = sorted(name for name in names if name.endswith("_projection_conv"))
+    assert projections == [f"stage{s}_block1_projection_conv" for s in (3, 4, 5)]
+
+
+def test_basic_block_shapes():
+    inputs = keras.Input((8, 8, 64))
+    same = apply_basic_block(inputs, 64, stride=1, name="same")
+    assert same.shape == (None, 8, 8, 64)
+    down = apply_basic_block(inputs, 128, stride=2, name="down")
+    assert down.shape == (None, 4, 4, 128)
+    model = keras.Model(inputs, [same, down])
+    names = {layer.name for layer in model.layers}
+    assert "down_projection_conv" in names
+    assert "same_projection_conv" not in names
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: build_resnet18(image_size=16),
+        lambda: apply_basic_block(keras.Input((8, 8, 4)), 4, stride=3),
+        lambda: apply_basic_block(keras.Input((8, 8, 4)), 0),
+    ],
+)
+def test_bad_arguments_raise_value_error(call):
+    with pytest.raises(ValueError, match="Received:"):
+        call()
+
+
+def test_encoder_save_load_gives_same_outputs(tmp_path):
+    encoder = build_resnet18(image_size=32)
+    images = np.random.default_rng(1).random((3, 32, 32, 3), dtype=np.float32)
+    expected = encoder.predict(images, verbose=0)
+    path = save_model(encoder, tmp_path / "encoder.h5", {"kind": "simclr_encoder"})
+    loaded = keras.models.load_model(path)
+    assert loaded.name == encoder.name
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-5)
