@@ -406,7 +406,8 @@ def _assign_patients(
     """Best of `trials` greedy assignments of (patient, images, subtype) to len(ratios) splits.
 
     Each trial orders patients largest first, with the sizes jittered so trials differ, and gives
-    each patient to the split furthest below its image target. A trial scores its total deviation
+    each patient to the split furthest below its image target (every other trial first to a split
+    its subtype still misses). A trial scores its total deviation
     from the target image fractions plus a penalty for every subtype with at least as many
     patients as splits that misses a split, and a large one for an empty split.
     """
@@ -425,16 +426,24 @@ def _assign_patients(
         assignment = np.empty(len(patients), dtype=int)
         members: dict[int, set[str]] = defaultdict(set)
         counts = np.zeros(len(ratios), dtype=int)
+        # Every other trial also steers each subtype's first patients into the splits that
+        # subtype still misses; the score decides whether that costs too much balance.
+        subtype_aware = trial % 2 == 1
         for index in order:
             # Empty splits first, then the one furthest below its target.
             deficit = targets - filled + np.where(counts == 0, total, 0.0)
+            subtype = subtype_of[index]
+            if subtype_aware and subtype in covered_subtypes:
+                missing = [k for k in range(len(ratios)) if subtype not in members[k]]
+                if missing:
+                    deficit = np.where(np.isin(np.arange(len(ratios)), missing), deficit, -np.inf)
             choice = int(np.argmax(deficit))
             assignment[index] = choice
             filled[choice] += sizes[index]
             counts[choice] += 1
             members[choice].add(subtype_of[index])
         score = float(np.abs(filled / total - np.asarray(ratios)).sum())
-        score += 0.05 * sum(
+        score += 0.1 * sum(
             1 for s in covered_subtypes for split in range(len(ratios)) if s not in members[split]
         )
         score += 100.0 * int((counts == 0).sum())
