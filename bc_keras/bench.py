@@ -44,7 +44,9 @@ def benchmark_pipelines(
     chosen = np.sort(rng.permutation(len(files.paths))[:count])
     paths = [files.paths[i] for i in chosen]
     labels = files.labels[chosen]
-    options = dict(image_size=image_size, batch_size=batch_size, augment=True, shuffle=True, seed=seed)
+    options = dict(
+        image_size=image_size, batch_size=batch_size, augment=True, shuffle=True, seed=seed
+    )
 
     generator = generator_from_files(paths, labels, **options)
     steps = int(np.ceil(count / batch_size))

@@ -51,10 +51,19 @@ def sigmoid_output(x, name: str = OUTPUT_NAME):
 
 
 def build_baseline_cnn(
-    image_size: int = 224, dense_units: int = 128, dropout: float = 0.5, name: str = "baseline_cnn"
+    image_size: int = 224,
+    dense_units: int = 128,
+    dropout: float = 0.5,
+    batch_norm_momentum: float = 0.99,
+    name: str = "baseline_cnn",
 ) -> keras.Model:
     """The report's baseline: 3 x [Conv 3x3 same -> BatchNorm -> ReLU -> MaxPool 2x2] with
-    32/64/128 filters, Flatten, Dense(dense_units, ReLU), Dropout, Dense(1, sigmoid)."""
+    32/64/128 filters, Flatten, Dense(dense_units, ReLU), Dropout, Dense(1, sigmoid).
+
+    `batch_norm_momentum` is Keras' default, 0.99, as in the report. On a small dataset (few
+    steps per epoch) the moving statistics then lag the weights for several epochs and the
+    validation predictions are miscalibrated; 0.9 (PyTorch's default) fixes that.
+    """
     if image_size < 8:
         raise ValueError(f"image_size must be at least 8. Received: image_size={image_size}")
     if dense_units < 1:
@@ -63,7 +72,7 @@ def build_baseline_cnn(
     x = inputs
     for index, filters in enumerate((32, 64, 128), start=1):
         x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
-        x = keras.layers.BatchNormalization(name=f"bn{index}")(x)
+        x = keras.layers.BatchNormalization(momentum=batch_norm_momentum, name=f"bn{index}")(x)
         x = keras.layers.ReLU(name=f"relu{index}")(x)
         x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
     x = keras.layers.Flatten(name="flatten")(x)
