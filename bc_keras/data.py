@@ -196,11 +196,33 @@ def apply_preprocess(images, preprocess: str):
     return function(images)
 
 
+def resize_nearest_like_pil(image, image_size: int):
+    """Nearest-neighbour resize that picks the same pixels as PIL (and so as `load_img`).
+
+    PIL walks the output with a float64 running sum, source = int(0.5 * s + i * s) accumulated
+    one step at a time (s = in / out); a cumulative sum on the CPU reproduces those roundings,
+    where `tf.image.resize` (float32) lands on the other side of exact boundaries, e.g. when
+    upsampling 32 -> 48 px.
+    """
+    shape = tf.shape(image)
+
+    def indices(source_size):
+        scale = tf.cast(source_size, tf.float64) / float(image_size)
+        steps = tf.concat([[0.5 * scale], tf.fill([image_size - 1], scale)], axis=0)
+        positions = tf.math.cumsum(steps)
+        return tf.minimum(tf.cast(tf.floor(positions), tf.int32), source_size - 1)
+
+    rows = tf.gather(image, indices(shape[0]), axis=0)
+    return tf.gather(rows, indices(shape[1]), axis=1)
+
+
 def decode_and_resize(path, image_size: int, interpolation: str = DEFAULT_INTERPOLATION):
     """Reads an image file into a `[size, size, 3]` tensor (uint8 for "nearest")."""
     raw = tf.io.read_file(path)
     image = tf.io.decode_image(raw, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
+    if interpolation == "nearest":
+        return resize_nearest_like_pil(image, image_size)
     resized = tf.image.resize(image, (image_size, image_size), method=interpolation)
     if resized.dtype != tf.uint8:
         # Round like PIL does, so the cache keeps uint8 for every interpolation.
