@@ -385,6 +385,11 @@ def _load_encoder(config: ClassifierConfig):
 
     if config.encoder.lower() == ENCODER_NONE:
         return build_resnet18(config.image_size)
+    if not Path(config.encoder).is_file():
+        raise models.ModelFileError(
+            f"Encoder {config.encoder} does not exist; pretrain one with `train_simclr.py "
+            "pretrain --data DIR` (or pass --encoder PATH), or use --encoder none."
+        )
     encoder, metadata = models.load_model(config.encoder)
     if metadata.get("kind") != KIND_ENCODER:
         raise models.ModelFileError(
