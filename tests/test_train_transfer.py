@@ -160,3 +160,26 @@ def test_trains_both_phases_end_to_end(tiny_split, tmp_path, monkeypatch, backbo
         rows = list(csv.DictReader(file))
     assert len(rows) == len(test_images)
     assert all(0.0 <= float(row["probability_malignant"]) <= 1.0 for row in rows)
+
+
+@pytest.mark.slow
+def test_resume_after_phase1_goes_straight_to_phase2(tiny_split, tmp_path, monkeypatch):
+    started = []
+    start_phase = transfer.start_phase
+
+    def interrupt_phase2(model, phase, *args, **kwargs):
+        started.append(phase)
+        if phase == transfer.PHASE_FINE_TUNE and len(started) == 2:
+            raise KeyboardInterrupt  # Ctrl-C once phase 1 is done
+        return start_phase(model, phase, *args, **kwargs)
+
+    monkeypatch.setattr(transfer, "start_phase", interrupt_phase2)
+    argv = quick_args(tiny_split, tmp_path, "mobilenet", "--alpha", "0.25")
+    assert cli.run_script(train_transfer.main, argv) == 130
+    assert runs.has_backup(tmp_path / "run")
+    assert cli.run_script(train_transfer.main, argv) == 2  # no silent restart without --resume
+
+    assert train_transfer.main([*argv, "--resume"]) == 0
+    assert started == [1, 2, 2]  # phase 1 was not trained again
+    assert runs.read_history(tmp_path / "run")["phase"] == [1.0, 2.0]
+    assert (tmp_path / "mobilenet.h5").is_file() and not runs.has_backup(tmp_path / "run")
