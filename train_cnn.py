@@ -81,29 +81,13 @@ def parse_args(argv=None) -> CNNConfig:
         help="train without rotation/shift/zoom/flip augmentation",
     )
     args = parser.parse_args(argv)
-    return CNNConfig(
-        data=args.data,
-        pipeline=args.pipeline,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        dense_units=args.dense_units,
-        dropout=args.dropout,
+    return cli.config_from_args(
+        CNNConfig,
+        args,
         batch_norm_momentum=args.bn_momentum,
         learning_rate=args.lr,
-        patience=args.patience,
-        reduce_lr_patience=args.reduce_lr_patience,
-        reduce_lr_factor=args.reduce_lr_factor,
         min_learning_rate=args.min_lr,
         augment=not args.no_augment,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        strategy=args.strategy,
-        run_dir=args.run_dir,
-        model_out=args.model_out,
-        resume=args.resume,
-        threshold=args.threshold,
-        tune_threshold=args.tune_threshold,
     )
 
 

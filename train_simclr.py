@@ -190,52 +190,21 @@ def parse_args(argv=None) -> PretrainConfig | ClassifierConfig:
         )
     args = parser.parse_args(argv)
     if args.mode == MODE_PRETRAIN:
-        return PretrainConfig(
-            mode=args.mode,
-            data=args.data,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            epochs=args.epochs,
+        return cli.config_from_args(
+            PretrainConfig,
+            args,
             learning_rate=args.lr,
-            temperature=args.temperature,
-            projection_hidden_dim=args.projection_hidden_dim,
-            projection_dim=args.projection_dim,
-            patience=args.patience,
-            crop_scale_min=args.crop_scale_min,
-            jitter_strength=args.jitter_strength,
-            blur_probability=args.blur_probability,
-            seed=args.seed,
-            mixed_precision=args.mixed_precision,
-            strategy=args.strategy,
-            run_dir=args.run_dir,
-            model_out=args.model_out,
-            resume=args.resume,
         )
     freeze_epochs = getattr(args, "freeze_epochs", 0)
     if freeze_epochs < 0:
         parser.error(f"--freeze-epochs must be 0 or more, got {freeze_epochs}")
-    return ClassifierConfig(
-        mode=args.mode,
-        data=args.data,
-        pipeline=args.pipeline,
-        encoder=args.encoder,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
+    return cli.config_from_args(
+        ClassifierConfig,
+        args,
         freeze_epochs=freeze_epochs,
-        label_fraction=args.label_fraction,
         learning_rate=args.lr,
         finetune_learning_rate=getattr(args, "finetune_lr", args.lr),
-        patience=args.patience,
         augment=not args.no_augment,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        strategy=args.strategy,
-        run_dir=args.run_dir,
-        model_out=args.model_out,
-        resume=args.resume,
-        threshold=args.threshold,
-        tune_threshold=args.tune_threshold,
     )
 
 

@@ -123,31 +123,17 @@ def parse_args(argv=None) -> TransferConfig:
     weights = WEIGHTS_NONE if args.weights.lower() == WEIGHTS_NONE else args.weights
     if args.model_out == MODEL_OUT:
         args.model_out = MODEL_OUT.replace("<backbone>", args.backbone)
-    return TransferConfig(
-        backbone=args.backbone,
-        alpha=args.alpha,
+    return cli.config_from_args(
+        TransferConfig,
+        args,
         weights=weights,
         preprocess=args.backbone if args.preprocess == PREPROCESS_BACKBONE else PREPROCESS_RESCALE,
-        data=args.data,
-        pipeline=args.pipeline,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
         phase1_epochs=args.phase1_epochs or args.epochs,
         phase2_epochs=args.phase2_epochs or args.epochs,
-        dense_units=args.dense_units,
         phase1_learning_rate=args.lr1,
         phase2_learning_rate=args.lr2,
-        patience=args.patience,
         freeze_batchnorm=weights != WEIGHTS_NONE,
         augment=not args.no_augment,
-        seed=args.seed,
-        mixed_precision=args.mixed_precision,
-        strategy=args.strategy,
-        run_dir=args.run_dir,
-        model_out=args.model_out,
-        resume=args.resume,
-        threshold=args.threshold,
-        tune_threshold=args.tune_threshold,
     )
 
 

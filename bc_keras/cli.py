@@ -136,3 +136,15 @@ def run_script(main, argv=None) -> int:
             file=sys.stderr,
         )
         return 130
+
+
+def config_from_args(config_class, args: argparse.Namespace, **values):
+    """Builds a script's config dataclass: each field from `values` when given, else from the
+    parsed flag of the same name (so the shared flags need no copying in every script)."""
+    import dataclasses
+
+    fields = {
+        field.name: values[field.name] if field.name in values else getattr(args, field.name)
+        for field in dataclasses.fields(config_class)
+    }
+    return config_class(**fields)
