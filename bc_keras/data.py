@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image, UnidentifiedImageError
 
 from bc_keras.augment import (
     REPORT_AUGMENTATION,
@@ -19,6 +18,8 @@ from bc_keras.augment import (
     simclr_pair,
 )
 from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.errors import DataError
+from bc_keras.images import IMAGE_EXTENSIONS, check_images, describe_problems
 
 PIPELINE_GENERATOR = "generator"
 PIPELINE_TFDATA = "tfdata"
@@ -33,14 +34,8 @@ BACKBONE_PREPROCESS_MODULES = {
 }
 SUBSET_TRAIN, SUBSET_VAL, SUBSET_TEST = "train", "val", "test"
 SUBSETS = (SUBSET_TRAIN, SUBSET_VAL, SUBSET_TEST)
-# The extensions flow_from_directory accepts.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
 # flow_from_directory's default resize, and so the report's.
 DEFAULT_INTERPOLATION = "nearest"
-
-
-class DataError(ValueError):
-    """A problem with the user's data, with a message that says how to fix it."""
 
 
 @dataclass
@@ -50,7 +45,7 @@ class SplitFiles:
     paths: list[str]
     labels: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    converted: list[str] = field(default_factory=list)
+    converted: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -64,58 +59,6 @@ class ImageDataset:
     pipeline: str
     image_size: int
     preprocess: str
-
-
-def check_image(path: str) -> tuple[str | None, str | None]:
-    """Checks that a file is a complete, readable image.
-
-    Returns:
-        `(problem, mode)`: `problem` is None for a good image, else a short reason;
-        `mode` is the PIL mode (for example "RGB", "L", "RGBA") of a good image.
-    """
-    try:
-        if os.path.getsize(path) == 0:
-            return "empty file (0 bytes)", None
-        with Image.open(path) as image:
-            mode = image.mode
-            image.verify()
-        return None, mode
-    except UnidentifiedImageError:
-        return "not an image file", None
-    except (OSError, SyntaxError, ValueError) as error:
-        return f"corrupt or truncated image ({error})", None
-
-
-def check_images(paths) -> tuple[list[str], list[tuple[str, str]], list[str]]:
-    """Splits `paths` into readable images, skipped `(path, reason)` pairs and non-RGB images."""
-    good, skipped, converted = [], [], []
-    for path in paths:
-        problem, mode = check_image(path)
-        if problem is not None:
-            skipped.append((path, problem))
-            continue
-        good.append(path)
-        if mode != "RGB":
-            converted.append(path)
-    return good, skipped, converted
-
-
-def report_skipped(skipped, converted, where: str) -> None:
-    """Warns once about unreadable and non-RGB images, naming a few of them."""
-    if skipped:
-        shown = "; ".join(f"{Path(p).name}: {reason}" for p, reason in skipped[:3])
-        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
-        warnings.warn(
-            f"Skipping {len(skipped)} unreadable image(s) in {where}: {shown}{more}. "
-            "Replace or delete them to use them.",
-            stacklevel=3,
-        )
-    if converted:
-        warnings.warn(
-            f"{len(converted)} image(s) in {where} are not RGB (grayscale or RGBA, e.g. "
-            f"{Path(converted[0]).name}); they are converted to RGB.",
-            stacklevel=3,
-        )
 
 
 def list_split_files(split_dir, subset: str, check: bool = True) -> SplitFiles:
@@ -155,11 +98,12 @@ def list_split_files(split_dir, subset: str, check: bool = True) -> SplitFiles:
                     labels.append(label)
     skipped, converted = [], []
     if check:
-        good, skipped, converted = check_images(paths)
-        keep = set(good)
+        scan = check_images(paths)
+        keep = set(scan.good)
         labels = [label for path, label in zip(paths, labels, strict=True) if path in keep]
-        paths = good
-        report_skipped(skipped, converted, str(subset_dir))
+        paths, skipped, converted = scan.good, scan.skipped, scan.converted
+        for line in describe_problems(scan, str(subset_dir)):
+            warnings.warn(line, stacklevel=2)
     if not paths:
         raise DataError(
             f"{subset_dir} holds no readable image (looked in benign/ and malignant/ for "

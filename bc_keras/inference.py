@@ -11,14 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 from bc_keras.breakhis import CLASS_NAMES
-from bc_keras.data import (
-    DEFAULT_INTERPOLATION,
-    IMAGE_EXTENSIONS,
-    DataError,
-    apply_preprocess,
-    check_images,
-    decode_and_resize,
-)
+from bc_keras.data import DEFAULT_INTERPOLATION, apply_preprocess, decode_and_resize
+from bc_keras.errors import DataError
+from bc_keras.images import IMAGE_EXTENSIONS, check_images
 from bc_keras.runs import describe_files
 
 IMAGE_COLUMNS = ("path", "probability_malignant", "label")
@@ -70,7 +65,8 @@ def predict_files(
     preprocess = metadata.get("preprocess", "rescale")
     interpolation = metadata.get("interpolation", DEFAULT_INTERPOLATION)
     threshold = float(metadata.get("threshold", 0.5))
-    good, skipped, _ = check_images(files)
+    scan = check_images(files)
+    good, skipped = scan.good, scan.skipped
     if not good:
         return [], skipped
     dataset = (

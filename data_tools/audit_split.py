@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bc_keras.splits import DatasetError, load_prepared, patient_overlap
+from bc_keras.errors import DataError
+from bc_keras.prepare import load_prepared, patient_overlap
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         records = load_prepared(args.dir)
-    except DatasetError as error:
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     overlap = patient_overlap(records)

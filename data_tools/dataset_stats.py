@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from bc_keras.splits import (
+from bc_keras.errors import DataError
+from bc_keras.prepare import (
     MANIFEST_NAME,
     SPLIT_NAMES,
-    DatasetError,
     index_source,
     load_prepared,
     read_manifest,
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 def load(path: Path):
     """Returns (records, is_split) for any PATH the tool accepts."""
     if not path.exists():
-        raise DatasetError(
+        raise DataError(
             f"{path} does not exist; pass a BreaKHis tree, archive, prepared folder or split.csv"
         )
     if path.is_file() and path.suffix.lower() == ".csv":
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         records, is_split = load(Path(args.path))
-    except DatasetError as error:
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(stats_report(records, per_split=is_split))

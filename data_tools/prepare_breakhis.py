@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bc_keras.splits import (
+from bc_keras.errors import DataError
+from bc_keras.prepare import (
     DEFAULT_RATIOS,
     DEFAULT_SEED,
     SPLIT_FOLD,
     SPLIT_IMAGE,
     SPLIT_MODES,
     SPLIT_PATIENT,
-    DatasetError,
     parse_magnifications,
     prepare_split,
     stats_report,
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = validate_ratios(args.ratios)
         magnifications = parse_magnifications(args.magnification)
         if args.split == SPLIT_FOLD and not args.fold_file:
-            raise DatasetError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
+            raise DataError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
         result = prepare_split(
             args.source,
             args.out,
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             ),
         )
-    except DatasetError as error:
+    except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

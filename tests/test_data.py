@@ -150,7 +150,7 @@ def test_bad_images_are_skipped_with_a_warning_and_non_rgb_converted(tmp_path):
     with pytest.warns(UserWarning) as caught:
         files = data.list_split_files(split, "test")
     messages = " ".join(str(w.message) for w in caught)
-    assert "Skipping 3 unreadable image(s)" in messages
+    assert "skipping 3 unreadable image(s)" in messages
     assert "empty file" in messages and "not an image" in messages and "truncated" in messages
     assert "converted to RGB" in messages
     names = sorted(os.path.basename(p) for p in files.paths)

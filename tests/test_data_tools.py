@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bc_keras import splits
 from bc_keras.breakhis import archive_relative_path, parse_filename
+from bc_keras.prepare import layout, read_fold_file
 from bc_keras.synthetic import write_synthetic_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -324,7 +324,7 @@ def test_failed_prepare_leaves_no_output(synthetic_tree, tmp_path, monkeypatch, 
     def fail(*args, **kwargs):
         raise RuntimeError("disk full (simulated)")
 
-    monkeypatch.setattr(splits, "write_manifest", fail)
+    monkeypatch.setattr(layout, "write_manifest", fail)
     with pytest.raises(RuntimeError, match="simulated"):
         prepare.main([str(synthetic_tree), "--out", str(out)])
     assert list(tmp_path.iterdir()) == []
@@ -341,7 +341,7 @@ def test_interrupted_prepare_leaves_no_output(synthetic_tree, tmp_path, monkeypa
             raise KeyboardInterrupt  # Ctrl-C half-way through laying out the links
         real_symlink(*args, **kwargs)
 
-    monkeypatch.setattr(splits.os, "symlink", interrupt)
+    monkeypatch.setattr(layout.os, "symlink", interrupt)
     code, _, err = run(prepare, [synthetic_tree, "--out", out], capsys)
     assert code == 130 and "interrupted" in err
     assert len(calls) == 10
@@ -425,8 +425,8 @@ def test_bad_images_are_skipped_with_warnings(tmp_path, capsys):
     code, out, err = run(prepare, [tmp_path / "tree", "--out", tmp_path / "out"], capsys)
     assert code == 0, err
     assert "skipped 3 unreadable image(s)" in err
-    assert "SOB_M_DC-14-55555-100-001.png (zero bytes)" in err
-    assert "SOB_M_DC-14-55555-100-002.png (not an image)" in err
+    assert "SOB_M_DC-14-55555-100-001.png (empty file (0 bytes))" in err
+    assert "SOB_M_DC-14-55555-100-002.png (not an image file)" in err
     assert "SOB_M_DC-14-55555-100-003.png (corrupt or truncated" in err
     assert "converted to RGB" in err and "(mode L)" in err and "(mode RGBA)" in err
     assert "skipped 1 .png file(s) whose name does not follow" in err and "scan_0001.png" in err
@@ -534,7 +534,7 @@ def test_real_images_prepare_stats_and_audit(real_tree, tmp_path, capsys):
 def test_real_images_with_the_official_fold_excerpt(real_tree, tmp_path, capsys):
     from conftest import FOLD_EXCERPT
 
-    groups = splits.read_fold_file(FOLD_EXCERPT)
+    groups = read_fold_file(FOLD_EXCERPT)
     code, _, err = run(
         prepare,
         [real_tree, "--out", tmp_path / "fold", "--split", "fold", "--fold-file", FOLD_EXCERPT],

@@ -1,4 +1,4 @@
-"""Tests of bc_keras.splits (indexing, split algorithms, manifests) and bc_keras.synthetic."""
+"""Tests of bc_keras.prepare: indexing, split algorithms and manifests."""
 
 from collections import Counter
 from pathlib import Path
@@ -9,14 +9,12 @@ from PIL import Image
 
 from bc_keras.breakhis import (
     MAGNIFICATIONS,
-    OFFICIAL_IMAGE_COUNTS,
     OFFICIAL_PATIENT_COUNTS,
     SUBTYPES,
-    archive_relative_path,
     parse_filename,
 )
-from bc_keras.splits import (
-    DatasetError,
+from bc_keras.errors import DataError
+from bc_keras.prepare import (
     ImageRecord,
     find_breast_root,
     index_tree,
@@ -30,12 +28,7 @@ from bc_keras.splits import (
     validate_ratios,
     write_manifest,
 )
-from bc_keras.synthetic import (
-    generate_tissue_image,
-    sample_stain,
-    synthetic_plan,
-    write_synthetic_tree,
-)
+from bc_keras.synthetic import write_synthetic_tree
 
 
 def make_records(sizes_by_subtype, seed=0):
@@ -62,11 +55,11 @@ def fractions(records):
 
 def test_validate_ratios():
     assert validate_ratios([0.7, 0.15, 0.15]) == (0.7, 0.15, 0.15)
-    with pytest.raises(DatasetError, match="needs 3 values"):
+    with pytest.raises(DataError, match="needs 3 values"):
         validate_ratios([0.8, 0.2])
-    with pytest.raises(DatasetError, match=r"sum to 1.*sum 1.1"):
+    with pytest.raises(DataError, match=r"sum to 1.*sum 1.1"):
         validate_ratios([0.8, 0.15, 0.15])
-    with pytest.raises(DatasetError, match="between 0 and 1"):
+    with pytest.raises(DataError, match="between 0 and 1"):
         validate_ratios([1.0, 0.0, 0.0])
 
 
@@ -74,9 +67,7 @@ def test_parse_magnifications():
     assert parse_magnifications(None) == MAGNIFICATIONS
     assert parse_magnifications(["all"]) == MAGNIFICATIONS
     assert parse_magnifications(["400", "40X", "100x"]) == (40, 100, 400)
-    with pytest.raises(
-        DatasetError, match="unknown magnification '50'; choose from 40 100 200 400"
-    ):
+    with pytest.raises(DataError, match="unknown magnification '50'; choose from 40 100 200 400"):
         parse_magnifications(["40", "50"])
 
 
@@ -105,7 +96,7 @@ def test_patient_split_is_seeded():
 
 def test_patient_split_with_too_few_patients_names_the_class():
     records = make_records({"A": [10, 10], "DC": [10, 10, 10]})
-    with pytest.raises(DatasetError, match="class benign has 2 patient.*--split image"):
+    with pytest.raises(DataError, match="class benign has 2 patient.*--split image"):
         split_by_patient(records)
 
 
@@ -146,12 +137,12 @@ def test_read_fold_file_names_the_malformed_line(tmp_path):
     path.write_text(
         "SOB_B_A-14-22549AB-100-001.png|100|1|train\n\nSOB_B_A-14-1-100-002.png|100|1\n"
     )
-    with pytest.raises(DatasetError, match="line 3 is malformed.*filename\\|mag\\|fold\\|grp"):
+    with pytest.raises(DataError, match="line 3 is malformed.*filename\\|mag\\|fold\\|grp"):
         read_fold_file(path)
     path.write_text("x.png|100|1|validation\n")
-    with pytest.raises(DatasetError, match="line 1 is malformed"):
+    with pytest.raises(DataError, match="line 1 is malformed"):
         read_fold_file(path)
-    with pytest.raises(DatasetError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         read_fold_file(tmp_path / "missing.txt")
 
 
@@ -182,7 +173,7 @@ def test_find_breast_root_at_every_level(synthetic_tree):
     breast = synthetic_tree / "BreaKHis_v1" / "histology_slides" / "breast"
     for level in (synthetic_tree, breast.parent.parent, breast.parent, breast):
         assert find_breast_root(level) == breast
-    with pytest.raises(DatasetError, match="is not a BreaKHis tree.*expected the layout"):
+    with pytest.raises(DataError, match="is not a BreaKHis tree.*expected the layout"):
         find_breast_root(breast / "benign")
 
 
@@ -218,10 +209,10 @@ def test_index_tree_skips_and_notes_bad_files(tmp_path):
     result = index_tree(tmp_path)
     reasons = dict(result.unreadable)
     assert reasons["benign/SOB/adenosis/SOB_B_A_14-77777/40X/SOB_B_A-14-77777-40-001.png"] == (
-        "zero bytes"
+        "empty file (0 bytes)"
     )
     assert reasons["benign/SOB/adenosis/SOB_B_A_14-77777/40X/SOB_B_A-14-77777-40-002.png"] == (
-        "not an image"
+        "not an image file"
     )
     assert reasons[
         "benign/SOB/adenosis/SOB_B_A_14-77777/40X/SOB_B_A-14-77777-40-003.png"
@@ -253,89 +244,3 @@ def test_manifest_round_trip(tmp_path):
     assert loaded[0].source == str(
         tmp_path / loaded[0].split / loaded[0].label / loaded[0].filename
     )
-
-
-# ---------------------------------------------------------------------------------- synthetic
-
-
-def test_synthetic_breakhis_plan_matches_official_counts():
-    names = synthetic_plan("breakhis", seed=0)
-    assert len(names) == 7909
-    assert len({n.filename for n in names}) == 7909
-    for subtype, counts in OFFICIAL_IMAGE_COUNTS.items():
-        chosen = [n for n in names if n.subtype == subtype]
-        assert len({n.patient for n in chosen}) == OFFICIAL_PATIENT_COUNTS[subtype]
-        per_mag = Counter(n.magnification for n in chosen)
-        assert tuple(per_mag[m] for m in MAGNIFICATIONS) == counts
-        sizes = Counter(n.patient for n in chosen)
-        if len(sizes) > 3:
-            assert max(sizes.values()) > 2 * min(sizes.values())  # uneven, as in BreaKHis
-        for patient in sizes:  # every patient has every magnification
-            assert {n.magnification for n in chosen if n.patient == patient} == set(MAGNIFICATIONS)
-    dc_slides = {n.slide for n in names if n.subtype == "DC"}
-    lc_slides = {n.slide for n in names if n.subtype == "LC"}
-    assert dc_slides & lc_slides  # one slide id is both DC and LC, as 14-13412 is
-
-
-def test_synthetic_small_plan_and_slide_ids():
-    names = synthetic_plan("small", patients_per_subtype=2, images_per_patient=3, seed=5)
-    assert len(names) == 8 * 2 * 4 * 3
-    for name in names:
-        assert parse_filename(name.filename) == name
-        assert archive_relative_path(name).endswith(f"{name.magnification}X/{name.filename}")
-
-
-def test_synthetic_images_are_deterministic(tmp_path):
-    first = generate_tissue_image(np.random.default_rng(7), "malignant", "DC", 100, (64, 48))
-    again = generate_tissue_image(np.random.default_rng(7), "malignant", "DC", 100, (64, 48))
-    other = generate_tissue_image(np.random.default_rng(8), "malignant", "DC", 100, (64, 48))
-    assert first.shape == (48, 64, 3) and first.dtype == np.uint8
-    np.testing.assert_array_equal(first, again)
-    assert not np.array_equal(first, other)
-    paths_a = write_synthetic_tree(
-        tmp_path / "a", patients_per_subtype=1, images_per_patient=1, size=(16, 16), seed=3
-    )
-    paths_b = write_synthetic_tree(
-        tmp_path / "b", patients_per_subtype=1, images_per_patient=1, size=(16, 16), seed=3
-    )
-    assert [p.relative_to(tmp_path / "a") for p in paths_a] == [
-        p.relative_to(tmp_path / "b") for p in paths_b
-    ]
-    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(paths_a, paths_b, strict=True))
-    with Image.open(paths_a[0]) as image:
-        assert image.mode == "RGB" and image.size == (16, 16)
-
-
-def hematoxylin_fraction(image):
-    """Share of purple (nucleus) pixels: blue above red and dark green."""
-    red, green, blue = (image[..., c].astype(int) for c in range(3))
-    return float(((blue - red > 15) & (green < 150)).mean())
-
-
-def test_synthetic_class_signal_is_learnable_but_overlapping():
-    fractions_by_label = {"benign": [], "malignant": []}
-    for index in range(48):
-        label = "benign" if index % 2 else "malignant"
-        subtype = [s for s, (lab, _) in SUBTYPES.items() if lab == label][index // 2 % 4]
-        rng = np.random.default_rng(index)
-        image = generate_tissue_image(
-            rng, label, subtype, MAGNIFICATIONS[index % 4], (96, 64), sample_stain(rng)
-        )
-        assert image.std() > 10  # texture, not a flat colour
-        fractions_by_label[label].append(hematoxylin_fraction(image))
-    benign = np.array(fractions_by_label["benign"])
-    malignant = np.array(fractions_by_label["malignant"])
-    assert malignant.mean() > benign.mean() * 1.3
-    # Not trivially separable: the ranges overlap.
-    assert malignant.min() < benign.max()
-
-
-@pytest.mark.parametrize("size", [(700, 460)])
-def test_synthetic_full_size_image_is_fast(size):
-    import time
-
-    rng = np.random.default_rng(0)
-    start = time.perf_counter()
-    image = generate_tissue_image(rng, "malignant", "DC", 40, size)
-    assert time.perf_counter() - start < 1.0  # well under 0.2 s when the machine is idle
-    assert image.shape == (460, 700, 3)

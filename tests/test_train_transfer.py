@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bc_keras import cli, models, runs, transfer
-from bc_keras.splits import prepare_split
+from bc_keras.prepare import prepare_split
 from bc_keras.synthetic import write_synthetic_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

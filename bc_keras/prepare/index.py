@@ -1,0 +1,337 @@
+"""Indexing a BreaKHis tree or tar archive: every image with its class, subtype, patient and
+magnification, plus what was skipped and why."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tarfile
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from bc_keras.breakhis import CLASS_NAMES, MAGNIFICATIONS, parse_filename
+from bc_keras.errors import DataError
+from bc_keras.images import check_bytes, check_image
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+EXPECTED_LAYOUT = (
+    "BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<subtype>/<patient>/<mag>X/*.png"
+)
+# Files per progress line on long work.
+PROGRESS_EVERY = 1000
+# How many offending file names a warning lists before it only counts.
+LISTED_NAMES = 5
+# BreaKHis images are PNGs; another format behind a .png name is refused.
+PNG_ONLY = ("PNG",)
+
+Log = Callable[[str], None]
+
+
+def silent(message: str) -> None:
+    """A `Log` that drops every message."""
+    del message
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One indexed image: where it is, what its name says, and (once split) its split."""
+
+    filename: str
+    source: str
+    label: str
+    subtype: str
+    patient: str
+    magnification: int
+    split: str = ""
+
+
+@dataclass
+class IndexResult:
+    """The images found in a source, plus everything skipped or noted on the way."""
+
+    records: list[ImageRecord]
+    source_kind: str  # "folder" or "archive"
+    root: str
+    unparsable: list[str] = field(default_factory=list)
+    class_mismatch: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    converted: list[tuple[str, str]] = field(default_factory=list)
+
+    def warnings(self) -> list[str]:
+        """One line per kind of problem, listing a few names and the count."""
+        lines = []
+        if self.unparsable:
+            lines.append(
+                f"skipped {len(self.unparsable)} .png file(s) whose name does not follow "
+                f"SOB_<B|M>_<subtype>-<yy>-<slide>-<mag>-<seq>.png: {listed(self.unparsable)}"
+            )
+        if self.class_mismatch:
+            lines.append(
+                f"skipped {len(self.class_mismatch)} file(s) whose name disagrees with their "
+                f"benign/malignant folder: {listed(self.class_mismatch)}"
+            )
+        if self.duplicates:
+            lines.append(
+                f"skipped {len(self.duplicates)} duplicate file name(s) (first copy kept): "
+                f"{listed(self.duplicates)}"
+            )
+        if self.unreadable:
+            described = [f"{name} ({reason})" for name, reason in self.unreadable]
+            lines.append(
+                f"skipped {len(self.unreadable)} unreadable image(s): {listed(described)}; "
+                "re-extract or re-download them"
+            )
+        if self.converted:
+            described = [f"{name} ({mode})" for name, mode in self.converted]
+            lines.append(
+                f"kept {len(self.converted)} image(s) that are not RGB; they will be converted to "
+                f"RGB when loaded: {listed(described)}"
+            )
+        return lines
+
+
+def listed(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:LISTED_NAMES])
+    return shown + (
+        f", ... ({len(names) - LISTED_NAMES} more)" if len(names) > LISTED_NAMES else ""
+    )
+
+
+def parse_magnifications(values: Iterable[str | int] | None) -> tuple[int, ...]:
+    """Turns `["40", "100x"]`, `["all"]` or None into magnifications; unknown ones are an error."""
+    if values is None:
+        return MAGNIFICATIONS
+    chosen = set()
+    for value in values:
+        text = str(value).strip().lower().removesuffix("x")
+        if text == "all":
+            return MAGNIFICATIONS
+        if not text.isdigit() or int(text) not in MAGNIFICATIONS:
+            raise DataError(
+                f"unknown magnification {value!r}; choose from "
+                f"{' '.join(str(m) for m in MAGNIFICATIONS)} or all"
+            )
+        chosen.add(int(text))
+    if not chosen:
+        raise DataError("--magnification needs at least one of 40 100 200 400 or all")
+    return tuple(sorted(chosen))
+
+
+def is_archive(path: str | Path) -> bool:
+    """True when `path` names a tar archive by its suffix."""
+    return str(path).lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def find_breast_root(source: str | Path) -> Path:
+    """Finds the `histology_slides/breast` folder at or below `source`.
+
+    `source` may be a folder holding `BreaKHis_v1`, `BreaKHis_v1` itself, `histology_slides`, or
+    `breast`.
+    """
+    source = Path(source)
+    if not source.exists():
+        raise DataError(
+            f"source {source} does not exist; pass BreaKHis_v1.tar.gz or the folder it extracts to"
+        )
+    if not source.is_dir():
+        raise DataError(
+            f"source {source} is neither a folder nor a .tar.gz/.tgz/.tar archive; pass "
+            "BreaKHis_v1.tar.gz or the folder it extracts to"
+        )
+    candidates = [
+        source,
+        source / "breast",
+        source / "histology_slides" / "breast",
+        source / "BreaKHis_v1" / "histology_slides" / "breast",
+    ]
+    candidates += sorted(source.glob("*/BreaKHis_v1/histology_slides/breast"))
+    candidates += sorted(source.glob("*/histology_slides/breast"))
+    for candidate in candidates:
+        if candidate.name == "breast" and any(
+            (candidate / label).is_dir() for label in CLASS_NAMES
+        ):
+            return candidate
+    raise DataError(
+        f"source {source} is not a BreaKHis tree: no histology_slides/breast/{{benign,malignant}} "
+        f"inside; expected the layout {EXPECTED_LAYOUT}"
+    )
+
+
+def _inspect(name: str, check, result: IndexResult) -> bool:
+    """Records an image check's outcome in `result`; True when the image is usable."""
+    if not check.ok:
+        result.unreadable.append((name, check.problem))
+        return False
+    if check.mode != "RGB":
+        result.converted.append((name, f"mode {check.mode}"))
+    return True
+
+
+def _index_one(
+    relative: PurePosixPath, source: str, result: IndexResult, seen: set[str]
+) -> ImageRecord | None:
+    """Parses one file below `breast/`; records why it is skipped, if it is."""
+    filename = relative.name
+    try:
+        parsed = parse_filename(filename)
+    except ValueError:
+        result.unparsable.append(str(relative))
+        return None
+    folder_label = relative.parts[0] if len(relative.parts) > 1 else None
+    if folder_label != parsed.label:
+        result.class_mismatch.append(f"{relative} (name says {parsed.label})")
+        return None
+    if filename in seen:
+        result.duplicates.append(str(relative))
+        return None
+    seen.add(filename)
+    return ImageRecord(
+        filename=filename,
+        source=source,
+        label=parsed.label,
+        subtype=parsed.subtype,
+        patient=parsed.patient,
+        magnification=parsed.magnification,
+    )
+
+
+def index_tree(source: str | Path, check_images: bool = True, log: Log = silent) -> IndexResult:
+    """Indexes every PNG below the `breast` folder of an extracted BreaKHis tree.
+
+    Args:
+        source: the tree, at any level from the folder holding `BreaKHis_v1` down to `breast`.
+        check_images: verify each PNG (zero-byte, not an image, truncated, not RGB).
+        log: receives progress lines.
+
+    Returns:
+        The records (sorted by file name) and what was skipped.
+    """
+    root = find_breast_root(source)
+    result = IndexResult(records=[], source_kind="folder", root=str(root.absolute()))
+    seen: set[str] = set()
+    count = 0
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        subdirs.sort()
+        for filename in sorted(files):
+            if not filename.lower().endswith(".png"):
+                continue
+            path = Path(directory) / filename
+            relative = PurePosixPath(path.relative_to(root).as_posix())
+            record = _index_one(relative, str(path.absolute()), result, seen)
+            if record is None:
+                continue
+            if check_images and not _inspect(
+                str(relative), check_image(path, formats=PNG_ONLY), result
+            ):
+                seen.discard(filename)
+                continue
+            result.records.append(record)
+            count += 1
+            if count % PROGRESS_EVERY == 0:
+                log(f"indexed {count} images ...")
+    result.records.sort(key=lambda r: r.filename)
+    return result
+
+
+def _archive_breast_relative(member_name: str) -> PurePosixPath | None:
+    """The part of an archive member's path below `histology_slides/breast/`, if any."""
+    parts = PurePosixPath(member_name).parts
+    for i in range(len(parts) - 1):
+        if parts[i] == "histology_slides" and parts[i + 1] == "breast":
+            return PurePosixPath(*parts[i + 2 :]) if len(parts) > i + 2 else None
+    return None
+
+
+def index_archive(
+    archive: str | Path, extract_to: str | Path | None = None, log: Log = silent
+) -> IndexResult:
+    """Indexes (and optionally extracts) a BreaKHis tar archive in one streaming pass.
+
+    Args:
+        archive: `BreaKHis_v1.tar.gz`, `.tgz` or `.tar`.
+        extract_to: where to extract the usable images (flat, by file name); their records point
+            there. With None only names are read and nothing is verified.
+        log: receives progress lines.
+
+    Returns:
+        The records and what was skipped.
+    """
+    archive = Path(archive)
+    if not archive.is_file():
+        raise DataError(
+            f"source {archive} does not exist; pass BreaKHis_v1.tar.gz or the folder it extracts to"
+        )
+    result = IndexResult(records=[], source_kind="archive", root=str(archive.absolute()))
+    seen: set[str] = set()
+    found_tree = False
+    if extract_to is not None:
+        Path(extract_to).mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                relative = _archive_breast_relative(member.name)
+                if relative is None:
+                    continue
+                found_tree = True
+                if not member.isfile() or not relative.name.lower().endswith(".png"):
+                    continue
+                if extract_to is None:
+                    record = _index_one(relative, f"{archive}::{member.name}", result, seen)
+                    if record is not None:
+                        result.records.append(record)
+                    continue
+                target = Path(extract_to) / relative.name
+                record = _index_one(relative, str(target.absolute()), result, seen)
+                if record is None:
+                    continue
+                stream = tar.extractfile(member)
+                data = stream.read() if stream is not None else b""
+                if not _inspect(str(relative), check_bytes(data, formats=PNG_ONLY), result):
+                    seen.discard(relative.name)
+                    continue
+                target.write_bytes(data)
+                result.records.append(record)
+                if len(result.records) % PROGRESS_EVERY == 0:
+                    log(f"extracted {len(result.records)} images ...")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+        detail = " ".join(str(error).split())[:160]
+        raise DataError(
+            f"archive {archive} is corrupt or truncated ({type(error).__name__}: {detail}); "
+            "download BreaKHis_v1.tar.gz again or pass its extracted folder"
+        ) from error
+    if not found_tree:
+        raise DataError(
+            f"archive {archive} is not BreaKHis: it has no histology_slides/breast folder; "
+            f"expected the layout {EXPECTED_LAYOUT}"
+        )
+    result.records.sort(key=lambda r: r.filename)
+    return result
+
+
+def index_source(
+    source: str | Path,
+    extract_to: str | Path | None = None,
+    check_images: bool = True,
+    log: Log = silent,
+) -> IndexResult:
+    """Indexes a tree (any level) or a tar archive; see `index_tree` and `index_archive`."""
+    source = Path(source)
+    if is_archive(source):
+        return index_archive(source, extract_to=extract_to, log=log)
+    if source.is_file():
+        raise DataError(
+            f"source {source} is a file but not a .tar.gz/.tgz/.tar archive; pass "
+            "BreaKHis_v1.tar.gz or the folder it extracts to"
+        )
+    return index_tree(source, check_images=check_images, log=log)
+
+
+def filter_magnifications(
+    records: Iterable[ImageRecord], magnifications: Iterable[int]
+) -> list[ImageRecord]:
+    """Keeps the records at the given magnifications."""
+    wanted = set(magnifications)
+    return [r for r in records if r.magnification in wanted]

@@ -1,0 +1,241 @@
+"""Writing a prepared folder: train/val/test/{benign,malignant} of links or copies, split.csv
+and prepare.json, built beside the target and renamed into place only once complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bc_keras.breakhis import CLASS_NAMES, MAGNIFICATIONS
+from bc_keras.errors import DataError
+from bc_keras.prepare.index import (
+    PROGRESS_EVERY,
+    ImageRecord,
+    Log,
+    filter_magnifications,
+    index_source,
+    is_archive,
+    parse_magnifications,
+    silent,
+)
+from bc_keras.prepare.manifest import (
+    MANIFEST_NAME,
+    SETTINGS_NAME,
+    manifest_path_of,
+    split_summary,
+    write_manifest,
+)
+from bc_keras.prepare.split import (
+    DEFAULT_RATIOS,
+    DEFAULT_SEED,
+    DEFAULT_TRIALS,
+    SPLIT_FOLD,
+    SPLIT_IMAGE,
+    SPLIT_MODES,
+    SPLIT_NAMES,
+    SPLIT_PATIENT,
+    read_fold_file,
+    split_by_fold,
+    split_by_image,
+    split_by_patient,
+    validate_ratios,
+)
+
+
+@dataclass
+class PrepareResult:
+    """What `prepare_split` wrote."""
+
+    out: Path
+    records: list[ImageRecord]
+    settings: dict
+    warnings: list[str]
+
+
+def check_output_folder(out: str | Path, overwrite: bool) -> Path:
+    """Refuses an existing non-empty `out` unless `overwrite`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DataError(
+            f"--out {out} already exists and is not empty; pass --overwrite to replace it or "
+            "choose another --out"
+        )
+    return out
+
+
+def _materialize(records, staging: Path, source_kind: str, copy: bool, log: Log) -> None:
+    for split in SPLIT_NAMES:
+        for label in CLASS_NAMES:
+            (staging / split / label).mkdir(parents=True, exist_ok=True)
+    for count, record in enumerate(records, start=1):
+        destination = staging / manifest_path_of(record)
+        if source_kind == "archive":
+            os.replace(record.source, destination)
+        elif copy:
+            shutil.copyfile(record.source, destination)
+        else:
+            os.symlink(record.source, destination)
+        if count % PROGRESS_EVERY == 0:
+            log(f"placed {count}/{len(records)} images ...")
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    """Renames the finished staging folder to `out`, replacing an old `out` if there is one."""
+    if out.exists() or out.is_symlink():
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        os.rename(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staging, out)
+
+
+def prepare_split(
+    source: str | Path,
+    out: str | Path,
+    split: str = SPLIT_PATIENT,
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = DEFAULT_SEED,
+    magnifications: Sequence[int] = MAGNIFICATIONS,
+    fold_file: str | Path | None = None,
+    copy: bool = False,
+    overwrite: bool = False,
+    trials: int = DEFAULT_TRIALS,
+    log: Log = silent,
+    warn: Log = silent,
+) -> PrepareResult:
+    """Indexes `source`, splits it and writes `out/{train,val,test}/{benign,malignant}/` with
+    `split.csv` and `prepare.json`, atomically (built beside `out`, renamed at the end).
+
+    Args:
+        source: a BreaKHis tar archive or a folder at any level of the tree.
+        out: the prepared folder to write.
+        split: SPLIT_PATIENT, SPLIT_IMAGE or SPLIT_FOLD.
+        ratios: train/val/test image fractions.
+        seed: seeds the split.
+        magnifications: the magnifications to keep.
+        fold_file: the official dsfoldN.txt for SPLIT_FOLD.
+        copy: copy images instead of linking them (archives are always extracted).
+        overwrite: replace a non-empty `out`.
+        trials: random orderings the patient splitter tries.
+        log: receives progress lines.
+        warn: receives warnings.
+
+    Returns:
+        The written folder, its records, resolved settings and the warnings.
+    """
+    if split not in SPLIT_MODES:
+        raise DataError(f"unknown --split {split!r}; choose one of {', '.join(SPLIT_MODES)}")
+    ratios = validate_ratios(ratios)
+    magnifications = tuple(sorted(parse_magnifications(magnifications)))
+    fold_groups = None
+    if split == SPLIT_FOLD:
+        if fold_file is None:
+            raise DataError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
+        fold_groups = read_fold_file(fold_file)
+    source = Path(source)
+    if not source.exists():
+        raise DataError(
+            f"source {source} does not exist; pass BreaKHis_v1.tar.gz or the folder it extracts to"
+        )
+    out = check_output_folder(out, overwrite)
+    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    warnings: list[str] = []
+
+    def _warn(message: str) -> None:
+        warnings.append(message)
+        warn(message)
+
+    staging = Path(
+        tempfile.mkdtemp(prefix=f"{out.name}.partial-{os.getpid()}-", dir=out.absolute().parent)
+    )
+    try:
+        from_archive = is_archive(source)
+        log(f"indexing {source} ...")
+        index = index_source(
+            source, extract_to=staging / ".extracted" if from_archive else None, log=log
+        )
+        if from_archive and not copy:
+            _warn(
+                "images are extracted from the archive into place (symbolic links are "
+                "impossible from a tar archive)"
+            )
+        for line in index.warnings():
+            _warn(line)
+        records = filter_magnifications(index.records, magnifications)
+        log(
+            f"indexed {len(index.records)} images; {len(records)} at magnification(s) "
+            f"{', '.join(f'{m}x' for m in magnifications)}"
+        )
+        if not records:
+            raise DataError(
+                f"no usable image in {source} at magnification(s) "
+                f"{' '.join(str(m) for m in magnifications)}; check SOURCE and --magnification"
+            )
+        fold_report = None
+        if split == SPLIT_PATIENT:
+            records = split_by_patient(records, ratios, seed, trials=trials)
+        elif split == SPLIT_IMAGE:
+            _warn(
+                "WARNING: --split image splits by image, so the same patient's images land in "
+                "train, val and test (patient leakage inflates accuracy); use it only to "
+                "reproduce the report; the default --split patient is patient-disjoint"
+            )
+            records = split_by_image(records, ratios, seed)
+        else:
+            records, fold_report = split_by_fold(records, fold_groups, ratios, seed, trials)
+            for line in fold_report.warnings():
+                _warn(line)
+        empty = [name for name in SPLIT_NAMES if not any(r.split == name for r in records)]
+        if empty:
+            raise DataError(
+                f"split {', '.join(empty)} would be empty ({len(records)} images, "
+                f"{len({r.patient for r in records})} patients); use --split image or more data"
+            )
+        for name in SPLIT_NAMES:
+            missing = [
+                label
+                for label in CLASS_NAMES
+                if not any(r.split == name and r.label == label for r in records)
+            ]
+            if missing:
+                _warn(f"split {name} has no {' or '.join(missing)} image")
+        _materialize(records, staging, index.source_kind, copy, log)
+        shutil.rmtree(staging / ".extracted", ignore_errors=True)
+        records = [replace(r, source=str(out.absolute() / manifest_path_of(r))) for r in records]
+        write_manifest(records, staging / MANIFEST_NAME)
+        settings = {
+            "source": str(source.absolute()),
+            "source_kind": index.source_kind,
+            "breast_root": index.root,
+            "split": split,
+            "ratios": list(ratios),
+            "seed": seed,
+            "magnifications": list(magnifications),
+            "fold_file": str(Path(fold_file).absolute()) if fold_file else None,
+            "layout": "copies" if copy or from_archive else "symlinks",
+            "trials": trials if split != SPLIT_IMAGE else None,
+            "counts": split_summary(records),
+            "skipped": {
+                "unparsable": len(index.unparsable),
+                "class_mismatch": len(index.class_mismatch),
+                "duplicates": len(index.duplicates),
+                "unreadable": len(index.unreadable),
+                "not_in_fold": len(fold_report.not_in_fold) if fold_report else 0,
+            },
+            "converted_to_rgb": len(index.converted),
+            "warnings": warnings,
+        }
+        (staging / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n")
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PrepareResult(out=out, records=records, settings=settings, warnings=warnings)

@@ -1,0 +1,169 @@
+"""The manifest of a prepared folder (split.csv), reading prepared folders back, and their
+statistics and leakage check."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from bc_keras.breakhis import CLASS_NAMES, distribution_table, parse_filename
+from bc_keras.errors import DataError
+from bc_keras.prepare.index import ImageRecord
+from bc_keras.prepare.split import SPLIT_NAMES
+
+MANIFEST_NAME = "split.csv"
+SETTINGS_NAME = "prepare.json"
+MANIFEST_COLUMNS = ("filename", "path", "label", "subtype", "patient", "magnification", "split")
+
+
+def manifest_path_of(record: ImageRecord) -> str:
+    """`<split>/<label>/<filename>`: where the image lives in a prepared folder."""
+    return f"{record.split}/{record.label}/{record.filename}"
+
+
+def write_manifest(records: Iterable[ImageRecord], path: str | Path) -> None:
+    """Writes `split.csv` with columns MANIFEST_COLUMNS (`path` relative to the prepared folder)."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MANIFEST_COLUMNS)
+        for r in records:
+            writer.writerow(
+                [
+                    r.filename,
+                    manifest_path_of(r),
+                    r.label,
+                    r.subtype,
+                    r.patient,
+                    r.magnification,
+                    r.split,
+                ]
+            )
+
+
+def read_manifest(path: str | Path) -> list[ImageRecord]:
+    """Reads a `split.csv`; each record's `source` is the absolute image path."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise DataError(
+                f"{path} is not a bc_keras split manifest: columns {sorted(missing)} are missing; "
+                "make one with data_tools/prepare_breakhis.py"
+            )
+        return [
+            ImageRecord(
+                filename=row["filename"],
+                source=str((path.parent / row["path"]).absolute()),
+                label=row["label"],
+                subtype=row["subtype"],
+                patient=row["patient"],
+                magnification=int(row["magnification"]),
+                split=row["split"],
+            )
+            for row in reader
+        ]
+
+
+def load_prepared(directory: str | Path) -> list[ImageRecord]:
+    """Records of a prepared folder: from its split.csv, else by walking split/class folders."""
+    directory = Path(directory)
+    if (directory / MANIFEST_NAME).is_file():
+        return read_manifest(directory / MANIFEST_NAME)
+    records = []
+    found = False
+    for split in SPLIT_NAMES:
+        for label in CLASS_NAMES:
+            folder = directory / split / label
+            if not folder.is_dir():
+                continue
+            found = True
+            for path in sorted(folder.iterdir()):
+                if not path.name.lower().endswith(".png"):
+                    continue
+                try:
+                    parsed = parse_filename(path.name)
+                except ValueError:
+                    continue
+                records.append(
+                    ImageRecord(
+                        path.name,
+                        str(path.absolute()),
+                        parsed.label,
+                        parsed.subtype,
+                        parsed.patient,
+                        parsed.magnification,
+                        split,
+                    )
+                )
+    if not found:
+        raise DataError(
+            f"{directory} is not a prepared split: no {MANIFEST_NAME} and no "
+            "{train,val,test}/{benign,malignant} folders; make one with "
+            "data_tools/prepare_breakhis.py"
+        )
+    return records
+
+
+def patient_overlap(records: Iterable[ImageRecord]) -> dict[str, dict[str, int]]:
+    """Patients found in more than one split -> {split: image count}."""
+    counts: dict[str, Counter] = defaultdict(Counter)
+    for record in records:
+        counts[record.patient][record.split] += 1
+    return {
+        patient: dict(sorted(per_split.items(), key=lambda kv: _split_order(kv[0])))
+        for patient, per_split in sorted(counts.items())
+        if len(per_split) > 1
+    }
+
+
+def _split_order(split: str) -> tuple[int, str]:
+    return (SPLIT_NAMES.index(split) if split in SPLIT_NAMES else len(SPLIT_NAMES), split)
+
+
+def split_summary(records: Sequence[ImageRecord]) -> dict:
+    """Counts per split and class, patients per split, and image fractions per split."""
+    total = len(records) or 1
+    summary = {}
+    for split in sorted({r.split for r in records}, key=_split_order):
+        chosen = [r for r in records if r.split == split]
+        summary[split] = {
+            "images": len(chosen),
+            "fraction": round(len(chosen) / total, 4),
+            "patients": len({r.patient for r in chosen}),
+            **{label: sum(r.label == label for r in chosen) for label in CLASS_NAMES},
+        }
+    return summary
+
+
+def stats_report(records: Sequence[ImageRecord], per_split: bool) -> str:
+    """The SPEC distribution table; with `per_split`, then one headed table per split."""
+    lines = [distribution_table((r.magnification, r.label) for r in records)]
+    if per_split:
+        summary = split_summary(records)
+        lines.append("")
+        lines.append(
+            "Patients per split: "
+            + ", ".join(f"{split} {info['patients']}" for split, info in summary.items())
+            + f" (total {len({r.patient for r in records})})"
+        )
+        for split in summary:
+            chosen = [r for r in records if r.split == split]
+            lines += [
+                "",
+                f"## {split}",
+                "",
+                distribution_table((r.magnification, r.label) for r in chosen),
+                "",
+                f"Patients: {summary[split]['patients']}; images: {summary[split]['images']} "
+                f"({100 * summary[split]['fraction']:.1f}%)",
+            ]
+    return "\n".join(lines)
+
+
+def record_dict(record: ImageRecord) -> dict:
+    """A record as a plain dict (for JSON or DataFrames)."""
+    return asdict(record)

@@ -1,0 +1,281 @@
+"""Splitting indexed images: patient-disjoint, by image (the report's, leaky) or an official fold."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from bc_keras.errors import DataError
+from bc_keras.prepare.index import ImageRecord, listed
+
+SPLIT_PATIENT = "patient"
+SPLIT_IMAGE = "image"
+SPLIT_FOLD = "fold"
+SPLIT_MODES = (SPLIT_PATIENT, SPLIT_IMAGE, SPLIT_FOLD)
+SPLIT_NAMES = ("train", "val", "test")
+DEFAULT_RATIOS = (0.70, 0.15, 0.15)
+DEFAULT_SEED = 42
+DEFAULT_TRIALS = 300
+
+
+def validate_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
+    """Checks train/val/test fractions: three positive values adding up to 1."""
+    values = tuple(float(r) for r in ratios)
+    if len(values) != 3:
+        raise DataError(
+            f"--ratios needs 3 values (train val test), e.g. 0.70 0.15 0.15; received {len(values)}: "
+            f"{' '.join(str(r) for r in ratios)}"
+        )
+    if any(not 0.0 < r < 1.0 for r in values) or abs(sum(values) - 1.0) > 1e-6:
+        raise DataError(
+            f"--ratios must be 3 values between 0 and 1 that sum to 1 (e.g. 0.70 0.15 0.15); "
+            f"received {' '.join(f'{r:g}' for r in values)} (sum {sum(values):g})"
+        )
+    return values  # type: ignore[return-value]
+
+
+def _assign_patients(
+    patients: Sequence[tuple[str, int, str]],
+    ratios: Sequence[float],
+    rng: np.random.Generator,
+    trials: int,
+) -> dict[str, int]:
+    """Best of `trials` greedy assignments of (patient, images, subtype) to len(ratios) splits.
+
+    Each trial orders patients largest first, with the sizes jittered so trials differ, and gives
+    each patient to the split furthest below its image target (every other trial first to a split
+    its subtype still misses). A trial scores its total deviation
+    from the target image fractions plus a penalty for every subtype with at least as many
+    patients as splits that misses a split, and a large one for an empty split.
+    """
+    sizes = np.array([size for _, size, _ in patients], dtype=float)
+    total = sizes.sum()
+    targets = np.asarray(ratios, dtype=float) * total
+    subtype_of = [subtype for _, _, subtype in patients]
+    subtype_counts = Counter(subtype_of)
+    covered_subtypes = [s for s, n in subtype_counts.items() if n >= len(ratios)]
+    best_score, best = np.inf, None
+    for trial in range(trials):
+        jitter = 1.0 if trial == 0 else rng.uniform(0.5, 1.5, len(patients))
+        ties = rng.random(len(patients))
+        order = np.lexsort((ties, -sizes * jitter))
+        filled = np.zeros(len(ratios))
+        assignment = np.empty(len(patients), dtype=int)
+        members: dict[int, set[str]] = defaultdict(set)
+        counts = np.zeros(len(ratios), dtype=int)
+        # Every other trial also steers each subtype's first patients into the splits that
+        # subtype still misses; the score decides whether that costs too much balance.
+        subtype_aware = trial % 2 == 1
+        for index in order:
+            # Empty splits first, then the one furthest below its target.
+            deficit = targets - filled + np.where(counts == 0, total, 0.0)
+            subtype = subtype_of[index]
+            if subtype_aware and subtype in covered_subtypes:
+                missing = [k for k in range(len(ratios)) if subtype not in members[k]]
+                if missing:
+                    deficit = np.where(np.isin(np.arange(len(ratios)), missing), deficit, -np.inf)
+            choice = int(np.argmax(deficit))
+            assignment[index] = choice
+            filled[choice] += sizes[index]
+            counts[choice] += 1
+            members[choice].add(subtype_of[index])
+        score = float(np.abs(filled / total - np.asarray(ratios)).sum())
+        score += 0.1 * sum(
+            1 for s in covered_subtypes for split in range(len(ratios)) if s not in members[split]
+        )
+        score += 100.0 * int((counts == 0).sum())
+        if score < best_score - 1e-12:
+            best_score, best = score, assignment.copy()
+    return {patient: int(best[i]) for i, (patient, _, _) in enumerate(patients)}
+
+
+def split_by_patient(
+    records: Sequence[ImageRecord],
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = DEFAULT_SEED,
+    split_names: Sequence[str] = SPLIT_NAMES,
+    trials: int = DEFAULT_TRIALS,
+) -> list[ImageRecord]:
+    """Patient-disjoint split, each class's patients split separately, balanced by image count.
+
+    Args:
+        records: the images to split.
+        ratios: target image fraction per split, one per name in `split_names`.
+        seed: seeds the random orderings.
+        split_names: the splits to fill.
+        trials: how many seeded orderings to try (the best is kept).
+
+    Returns:
+        The records with `split` set.
+
+    Raises:
+        DataError: if a class has fewer patients than there are splits.
+    """
+    if len(ratios) != len(split_names):
+        raise ValueError(f"One ratio per split is needed. Received: ratios={ratios}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        by_class[record.label][record.patient].append(record)
+    split_of: dict[str, str] = {}
+    for label in sorted(by_class):
+        patients = by_class[label]
+        if len(patients) < len(split_names):
+            raise DataError(
+                f"too few patients for a patient split: class {label} has {len(patients)} "
+                f"patient(s) but {'/'.join(split_names)} need at least one each; use "
+                "--split image (leaks patients) or more data"
+            )
+        summary = [(p, len(images), images[0].subtype) for p, images in sorted(patients.items())]
+        for patient, index in _assign_patients(summary, ratios, rng, trials).items():
+            split_of[patient] = split_names[index]
+    return [replace(r, split=split_of[r.patient]) for r in records]
+
+
+def split_by_image(
+    records: Sequence[ImageRecord],
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = DEFAULT_SEED,
+) -> list[ImageRecord]:
+    """The report's split: random by image, stratified by class (it leaks patients).
+
+    Two calls of sklearn's `train_test_split`: test off the whole, then val off the rest.
+    """
+    from sklearn.model_selection import train_test_split
+
+    train_ratio, val_ratio, test_ratio = validate_ratios(ratios)
+    indices = np.arange(len(records))
+    labels = [r.label for r in records]
+    try:
+        rest, test = train_test_split(
+            indices, test_size=test_ratio, random_state=seed, stratify=labels
+        )
+        train, val = train_test_split(
+            rest,
+            test_size=val_ratio / (train_ratio + val_ratio),
+            random_state=seed,
+            stratify=[labels[i] for i in rest],
+        )
+    except ValueError as error:
+        raise DataError(
+            f"too few images for a stratified image split of {len(records)} images ({error}); "
+            "add more data"
+        ) from error
+    split_of = {}
+    for name, chosen in zip(SPLIT_NAMES, (train, val, test), strict=True):
+        for i in chosen:
+            split_of[int(i)] = name
+    return [replace(r, split=split_of[i]) for i, r in enumerate(records)]
+
+
+def read_fold_file(path: str | Path) -> dict[str, str]:
+    """Reads an official `dsfoldN.txt` (`filename|mag|fold|grp` lines) into filename -> grp."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"fold file {path} does not exist; pass an official dsfoldN.txt")
+    groups: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            parts = [part.strip() for part in text.split("|")]
+            if (
+                len(parts) != 4
+                or not parts[1].isdigit()
+                or not parts[2].isdigit()
+                or parts[3].lower() not in ("train", "test")
+                or not parts[0]
+            ):
+                raise DataError(
+                    f"fold file {path} line {number} is malformed: {text[:80]!r}; expected "
+                    "filename|mag|fold|grp with grp train or test"
+                )
+            filename, group = parts[0], parts[3].lower()
+            if groups.get(filename, group) != group:
+                raise DataError(
+                    f"fold file {path} line {number} puts {filename} in {group} but an earlier "
+                    "line put it in the other group; fix the fold file"
+                )
+            groups[filename] = group
+    if not groups:
+        raise DataError(f"fold file {path} has no lines; pass an official dsfoldN.txt")
+    return groups
+
+
+@dataclass
+class FoldReport:
+    """What a fold split left out."""
+
+    not_in_fold: list[str]
+    not_in_tree: list[str]
+
+    def warnings(self) -> list[str]:
+        lines = []
+        if self.not_in_fold:
+            lines.append(
+                f"excluded {len(self.not_in_fold)} image(s) of the tree that the fold file does "
+                f"not list: {listed(self.not_in_fold)}"
+            )
+        if self.not_in_tree:
+            lines.append(
+                f"{len(self.not_in_tree)} fold-file name(s) are not in the tree (or were filtered "
+                f"out or skipped): {listed(self.not_in_tree)}"
+            )
+        return lines
+
+
+def split_by_fold(
+    records: Sequence[ImageRecord],
+    fold_groups: dict[str, str],
+    ratios: Sequence[float] = DEFAULT_RATIOS,
+    seed: int = DEFAULT_SEED,
+    trials: int = DEFAULT_TRIALS,
+) -> tuple[list[ImageRecord], FoldReport]:
+    """Official-fold split: test = the fold's test group; val carved by patient from its train.
+
+    Args:
+        records: the images (already filtered by magnification).
+        fold_groups: filename -> "train" or "test", from `read_fold_file`.
+        ratios: train/val/test ratios; val takes ratios[1] / (ratios[0] + ratios[1]) of the
+            fold's train images.
+        seed, trials: as in `split_by_patient`.
+
+    Returns:
+        The records listed in the fold, with `split` set, and what was left out.
+    """
+    train_ratio, val_ratio, _ = validate_ratios(ratios)
+    in_fold = [r for r in records if r.filename in fold_groups]
+    names = {r.filename for r in records}
+    report = FoldReport(
+        not_in_fold=sorted(r.filename for r in records if r.filename not in fold_groups),
+        not_in_tree=sorted(name for name in fold_groups if name not in names),
+    )
+    if not in_fold:
+        raise DataError(
+            "no image of the tree is listed in the fold file; check that the fold file belongs to "
+            "this dataset and that --magnification keeps its images"
+        )
+    test = [replace(r, split="test") for r in in_fold if fold_groups[r.filename] == "test"]
+    train_group = [r for r in in_fold if fold_groups[r.filename] == "train"]
+    if not test or not train_group:
+        missing = "test" if not test else "train"
+        raise DataError(
+            f"the fold file's {missing} group has no image in this tree; check --magnification "
+            "and the fold file"
+        )
+    val_share = val_ratio / (train_ratio + val_ratio)
+    carved = split_by_patient(
+        train_group,
+        ratios=(1.0 - val_share, val_share),
+        seed=seed,
+        split_names=("train", "val"),
+        trials=trials,
+    )
+    order = {r.filename: i for i, r in enumerate(records)}
+    result = sorted(carved + test, key=lambda r: order[r.filename])
+    return result, report
