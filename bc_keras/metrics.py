@@ -1,4 +1,5 @@
-"""Evaluation metrics: sklearn's, BreaKHis' patient recognition rate, per-magnification views."""
+"""Evaluation metrics: sklearn's, BreaKHis' patient recognition rate, per-magnification views,
+degenerate-prediction flags and the validation-chosen threshold."""
 
 from __future__ import annotations
 
@@ -6,6 +7,47 @@ import numpy as np
 from sklearn import metrics as sk
 
 from bc_keras.breakhis import CLASS_NAMES
+
+FLAG_ONLY_BENIGN = "only benign images"
+FLAG_ONLY_MALIGNANT = "only malignant images"
+FLAG_ALL_PREDICTED_MALIGNANT = "predicts malignant for every image"
+FLAG_ALL_PREDICTED_BENIGN = "predicts benign for every image"
+
+THRESHOLD_YOUDEN = "youden"
+THRESHOLD_BALANCED_ACCURACY = "balanced_accuracy"
+THRESHOLD_METHODS = (THRESHOLD_YOUDEN, THRESHOLD_BALANCED_ACCURACY)
+
+
+def validate_binary_inputs(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
+    """Checks and converts one set of predictions.
+
+    Args:
+        labels: 0/1 true labels (benign 0, malignant 1), one per image.
+        probabilities: the predicted probability of malignant (any finite score), one per image.
+
+    Returns:
+        `(labels, probabilities)` as a 1-D int array and a 1-D float array.
+    """
+    labels = np.asarray(labels)
+    probabilities = np.asarray(probabilities, dtype=float)
+    if labels.ndim != 1 or labels.shape != probabilities.shape:
+        raise ValueError(
+            "labels and probabilities must be 1-D and of the same length. Received: "
+            f"labels.shape={labels.shape!r}, probabilities.shape={probabilities.shape!r}"
+        )
+    if len(labels) == 0:
+        raise ValueError(f"Cannot score an empty set of images. Received: labels={labels!r}")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(
+            "labels must be 0 (benign) or 1 (malignant). Received: "
+            f"labels with values {sorted(np.unique(labels).tolist())!r}"
+        )
+    if not np.isfinite(probabilities).all():
+        raise ValueError(
+            "probabilities must be finite. Received: "
+            f"{int(np.sum(~np.isfinite(probabilities)))} NaN or infinite values"
+        )
+    return labels.astype(int), probabilities
 
 
 def patient_recognition_rate(labels, predicted, patients) -> float:
@@ -38,18 +80,55 @@ def _auc_or_none(labels, probabilities):
 
 
 def binary_scores(labels, probabilities, threshold: float = 0.5) -> dict:
-    """Accuracy, precision, recall, F1, AUC-ROC and the confusion matrix, all from sklearn."""
+    """Accuracy, balanced accuracy, precision, recall, specificity, F1, AUC-ROC and the
+    confusion matrix, from sklearn.
+
+    Accuracy alone hides a model that calls every image malignant (70% on BreaKHis); balanced
+    accuracy (the mean of recall and specificity) and specificity expose it. Both are None when
+    the labels hold no benign image, as AUC-ROC is None for one class: over a single class,
+    sklearn's balanced accuracy would be that class's recall and nothing "balanced".
+    """
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=float)
     predicted = (probabilities >= threshold).astype(int)
+    matrix = sk.confusion_matrix(labels, predicted, labels=[0, 1])
+    (true_negatives, false_positives), _ = matrix
+    both_classes = len(np.unique(labels)) == 2
+    benign = true_negatives + false_positives
     return {
         "accuracy": float(sk.accuracy_score(labels, predicted)),
+        "balanced_accuracy": (
+            float(sk.balanced_accuracy_score(labels, predicted)) if both_classes else None
+        ),
         "precision": float(sk.precision_score(labels, predicted, zero_division=0)),
         "recall": float(sk.recall_score(labels, predicted, zero_division=0)),
+        "specificity": float(true_negatives / benign) if benign else None,
         "f1": float(sk.f1_score(labels, predicted, zero_division=0)),
         "auc_roc": _auc_or_none(labels, probabilities),
-        "confusion_matrix": sk.confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+        "confusion_matrix": matrix.tolist(),
     }
+
+
+def prediction_flags(labels, probabilities, threshold: float = 0.5) -> list[str]:
+    """Human-readable warnings for an evaluation that cannot tell a classifier from a constant.
+
+    Returns:
+        A subset of `FLAG_ONLY_BENIGN`, `FLAG_ONLY_MALIGNANT` (about the labels),
+        `FLAG_ALL_PREDICTED_MALIGNANT` and `FLAG_ALL_PREDICTED_BENIGN` (about the predictions at
+        `threshold`); an empty list when both classes are present and predicted.
+    """
+    labels, probabilities = validate_binary_inputs(labels, probabilities)
+    predicted = probabilities >= threshold
+    flags = []
+    if not labels.any():
+        flags.append(FLAG_ONLY_BENIGN)
+    if labels.all():
+        flags.append(FLAG_ONLY_MALIGNANT)
+    if predicted.all():
+        flags.append(FLAG_ALL_PREDICTED_MALIGNANT)
+    if not predicted.any():
+        flags.append(FLAG_ALL_PREDICTED_BENIGN)
+    return flags
 
 
 def compute_metrics(
@@ -65,16 +144,13 @@ def compute_metrics(
         magnifications: optional magnification per image (enables the per-magnification view).
 
     Returns:
-        A JSON-ready dict; `confusion_matrix` is `[[tn, fp], [fn, tp]]`.
+        A JSON-ready dict; `confusion_matrix` is `[[tn, fp], [fn, tp]]`; `flags` lists what makes
+        the evaluation degenerate (see `prediction_flags`), empty when nothing does.
     """
-    labels = np.asarray(labels).astype(int)
-    probabilities = np.asarray(probabilities, dtype=float)
-    if labels.shape != probabilities.shape:
-        raise ValueError(
-            f"labels and probabilities differ in shape. Received: {labels.shape} and {probabilities.shape}"
-        )
+    labels, probabilities = validate_binary_inputs(labels, probabilities)
     predicted = (probabilities >= threshold).astype(int)
     result = {"threshold": float(threshold), **binary_scores(labels, probabilities, threshold)}
+    result["flags"] = prediction_flags(labels, probabilities, threshold)
     result["classification_report"] = sk.classification_report(
         labels,
         predicted,
@@ -122,15 +198,70 @@ def classification_report_text(labels, probabilities, threshold: float = 0.5) ->
     )
 
 
+def choose_threshold(labels, probabilities, method: str = THRESHOLD_YOUDEN) -> float:
+    """The decision threshold that maximises a criterion on the validation split (never the
+    test split).
+
+    Every distinct probability is a candidate cut (images at or above it are called malignant).
+    `"youden"` maximises Youden's J = sensitivity + specificity - 1; `"balanced_accuracy"`
+    maximises (sensitivity + specificity) / 2 = (J + 1) / 2, so both select the same cut; the
+    second name is there for readers who think in balanced accuracy. Ties go to the highest cut
+    (the fewest malignant calls), as `sklearn.metrics.roc_curve` orders them.
+
+    Returns:
+        The midpoint between the best cut's probability and the next lower distinct probability
+        (0.0 when the best cut is the lowest), so the threshold sits between two validation
+        scores instead of on one of them and generalises to unseen images.
+
+    Raises:
+        ValueError: when `method` is unknown or the labels hold one class only (no cut can be
+            judged then; callers should report that instead of picking a threshold).
+    """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(
+            f"method must be one of {THRESHOLD_METHODS!r}. Received: method={method!r}"
+        )
+    labels, probabilities = validate_binary_inputs(labels, probabilities)
+    classes = np.unique(labels)
+    if len(classes) < 2:
+        raise ValueError(
+            "Choosing a threshold needs both benign and malignant validation images. "
+            f"Received: labels with the single class {CLASS_NAMES[int(classes[0])]!r}"
+        )
+    cuts = np.unique(probabilities)[::-1]  # distinct probabilities, highest first
+    malignant = int(labels.sum())
+    benign = len(labels) - malignant
+    # Malignant and benign images at or above each cut, counted once over the sorted scores.
+    true_positives = np.searchsorted(np.sort(-probabilities[labels == 1]), -cuts, side="right")
+    false_positives = np.searchsorted(np.sort(-probabilities[labels == 0]), -cuts, side="right")
+    # Integer scores (the criteria times malignant * benign) so ties are exact for both methods.
+    if method == THRESHOLD_YOUDEN:
+        score = true_positives * benign - false_positives * malignant
+    else:
+        score = true_positives * benign + (benign - false_positives) * malignant
+    best = int(np.argmax(score))
+    lower = cuts[best + 1] if best + 1 < len(cuts) else 0.0
+    return float((cuts[best] + lower) / 2)
+
+
 def youden_threshold(labels, probabilities) -> float:
-    """The threshold maximising sensitivity + specificity - 1 (Youden's J) on the ROC curve;
-    meant for the validation split, never the test split."""
-    labels = np.asarray(labels).astype(int)
-    if len(np.unique(labels)) < 2:
+    """`choose_threshold(labels, probabilities, "youden")`, but 0.5 when the labels hold one
+    class (its behaviour before `choose_threshold` existed; it used to return the best cut's
+    probability itself rather than the midpoint below it)."""
+    if len(np.unique(np.asarray(labels))) < 2:
         return 0.5
-    false_positive_rate, true_positive_rate, thresholds = sk.roc_curve(labels, probabilities)
-    best = int(np.argmax(true_positive_rate - false_positive_rate))
-    return float(np.clip(thresholds[best], 0.0, 1.0))
+    return choose_threshold(labels, probabilities, THRESHOLD_YOUDEN)
+
+
+BOOTSTRAP_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "precision",
+    "recall",
+    "specificity",
+    "f1",
+    "auc_roc",
+)
 
 
 def bootstrap_by_patient(
@@ -140,17 +271,21 @@ def bootstrap_by_patient(
     are not independent, so resampling images would understate the uncertainty).
 
     Returns:
-        `{metric: [low, high]}` for accuracy, recall, precision, f1 and auc_roc.
+        `{metric: [low, high]}` for each of `BOOTSTRAP_METRICS`; a metric undefined in a
+        resample (e.g. specificity without a benign patient) is left out of that resample, and
+        a metric undefined in every resample is absent.
     """
-    labels = np.asarray(labels).astype(int)
-    probabilities = np.asarray(probabilities, dtype=float)
+    labels, probabilities = validate_binary_inputs(labels, probabilities)
     patients = np.asarray(patients)
+    if patients.shape != labels.shape:
+        raise ValueError(
+            "patients must give one key per image. Received: "
+            f"patients.shape={patients.shape!r} for {len(labels)} images"
+        )
     unique = np.unique(patients)
     groups = [np.flatnonzero(patients == p) for p in unique]
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {
-        k: [] for k in ("accuracy", "precision", "recall", "f1", "auc_roc")
-    }
+    draws: dict[str, list[float]] = {key: [] for key in BOOTSTRAP_METRICS}
     for _ in range(samples):
         chosen = rng.integers(0, len(groups), len(groups))
         index = np.concatenate([groups[i] for i in chosen])

@@ -182,3 +182,189 @@ def plot_augmented_pairs(views_a, views_b, path, title: str = "Augmented pairs")
             axes[row, column].set_title(f"image {row + 1}, view {column + 1}", fontsize=8)
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def _checked_curves(curves: dict) -> dict:
+    """`{model name: (labels, probabilities)}` as arrays, or a ValueError naming the problem."""
+    if not isinstance(curves, dict) or not curves:
+        raise ValueError(
+            "curves must map at least one model name to (labels, probabilities). "
+            f"Received: curves={curves!r}"
+        )
+    checked = {}
+    for name, pair in curves.items():
+        if len(pair) != 2:
+            raise ValueError(
+                f"Each model needs a (labels, probabilities) pair. Received: {name!r}: {pair!r}"
+            )
+        labels, probabilities = np.asarray(pair[0]).astype(int), np.asarray(pair[1], dtype=float)
+        if labels.ndim != 1 or labels.shape != probabilities.shape or len(labels) == 0:
+            raise ValueError(
+                f"Model {name!r} needs as many labels as probabilities, at least one. "
+                f"Received: labels.shape={labels.shape!r}, "
+                f"probabilities.shape={probabilities.shape!r}"
+            )
+        checked[name] = (labels, probabilities)
+    return checked
+
+
+def _both_classes(curves: dict, what: str) -> None:
+    for name, (labels, _) in curves.items():
+        if len(np.unique(labels)) < 2:
+            raise ValueError(
+                f"A {what} needs benign and malignant images. Received: model {name!r} with "
+                f"labels of the single class {CLASS_NAMES[int(labels[0])]!r}"
+            )
+
+
+def plot_reliability_diagram(
+    curves: dict, path, title: str = "Reliability diagram", bins: int = 10
+) -> Path:
+    """Observed malignant share against mean predicted probability per equal-width bin, one
+    line per model, the diagonal as perfect calibration and each model's ECE in the legend.
+
+    Args:
+        curves: model name -> (labels, probabilities of malignant).
+        bins: the number of equal-width probability bins.
+    """
+    from bc_keras.statistics import expected_calibration_error, reliability_curve
+
+    curves = _checked_curves(curves)
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
+    for name, (labels, probabilities) in curves.items():
+        curve = reliability_curve(labels, probabilities, bins)
+        error = expected_calibration_error(labels, probabilities, bins)
+        axis.plot(
+            curve["mean_predicted"],
+            curve["fraction_positive"],
+            marker="o",
+            markersize=4,
+            label=f"{name} (ECE = {error:.3f})",
+        )
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("mean predicted probability of malignant")
+    axis.set_ylabel("fraction malignant")
+    axis.set_title(title)
+    axis.legend(loc="upper left", fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_roc_overlay(curves: dict, path, title: str = "ROC curves") -> Path:
+    """One ROC curve per model, meant for models scored on the same test images; AUCs in the
+    legend.
+
+    Args:
+        curves: model name -> (labels, probabilities of malignant).
+    """
+    curves = _checked_curves(curves)
+    _both_classes(curves, "ROC curve")
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    for name, (labels, probabilities) in curves.items():
+        false_positive_rate, true_positive_rate, _ = sk.roc_curve(labels, probabilities)
+        auc = sk.roc_auc_score(labels, probabilities)
+        axis.plot(false_positive_rate, true_positive_rate, label=f"{name} (AUC = {auc:.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance")
+    axis.set_xlabel("false positive rate")
+    axis.set_ylabel("true positive rate (recall)")
+    axis.set_title(title)
+    axis.legend(loc="lower right", fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_precision_recall_overlay(
+    curves: dict, path, title: str = "Precision-recall curves"
+) -> Path:
+    """One precision-recall curve per model, meant for models scored on the same test images;
+    average precision in the legend and the malignant share as the dashed chance line.
+
+    Args:
+        curves: model name -> (labels, probabilities of malignant).
+    """
+    curves = _checked_curves(curves)
+    _both_classes(curves, "precision-recall curve")
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    for name, (labels, probabilities) in curves.items():
+        precision, recall, _ = sk.precision_recall_curve(labels, probabilities)
+        average_precision = sk.average_precision_score(labels, probabilities)
+        axis.plot(recall, precision, label=f"{name} (AP = {average_precision:.3f})")
+    shares = sorted({float(np.mean(labels)) for labels, _ in curves.values()})
+    for index, share in enumerate(shares):
+        axis.axhline(
+            share,
+            color="grey",
+            linestyle="--",
+            label="chance (malignant share)" if not index else None,
+        )
+    axis.set_xlabel("recall")
+    axis.set_ylabel("precision")
+    axis.set_ylim(0, 1.02)
+    axis.set_title(title)
+    axis.legend(loc="lower left", fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_metric_vs_fraction(
+    results: dict, path, metric_name: str, title: str = "Label efficiency"
+) -> Path:
+    """A metric against the fraction of training labels, one line per model with its
+    confidence interval as error bars (the label-efficiency figure).
+
+    Args:
+        results: model name -> list of (label fraction in (0, 1], value, low, high); low and
+            high may be None where a point has no interval.
+        metric_name: the y-axis label, e.g. "balanced accuracy".
+    """
+    if not isinstance(results, dict) or not results:
+        raise ValueError(
+            "results must map at least one model name to a list of points. "
+            f"Received: results={results!r}"
+        )
+    series = {}
+    for name, points in results.items():
+        if not points or any(len(point) != 4 for point in points):
+            raise ValueError(
+                f"Each model needs (fraction, value, low, high) points. Received: {name!r}: "
+                f"{points!r}"
+            )
+        points = sorted(points, key=lambda point: point[0])
+        if any(not 0 < point[0] <= 1 for point in points):
+            raise ValueError(f"Label fractions must lie in (0, 1]. Received: {name!r}: {points!r}")
+        series[name] = points
+    fractions = sorted({float(point[0]) for points in series.values() for point in points})
+    figure, axis = plt.subplots(figsize=(5.5, 4.5))
+    for index, (name, points) in enumerate(series.items()):
+        # A small horizontal shift per model keeps the intervals at one fraction apart.
+        dodge = 10 ** (0.012 * (index - (len(series) - 1) / 2))
+        x = np.array([point[0] for point in points], dtype=float) * dodge
+        y = np.array([point[1] for point in points], dtype=float)
+        (line,) = axis.plot(x, y, marker="o", label=name)
+        with_interval = [point for point in points if None not in (point[2], point[3])]
+        if with_interval:
+            # Bars from low to high rather than errorbar's +/- offsets: a percentile bootstrap
+            # interval need not contain its point estimate.
+            x_interval, _, low, high = np.array(with_interval, dtype=float).T
+            x_interval = x_interval * dodge
+            axis.vlines(x_interval, low, high, color=line.get_color(), alpha=0.7)
+            axis.scatter(
+                np.concatenate([x_interval, x_interval]),
+                np.concatenate([low, high]),
+                marker="_",
+                s=60,
+                color=line.get_color(),
+            )
+    # Fractions such as 0.1, 0.25, 0.5, 1.0 are evenly spread on a log axis.
+    axis.set_xscale("log")
+    axis.set_xticks(fractions)
+    axis.set_xticklabels([f"{fraction:g}" for fraction in fractions])
+    axis.minorticks_off()
+    axis.set_xlabel("fraction of training labels")
+    axis.set_ylabel(metric_name)
+    axis.set_title(title)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)

@@ -1,0 +1,175 @@
+"""Calibration (Brier score, reliability curve, ECE) and significance tests (DeLong's test of
+two ROC AUCs, a paired t-test over folds) for comparing models on BreaKHis."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as sk
+
+from bc_keras.metrics import validate_binary_inputs
+
+
+def _probabilities_in_unit_interval(labels, probabilities):
+    labels, probabilities = validate_binary_inputs(labels, probabilities)
+    if probabilities.min() < 0.0 or probabilities.max() > 1.0:
+        raise ValueError(
+            "Calibration needs probabilities in [0, 1]. Received: probabilities from "
+            f"{probabilities.min()!r} to {probabilities.max()!r}"
+        )
+    return labels, probabilities
+
+
+def brier_score(labels, probabilities) -> float:
+    """Mean squared difference between the malignant probability and the 0/1 label (lower is
+    better; 0.25 for a constant 0.5), as `sklearn.metrics.brier_score_loss`."""
+    labels, probabilities = _probabilities_in_unit_interval(labels, probabilities)
+    return float(sk.brier_score_loss(labels, probabilities, pos_label=1))
+
+
+def reliability_curve(labels, probabilities, bins: int = 10) -> dict:
+    """Observed malignant share against mean predicted probability over equal-width bins.
+
+    Bin i covers [i / bins, (i + 1) / bins); the last bin also holds 1.0. Empty bins are left
+    out, so every list below has one entry per non-empty bin, lowest bin first.
+
+    Returns:
+        `{"mean_predicted": [...], "fraction_positive": [...], "counts": [...],
+        "bin_edges": [[low, high], ...]}`.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 1:
+        raise ValueError(f"bins must be a positive integer. Received: bins={bins!r}")
+    labels, probabilities = _probabilities_in_unit_interval(labels, probabilities)
+    edges = np.arange(bins + 1) / bins
+    # side="right" puts a probability equal to an edge in the bin that starts there.
+    index = np.minimum(np.searchsorted(edges, probabilities, side="right") - 1, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    predicted_sums = np.bincount(index, weights=probabilities, minlength=bins)
+    positive_sums = np.bincount(index, weights=labels, minlength=bins)
+    filled = np.flatnonzero(counts)
+    return {
+        "mean_predicted": (predicted_sums[filled] / counts[filled]).tolist(),
+        "fraction_positive": (positive_sums[filled] / counts[filled]).tolist(),
+        "counts": counts[filled].tolist(),
+        "bin_edges": [[float(edges[i]), float(edges[i + 1])] for i in filled],
+    }
+
+
+def expected_calibration_error(labels, probabilities, bins: int = 10) -> float:
+    """Sum over the bins of `reliability_curve` of (count / N) * |fraction_positive -
+    mean_predicted|: 0 for a calibrated model."""
+    curve = reliability_curve(labels, probabilities, bins)
+    counts = np.asarray(curve["counts"], dtype=float)
+    gaps = np.abs(np.subtract(curve["fraction_positive"], curve["mean_predicted"]))
+    return float(np.sum(counts / counts.sum() * gaps))
+
+
+def _placement_values(positives, negatives):
+    """DeLong's structural components by the midrank algorithm of Sun & Xu (2014).
+
+    Args:
+        positives: (models, m) scores of the malignant images.
+        negatives: (models, n) scores of the benign images.
+
+    Returns:
+        `(aucs, v10, v01)`: per model the AUC, per malignant image the share of benign images
+        it outscores (ties count half), per benign image the share of malignant images that
+        outscore it.
+    """
+    m, n = positives.shape[1], negatives.shape[1]
+    combined = stats.rankdata(np.concatenate([positives, negatives], axis=1), axis=1)
+    within_positives = stats.rankdata(positives, axis=1)
+    within_negatives = stats.rankdata(negatives, axis=1)
+    v10 = (combined[:, :m] - within_positives) / n
+    v01 = 1.0 - (combined[:, m:] - within_negatives) / m
+    aucs = (combined[:, :m].sum(axis=1) / m - (m + 1) / 2) / n
+    return aucs, v10, v01
+
+
+def delong_test(labels, probabilities_a, probabilities_b) -> dict:
+    """DeLong's test (DeLong et al., 1988) that two models scored on the same images have the
+    same ROC AUC, with the O(n log n) midrank algorithm of Sun & Xu (2014).
+
+    Returns:
+        `{"auc_a", "auc_b", "difference" (auc_a - auc_b), "z", "p_value" (two-sided),
+        "standard_error" (of the difference)}`. Identical predictions give z 0 and p_value 1;
+        a non-zero difference with zero standard error gives an infinite z and p_value 0.
+    """
+    labels, probabilities_a = validate_binary_inputs(labels, probabilities_a)
+    _, probabilities_b = validate_binary_inputs(labels, probabilities_b)
+    malignant = int(labels.sum())
+    if min(malignant, len(labels) - malignant) < 2:
+        # The variance of the placement values needs two images of each class.
+        raise ValueError(
+            "The DeLong test needs at least two benign and two malignant images. Received: "
+            f"benign={len(labels) - malignant!r}, malignant={malignant!r}"
+        )
+    scores = np.stack([probabilities_a, probabilities_b])
+    aucs, v10, v01 = _placement_values(scores[:, labels == 1], scores[:, labels == 0])
+    covariance = np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
+    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    standard_error = math.sqrt(max(float(variance), 0.0))
+    difference = float(aucs[0] - aucs[1])
+    if standard_error > 0:
+        z = difference / standard_error
+        p_value = float(2 * stats.norm.sf(abs(z)))
+    elif difference == 0:
+        z, p_value = 0.0, 1.0
+    else:
+        z, p_value = math.copysign(math.inf, difference), 0.0
+    return {
+        "auc_a": float(aucs[0]),
+        "auc_b": float(aucs[1]),
+        "difference": difference,
+        "z": float(z),
+        "p_value": p_value,
+        "standard_error": standard_error,
+    }
+
+
+def mean_and_sd(values) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1) of per-fold values; sd is None for one
+    value."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1 or len(values) == 0:
+        raise ValueError(f"values must be a non-empty 1-D sequence. Received: values={values!r}")
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return float(np.mean(values)), sd
+
+
+def paired_fold_test(values_a, values_b) -> dict:
+    """Paired t-test (`scipy.stats.ttest_rel`) of two models' metric over the same folds.
+
+    Returns:
+        `{"mean_difference" (a - b), "sd_difference", "t", "p_value" (two-sided), "n"}`; with
+        fewer than two folds `sd_difference`, `t` and `p_value` are None. Equal values in every
+        fold give t 0 and p_value 1; the same non-zero difference in every fold gives an
+        infinite t and p_value 0.
+    """
+    values_a = np.asarray(values_a, dtype=float)
+    values_b = np.asarray(values_b, dtype=float)
+    if values_a.ndim != 1 or values_a.shape != values_b.shape or len(values_a) == 0:
+        raise ValueError(
+            "values_a and values_b must be non-empty and give one value per fold each. "
+            f"Received: values_a={values_a!r}, values_b={values_b!r}"
+        )
+    mean_difference, sd_difference = mean_and_sd(values_a - values_b)
+    result = {
+        "mean_difference": mean_difference,
+        "sd_difference": sd_difference,
+        "t": None,
+        "p_value": None,
+        "n": len(values_a),
+    }
+    if sd_difference is None:
+        return result
+    if sd_difference > 0:
+        test = stats.ttest_rel(values_a, values_b)
+        result["t"], result["p_value"] = float(test.statistic), float(test.pvalue)
+    elif mean_difference == 0:
+        result["t"], result["p_value"] = 0.0, 1.0
+    else:
+        result["t"], result["p_value"] = math.copysign(math.inf, mean_difference), 0.0
+    return result

@@ -1,0 +1,175 @@
+"""Calibration and significance tests against sklearn, scipy, brute force and hand-computed
+values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as scipy_stats
+from sklearn import calibration
+from sklearn import metrics as sk
+
+from bc_keras import statistics
+
+
+def test_brier_score_hand_computed_and_equals_sklearn():
+    # ((0.2 - 0)^2 + (0.6 - 1)^2) / 2 = (0.04 + 0.16) / 2
+    assert statistics.brier_score([0, 1], [0.2, 0.6]) == pytest.approx(0.1)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 100)
+    probabilities = rng.uniform(0, 1, 100)
+    assert statistics.brier_score(labels, probabilities) == pytest.approx(
+        sk.brier_score_loss(labels, probabilities)
+    )
+
+
+def test_reliability_curve_and_ece_hand_computed():
+    labels = [0, 0, 1, 1, 1, 0]
+    probabilities = [0.05, 0.15, 0.12, 0.95, 1.0, 0.5]
+    curve = statistics.reliability_curve(labels, probabilities, bins=10)
+    # Bins [0, .1): {0.05}; [.1, .2): {0.15, 0.12}; [.5, .6): {0.5}; [.9, 1]: {0.95, 1.0}.
+    assert curve["counts"] == [1, 2, 1, 2]
+    assert curve["mean_predicted"] == pytest.approx([0.05, 0.135, 0.5, 0.975])
+    assert curve["fraction_positive"] == pytest.approx([0.0, 0.5, 0.0, 1.0])
+    assert np.allclose(curve["bin_edges"], [[0, 0.1], [0.1, 0.2], [0.5, 0.6], [0.9, 1.0]])
+    expected = (1 * 0.05 + 2 * (0.5 - 0.135) + 1 * 0.5 + 2 * 0.025) / 6
+    assert statistics.expected_calibration_error(labels, probabilities) == pytest.approx(expected)
+    # Two bins: [0, .5) holds 0.05, 0.15, 0.12 (one malignant), [.5, 1] the other three.
+    coarse = statistics.reliability_curve(labels, probabilities, bins=2)
+    assert coarse["counts"] == [3, 3]
+    assert coarse["fraction_positive"] == pytest.approx([1 / 3, 2 / 3])
+    assert coarse["mean_predicted"] == pytest.approx([0.32 / 3, 2.45 / 3])
+
+
+def test_reliability_curve_equals_sklearn_calibration_curve():
+    rng = np.random.default_rng(1)
+    probabilities = rng.beta(2, 5, 300)
+    labels = (rng.uniform(0, 1, 300) < probabilities).astype(int)
+    curve = statistics.reliability_curve(labels, probabilities, bins=8)
+    fraction_positive, mean_predicted = calibration.calibration_curve(
+        labels, probabilities, n_bins=8, strategy="uniform"
+    )
+    assert curve["fraction_positive"] == pytest.approx(fraction_positive)
+    assert curve["mean_predicted"] == pytest.approx(mean_predicted)
+    assert sum(curve["counts"]) == 300
+
+
+def test_perfect_calibration_has_zero_ece_and_bad_input_is_reported():
+    # Every bin's mean prediction equals its malignant share.
+    labels = [0, 0, 0, 1, 1, 1, 1, 0]
+    probabilities = [0.25, 0.25, 0.25, 0.25, 0.75, 0.75, 0.75, 0.75]
+    assert statistics.expected_calibration_error(labels, probabilities) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        statistics.reliability_curve([0, 1], [0.2, 1.2])
+    with pytest.raises(ValueError, match="bins=0"):
+        statistics.reliability_curve([0, 1], [0.2, 0.8], bins=0)
+
+
+def _brute_force_delong(labels, scores_a, scores_b):
+    """DeLong et al. (1988) with explicit loops over every (malignant, benign) pair."""
+    labels = np.asarray(labels)
+    positive = [np.asarray(s)[labels == 1] for s in (scores_a, scores_b)]
+    negative = [np.asarray(s)[labels == 0] for s in (scores_a, scores_b)]
+    m, n = len(positive[0]), len(negative[0])
+
+    def psi(x, y):
+        return 1.0 if x > y else 0.5 if x == y else 0.0
+
+    v10 = np.zeros((2, m))
+    v01 = np.zeros((2, n))
+    for k in range(2):
+        for i in range(m):
+            v10[k, i] = sum(psi(positive[k][i], negative[k][j]) for j in range(n)) / n
+        for j in range(n):
+            v01[k, j] = sum(psi(positive[k][i], negative[k][j]) for i in range(m)) / m
+    aucs = v10.mean(axis=1)
+    s10, s01 = np.cov(v10), np.cov(v01)
+    variance = (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m
+    variance += (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+    return aucs, math.sqrt(variance)
+
+
+def test_delong_agrees_with_sklearn_and_brute_force():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 60)
+    # Rounded scores put ties within and across classes, which the midranks must handle.
+    scores_a = np.round(np.clip(labels * 0.3 + rng.uniform(0, 0.7, 60), 0, 1), 1)
+    scores_b = np.round(np.clip(labels * 0.1 + rng.uniform(0, 0.9, 60), 0, 1), 1)
+    result = statistics.delong_test(labels, scores_a, scores_b)
+    assert result["auc_a"] == pytest.approx(sk.roc_auc_score(labels, scores_a))
+    assert result["auc_b"] == pytest.approx(sk.roc_auc_score(labels, scores_b))
+    assert result["difference"] == pytest.approx(result["auc_a"] - result["auc_b"])
+    aucs, standard_error = _brute_force_delong(labels, scores_a, scores_b)
+    assert [result["auc_a"], result["auc_b"]] == pytest.approx(aucs)
+    assert result["standard_error"] == pytest.approx(standard_error)
+    z = (aucs[0] - aucs[1]) / standard_error
+    assert result["z"] == pytest.approx(z)
+    assert result["p_value"] == pytest.approx(2 * scipy_stats.norm.sf(abs(z)))
+    swapped = statistics.delong_test(labels, scores_b, scores_a)
+    assert swapped["z"] == pytest.approx(-result["z"])
+    assert swapped["p_value"] == pytest.approx(result["p_value"])
+
+
+def test_delong_hand_computed():
+    # Model a separates the classes (AUC 1). Model b: malignant 0.9 outscores both benign
+    # images, malignant 0.2 only the benign 0.1, so AUC 3/4. Differences of the placement
+    # values: malignant [0, 1/2], benign [1/2, 0]; each has sample variance 1/8, so the
+    # variance of the AUC difference is 1/8 / 2 + 1/8 / 2 = 1/8 and z = (1/4) / sqrt(1/8).
+    labels = [1, 1, 0, 0]
+    result = statistics.delong_test(labels, [0.9, 0.8, 0.3, 0.1], [0.9, 0.2, 0.3, 0.1])
+    assert result["auc_a"] == pytest.approx(1.0)
+    assert result["auc_b"] == pytest.approx(0.75)
+    assert result["standard_error"] == pytest.approx(math.sqrt(1 / 8))
+    assert result["z"] == pytest.approx(1 / math.sqrt(2))
+    assert result["p_value"] == pytest.approx(2 * (1 - scipy_stats.norm.cdf(1 / math.sqrt(2))))
+
+
+def test_delong_identical_and_clearly_different_models():
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 200)
+    good = np.clip(labels * 0.5 + rng.uniform(0, 0.5, 200), 0, 1)
+    weak = np.clip(labels * 0.05 + rng.uniform(0, 0.95, 200), 0, 1)
+    same = statistics.delong_test(labels, good, good)
+    assert same["difference"] == 0.0
+    assert same["z"] == 0.0
+    assert same["p_value"] == 1.0
+    better = statistics.delong_test(labels, good, weak)
+    assert better["difference"] > 0.2
+    assert better["p_value"] < 0.01
+    with pytest.raises(ValueError, match="two benign and two malignant"):
+        statistics.delong_test([1, 1, 0], [0.9, 0.8, 0.1], [0.7, 0.6, 0.2])
+
+
+def test_paired_fold_test_equals_scipy():
+    values_a = [0.81, 0.84, 0.79, 0.88, 0.83]
+    values_b = [0.78, 0.80, 0.80, 0.82, 0.79]
+    result = statistics.paired_fold_test(values_a, values_b)
+    expected = scipy_stats.ttest_rel(values_a, values_b)
+    differences = np.subtract(values_a, values_b)
+    assert result["n"] == 5
+    assert result["mean_difference"] == pytest.approx(0.032)
+    assert result["sd_difference"] == pytest.approx(np.std(differences, ddof=1))
+    assert result["t"] == pytest.approx(expected.statistic)
+    assert result["p_value"] == pytest.approx(expected.pvalue)
+    # t = mean / (sd / sqrt(n)) by hand.
+    assert result["t"] == pytest.approx(0.032 / (np.std(differences, ddof=1) / math.sqrt(5)))
+
+
+def test_paired_fold_test_degenerate_cases():
+    single = statistics.paired_fold_test([0.8], [0.7])
+    assert single["mean_difference"] == pytest.approx(0.1)
+    assert single["n"] == 1
+    assert single["sd_difference"] is None and single["t"] is None and single["p_value"] is None
+    identical = statistics.paired_fold_test([0.8, 0.7, 0.9], [0.8, 0.7, 0.9])
+    assert identical["t"] == 0.0 and identical["p_value"] == 1.0
+    with pytest.raises(ValueError, match="one value per fold"):
+        statistics.paired_fold_test([0.8, 0.7], [0.8])
+
+
+def test_mean_and_sd():
+    assert statistics.mean_and_sd([2, 4, 6]) == pytest.approx((4.0, 2.0))
+    assert statistics.mean_and_sd([0.7]) == (0.7, None)
+    with pytest.raises(ValueError, match="non-empty"):
+        statistics.mean_and_sd([])
