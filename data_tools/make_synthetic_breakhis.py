@@ -6,7 +6,16 @@ import argparse
 import sys
 import time
 
-from bc_keras.synthetic import DEFAULT_SIZE, LAYOUT_BREAKHIS, LAYOUT_SMALL, write_synthetic_tree
+from bc_keras.synthetic import (
+    CLASS_BALANCE_BREAKHIS,
+    CLASS_BALANCES,
+    DEFAULT_SIZE,
+    DIFFICULTIES,
+    DIFFICULTY_HARD,
+    LAYOUT_BREAKHIS,
+    LAYOUT_SMALL,
+    write_synthetic_tree,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("W", "H"),
         help="image width and height in pixels (default: 700 460, as BreaKHis)",
     )
+    parser.add_argument(
+        "--difficulty",
+        choices=DIFFICULTIES,
+        default=DIFFICULTY_HARD,
+        help="hard: both classes share stain, brightness and nuclear area, so only morphology "
+        "(nuclear size variation, shape, crowding) tells them apart and mean colour is near "
+        "chance (default); easy: malignant images are darker with more nuclei, so colour alone "
+        "separates the classes",
+    )
+    parser.add_argument(
+        "--class-balance",
+        choices=CLASS_BALANCES,
+        default=CLASS_BALANCE_BREAKHIS,
+        help="for --layout small: breakhis gives benign patients about 46%% of M images, so "
+        "about 31-33%% of images are benign as in BreaKHis (default); equal gives every patient "
+        "M. --layout breakhis always has the official counts",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     return parser
 
@@ -74,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         images_per_patient=args.images_per_patient,
         size=tuple(args.size),
         seed=args.seed,
+        difficulty=args.difficulty,
+        class_balance=args.class_balance,
         progress=lambda done, total: print(f"wrote {done}/{total} images"),
     )
     print(

@@ -179,7 +179,9 @@ def test_find_breast_root_at_every_level(synthetic_tree):
 
 def test_index_tree_reads_labels_and_patients_from_names(synthetic_tree):
     result = index_tree(synthetic_tree)
-    assert len(result.records) == 8 * 3 * 4 * 2
+    # 4 benign and 4 malignant subtypes x 3 patients x 4 magnifications; benign patients have 1
+    # image per magnification, malignant ones 2 (the BreaKHis-like class balance).
+    assert len(result.records) == 4 * 3 * 4 * (1 + 2)
     assert result.warnings() == []
     record = result.records[0]
     parsed = parse_filename(record.filename)
