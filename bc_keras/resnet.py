@@ -15,13 +15,22 @@ BATCH_NORM_MOMENTUM = 0.9
 MIN_IMAGE_SIZE = 32
 
 
-def _batch_norm(name: str):
+def _batch_norm(name: str, synchronized: bool = False):
     return keras.layers.BatchNormalization(
-        epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=name
+        epsilon=BATCH_NORM_EPSILON,
+        momentum=BATCH_NORM_MOMENTUM,
+        synchronized=synchronized,
+        name=name,
     )
 
 
-def apply_basic_block(x, filters: int, stride: int = 1, name: str = "block"):
+def apply_basic_block(
+    x,
+    filters: int,
+    stride: int = 1,
+    name: str = "block",
+    synchronized_batch_norm: bool = False,
+):
     """The ResNet basic block: two 3x3 convolutions with BatchNorm, plus a shortcut.
 
     The shortcut is the identity when the shape is unchanged, else a 1x1 strided convolution
@@ -32,6 +41,8 @@ def apply_basic_block(x, filters: int, stride: int = 1, name: str = "block"):
         filters: output channels of both convolutions.
         stride: stride of the first convolution (2 halves the resolution).
         name: prefix of the block's layer names.
+        synchronized_batch_norm: normalise with the statistics of the global batch, all
+            replicas together, under a distribution strategy (see `build_resnet18`).
 
     Returns:
         The block's output tensor.
@@ -45,22 +56,26 @@ def apply_basic_block(x, filters: int, stride: int = 1, name: str = "block"):
         shortcut = keras.layers.Conv2D(
             filters, 1, strides=stride, use_bias=False, name=f"{name}_projection_conv"
         )(x)
-        shortcut = _batch_norm(f"{name}_projection_bn")(shortcut)
+        shortcut = _batch_norm(f"{name}_projection_bn", synchronized_batch_norm)(shortcut)
     if stride != 1:
         # Explicit symmetric padding, as torchvision pads, instead of TF's asymmetric "same".
         x = keras.layers.ZeroPadding2D(1, name=f"{name}_conv1_pad")(x)
         x = keras.layers.Conv2D(filters, 3, strides=stride, use_bias=False, name=f"{name}_conv1")(x)
     else:
         x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
-    x = _batch_norm(f"{name}_bn1")(x)
+    x = _batch_norm(f"{name}_bn1", synchronized_batch_norm)(x)
     x = keras.layers.ReLU(name=f"{name}_relu1")(x)
     x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
-    x = _batch_norm(f"{name}_bn2")(x)
+    x = _batch_norm(f"{name}_bn2", synchronized_batch_norm)(x)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def build_resnet18(image_size: int = 224, name: str = ENCODER_NAME) -> keras.Model:
+def build_resnet18(
+    image_size: int = 224,
+    name: str = ENCODER_NAME,
+    synchronized_batch_norm: bool = False,
+) -> keras.Model:
     """ResNet-18 without its classifier: the SimCLR encoder.
 
     Stem: 7x7/2 convolution (64) -> BatchNorm -> ReLU -> 3x3/2 max pooling; then four stages of
@@ -70,6 +85,14 @@ def build_resnet18(image_size: int = 224, name: str = ENCODER_NAME) -> keras.Mod
     Args:
         image_size: side of the square RGB input, at least 32.
         name: the model's name.
+        synchronized_batch_norm: under a distribution strategy with several replicas, every
+            BatchNorm normalises with the mean and variance of the global batch instead of each
+            replica's share of it, as SimCLR's global BN does: the two views of an image share
+            a replica, so local statistics let the contrastive loss find a positive by how its
+            batch was normalised rather than by its content (Chen et al., 2020, section 2.2).
+            Without a strategy, or with one replica, it normalises as the plain layer does, up
+            to rounding (it takes the variance as E[x^2] - E[x]^2). Saved encoders keep the
+            setting and load with a plain `keras.models.load_model`.
 
     Returns:
         A functional `keras.Model` mapping `[batch, image_size, image_size, 3]` to `[batch, 512]`.
@@ -82,7 +105,7 @@ def build_resnet18(image_size: int = 224, name: str = ENCODER_NAME) -> keras.Mod
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = keras.layers.ZeroPadding2D(3, name="stem_conv_pad")(inputs)
     x = keras.layers.Conv2D(64, 7, strides=2, use_bias=False, name="stem_conv")(x)
-    x = _batch_norm("stem_bn")(x)
+    x = _batch_norm("stem_bn", synchronized_batch_norm)(x)
     x = keras.layers.ReLU(name="stem_relu")(x)
     x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
     x = keras.layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
@@ -93,6 +116,7 @@ def build_resnet18(image_size: int = 224, name: str = ENCODER_NAME) -> keras.Mod
                 filters,
                 stride=stride if block == 0 else 1,
                 name=f"stage{stage}_block{block + 1}",
+                synchronized_batch_norm=synchronized_batch_norm,
             )
     outputs = keras.layers.GlobalAveragePooling2D(name="average_pool")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -101,3 +101,32 @@ def test_encoder_save_load_gives_same_outputs(tmp_path):
     loaded = keras.models.load_model(path)
     assert loaded.name == encoder.name
     np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-5)
+
+
+def batch_norm_layers(model: keras.Model) -> list:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def test_synchronized_batch_norm_is_opt_in_and_survives_save_load(tmp_path):
+    default = build_resnet18(image_size=32)
+    synchronized = build_resnet18(image_size=32, synchronized_batch_norm=True)
+    # The stem, two per basic block and three projection shortcuts.
+    assert len(batch_norm_layers(synchronized)) == 1 + 2 * 8 + 3
+    assert all(layer.synchronized for layer in batch_norm_layers(synchronized))
+    assert not any(layer.synchronized for layer in batch_norm_layers(default))
+    assert [layer.name for layer in synchronized.layers] == [layer.name for layer in default.layers]
+    synchronized.set_weights(default.get_weights())
+    images = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
+    expected = default.predict(images, verbose=0)
+    np.testing.assert_allclose(synchronized.predict(images, verbose=0), expected, atol=1e-6)
+    # Without a strategy the batch statistics are the local ones in training mode too, up to
+    # rounding: the synchronized layer computes the variance as E[x^2] - E[x]^2.
+    np.testing.assert_allclose(
+        synchronized(images, training=True), default(images, training=True), atol=1e-3
+    )
+    path = save_model(synchronized, tmp_path / "encoder.h5", {"kind": "simclr_encoder"})
+    loaded = keras.models.load_model(path)
+    assert all(layer.synchronized for layer in batch_norm_layers(loaded))
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), synchronized.predict(images, verbose=0), atol=1e-5
+    )
