@@ -7,64 +7,89 @@ import sys
 from pathlib import Path
 
 from bc_keras import cli
+from bc_keras.errors import DataError, ModelFileError, RunError
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        description="Predict with a model saved by train_cnn.py, train_transfer.py or train_simclr.py. "
-        "The input size and preprocessing are read from the model file. Writes one row per image "
-        "(path, probability_malignant, label) and, when file names are BreaKHis names, a per-patient "
+        description="Predict with a model saved by train_cnn.py, train_transfer.py or "
+        "train_simclr.py. The input size, preprocessing, decision threshold and test-time "
+        "augmentation are read from the model file. Writes one row per image (path, "
+        "probability_malignant, label) and, when file names are BreaKHis names, a per-patient "
         "summary (mean probability and majority vote) beside it.",
         formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("model", help="a .h5 model saved by a bc_keras training script")
     parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    parser.add_argument("--out", default="predictions.csv", help="CSV of per-image predictions")
-    parser.add_argument("--batch-size", type=cli.positive_int, default=32, help="images per batch")
+    parser.add_argument(
+        "--out",
+        default="predictions.csv",
+        help="CSV of per-image predictions (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size", type=cli.positive_int, default=32, help="images per batch (default: 32)"
+    )
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="malignant at or above this probability (default: the model's, 0.5)",
+        help="malignant at or above this probability (default: the one stored in the model)",
+    )
+    parser.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the 8 flips and 90-degree rotations (default: as the model was evaluated)",
     )
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    out = Path(args.out)
+    if out.is_dir():
+        raise RunError(
+            f"--out {out} is a folder; name a .csv file (e.g. {out / 'predictions.csv'})"
+        )
     from bc_keras import inference, models
 
     model, metadata = models.load_model(args.model)
-    if metadata.get("kind") == "simclr_encoder":
-        raise models.ModelFileError(
-            f"{args.model} is a SimCLR encoder (no classification head); fine-tune it with "
-            "`train_simclr.py finetune` and predict with the classifier it saves."
+    if metadata.get("kind") != "classifier":
+        raise ModelFileError(
+            f"{args.model} is a {metadata.get('kind', 'unknown')} model, not a classifier; a "
+            "SimCLR encoder has no classification head: fine-tune it with `train_simclr.py "
+            "finetune` and predict with the classifier it saves"
         )
     if args.threshold is not None:
         metadata["threshold"] = args.threshold
+    tta = bool(metadata.get("tta", False)) if args.tta is None else args.tta
     files = inference.collect_images(args.paths)
     print(
-        f"predicting {len(files)} image(s) at {metadata['image_size']}px, preprocessing {metadata.get('preprocess')}"
+        f"predicting {len(files)} image(s) at {metadata['image_size']} px, preprocessing "
+        f"{metadata.get('preprocess')}, threshold {float(metadata.get('threshold', 0.5)):.4g}"
+        + (", test-time augmentation" if tta else "")
     )
-    rows, skipped = inference.predict_files(model, metadata, files, args.batch_size)
+    rows, skipped = inference.predict_files(model, metadata, files, args.batch_size, tta=tta)
     for path, reason in skipped:
         print(f"warning: skipped {path}: {reason}", file=sys.stderr)
     if not rows:
-        raise inference.DataError("No readable image to predict; see the warnings above.")
-    out = inference.write_csv(args.out, inference.IMAGE_COLUMNS, rows)
+        raise DataError("no readable image to predict; see the warnings above")
+    try:
+        written = inference.write_csv(out, inference.IMAGE_COLUMNS, rows)
+        patients = inference.summarise_patients(rows, float(metadata.get("threshold", 0.5)))
+        if patients:
+            patient_out = written.with_name(f"{written.stem}_patients.csv")
+            inference.write_csv(patient_out, inference.PATIENT_COLUMNS, patients)
+    except OSError as error:
+        raise RunError(f"cannot write {out} ({error.strerror}); choose a writable --out") from error
     print(
-        f"wrote {len(rows)} prediction(s) to {out}"
+        f"wrote {len(rows)} prediction(s) to {written}"
         + (f" ({len(skipped)} unreadable skipped)" if skipped else "")
     )
-    patients = inference.summarise_patients(rows, float(metadata.get("threshold", 0.5)))
     if patients:
-        patient_out = Path(out).with_name(f"{Path(out).stem}_patients.csv")
-        inference.write_csv(patient_out, inference.PATIENT_COLUMNS, patients)
-        print(
-            f"wrote {len(patients)} patient summar{'y' if len(patients) == 1 else 'ies'} to {patient_out}"
-        )
+        print(f"wrote {len(patients)} patient summaries to {patient_out}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run_script(main))
+    sys.exit(cli.run_script(main, interrupted="interrupted: nothing was written"))

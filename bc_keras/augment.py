@@ -7,6 +7,14 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
+from bc_keras.stain import (
+    HED_FROM_RGB,
+    INCIDENT_INTENSITY,
+    INTENSITY_OFFSET,
+    RGB_FROM_HED,
+    check_stain_strength,
+)
+
 
 @dataclass(frozen=True)
 class AffineAugmentation:
@@ -85,19 +93,19 @@ def warp_images(images, transforms):
     )
 
 
-def random_affine_warp(images, seed, augmentation: AffineAugmentation = REPORT_AUGMENTATION):
-    """Applies an independent random affine warp to every image of a float batch.
-
-    The draws follow `ImageDataGenerator.get_random_transform`: uniform rotation, shifts as a
-    fraction of the image size, two independent zooms in `[1 - z, 1 + z]`, a fair-coin flip.
+def random_affine_parameters(
+    seed, batch, height: int, width: int, augmentation=REPORT_AUGMENTATION
+):
+    """Draws `(theta, tx, ty, zx, zy, flip)` for a batch as `ImageDataGenerator.
+    get_random_transform` does: uniform rotation in degrees, shifts in pixels as a fraction of
+    the image size, two independent zooms in `[1 - z, 1 + z]`, a fair-coin horizontal flip.
 
     Args:
-        images: float32 tensor `[batch, height, width, channels]` with static height and width.
         seed: int tensor of shape `[2]` for the stateless random ops.
+        batch: number of images (an int or a scalar tensor).
+        height, width: image size in pixels.
         augmentation: the ranges.
     """
-    height, width = int(images.shape[1]), int(images.shape[2])
-    batch = tf.shape(images)[0]
     seeds = tf.random.experimental.stateless_split(seed, num=6)
 
     def uniform(index, low, high):
@@ -116,8 +124,15 @@ def random_affine_warp(images, seed, augmentation: AffineAugmentation = REPORT_A
         flip = uniform(5, 0.0, 1.0) < 0.5
     else:
         flip = tf.zeros([batch], dtype=tf.bool)
-    transforms = affine_transforms(theta, tx, ty, zx, zy, flip, height, width)
-    return warp_images(images, transforms)
+    return theta, tx, ty, zx, zy, flip
+
+
+def random_affine_warp(images, seed, augmentation: AffineAugmentation = REPORT_AUGMENTATION):
+    """Applies an independent random affine warp (see `random_affine_parameters`) to every
+    image of a float batch `[batch, height, width, channels]` with static height and width."""
+    height, width = int(images.shape[1]), int(images.shape[2])
+    parameters = random_affine_parameters(seed, tf.shape(images)[0], height, width, augmentation)
+    return warp_images(images, affine_transforms(*parameters, height, width))
 
 
 @dataclass(frozen=True)
@@ -227,3 +242,52 @@ def simclr_pair(image, seed, image_size: int, augmentation: SimCLRAugmentation):
         simclr_view(image, seeds[0], image_size, augmentation),
         simclr_view(image, seeds[1], image_size, augmentation),
     )
+
+
+def hed_perturbation(images, alpha, beta):
+    """Tellez et al. (2018) HED stain perturbation of a batch, `s_c' = alpha_c * s_c + beta_c`.
+
+    The TensorFlow twin of `bc_keras.stain.hed_perturbation_numpy`, with the same OD
+    convention (`OD = -ln((I + 1) / 256)`) and the same Ruifrok & Johnston matrices.
+
+    Args:
+        images: float tensor `[batch, height, width, 3]` of RGB values in [0, 255].
+        alpha: float tensor `[batch, 3]`, each image's H, E, D scale factors.
+        beta: float tensor `[batch, 3]`, each image's H, E, D shifts in OD units.
+
+    Returns:
+        float32 tensor of the images' shape, clipped to [0, 255].
+    """
+    images = tf.clip_by_value(tf.cast(images, tf.float32), 0.0, 255.0)
+    alpha = tf.cast(alpha, tf.float32)[:, None, None, :]
+    beta = tf.cast(beta, tf.float32)[:, None, None, :]
+    od = -tf.math.log((images + INTENSITY_OFFSET) / INCIDENT_INTENSITY)
+    hed = tf.einsum("bhwc,cs->bhws", od, tf.constant(HED_FROM_RGB, tf.float32))
+    od = tf.einsum("bhws,sc->bhwc", hed * alpha + beta, tf.constant(RGB_FROM_HED, tf.float32))
+    rgb = INCIDENT_INTENSITY * tf.exp(-od) - INTENSITY_OFFSET
+    return tf.clip_by_value(rgb, 0.0, 255.0)
+
+
+def random_hed_perturbation(images, seed, strength: float):
+    """Applies an independent random HED perturbation to every image of a float batch.
+
+    Per image and stain, alpha ~ U(1 - strength, 1 + strength) and beta ~ U(-strength,
+    strength), drawn with stateless ops, as in `bc_keras.stain.StainAugmentation`.
+
+    Args:
+        images: float tensor `[batch, height, width, 3]` of RGB values in [0, 255].
+        seed: int tensor of shape `[2]` for the stateless random ops.
+        strength: a Python float in [0, 1); 0 returns the images unchanged.
+
+    Returns:
+        float32 tensor of the images' shape.
+    """
+    strength = check_stain_strength(strength)
+    images = tf.cast(images, tf.float32)
+    if strength == 0:
+        return images
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, num=2)
+    alpha = tf.random.stateless_uniform([batch, 3], seeds[0], 1.0 - strength, 1.0 + strength)
+    beta = tf.random.stateless_uniform([batch, 3], seeds[1], -strength, strength)
+    return hed_perturbation(images, alpha, beta)

@@ -9,12 +9,8 @@ import time
 
 import numpy as np
 
-from bc_keras.data import (
-    DataError,
-    generator_from_files,
-    list_split_files,
-    tfdata_from_files,
-)
+from bc_keras.data import generator_from_files, list_split_files, tfdata_from_files
+from bc_keras.errors import UserError
 
 
 def _images_per_second(batches, count_images) -> tuple[float, int]:
@@ -96,7 +92,7 @@ def main(argv=None) -> int:
             image_size=args.image_size,
             seed=args.seed,
         )
-    except DataError as error:
+    except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(

@@ -10,6 +10,8 @@ MALIGNANT = "malignant"
 # Index = binary label: benign 0, malignant 1 (the order flow_from_directory sees them in).
 CLASS_NAMES = (BENIGN, MALIGNANT)
 MAGNIFICATIONS = (40, 100, 200, 400)
+# The patient or magnification of a file whose name is not a BreaKHis name.
+UNKNOWN = "unknown"
 
 # Subtype code -> (class, folder name under <class>/SOB/).
 SUBTYPES = {
@@ -163,3 +165,13 @@ def distribution_table(rows) -> str:
         f"| Total | {total_benign} | {total_malignant} | {total_benign + total_malignant} |"
     )
     return "\n".join(lines)
+
+
+def describe_files(paths) -> tuple[list[str], list[str]]:
+    """Patient key and magnification of each file, from BreaKHis names ("unknown" otherwise)."""
+    patients, magnifications = [], []
+    for path in paths:
+        parsed = try_parse_filename(str(path).replace("\\", "/").rsplit("/", 1)[-1])
+        patients.append(parsed.patient if parsed else UNKNOWN)
+        magnifications.append(str(parsed.magnification) if parsed else UNKNOWN)
+    return patients, magnifications

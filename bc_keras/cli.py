@@ -1,18 +1,34 @@
-"""Helpers the train_*.py scripts share: common flags, seeding and user-facing errors.
+"""What the scripts share: flags built from the config dataclasses, quiet start-up, and
+`run_script`, which prints user errors as one line and keeps tracebacks for bugs.
 
-Only the scripts call these; the rest of bc_keras takes explicit arguments.
+Only the scripts call these; the rest of bc_keras takes explicit arguments. Importing this
+module does not import TensorFlow, so the data tools stay light.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
+import warnings
 
-from bc_keras.data import PIPELINE_TFDATA, PIPELINES
+from bc_keras import config as configs
+from bc_keras import console
+from bc_keras.errors import UserError, one_line
+
+_GROUP_TITLES = {
+    configs.GROUP_DATA: "data",
+    configs.GROUP_MODEL: "model",
+    configs.GROUP_TRAINING: "training",
+    configs.GROUP_ROBUST: "recipe (robust-recipe flags default to the --recipe's value)",
+    configs.GROUP_OUTPUTS: "outputs",
+    configs.GROUP_EVALUATION: "evaluation",
+}
 
 
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every default (the report's values) and keeps the description's line breaks."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks; defaults are written into each flag's help."""
 
 
 def positive_int(text: str) -> int:
@@ -22,10 +38,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     value = float(text)
-    if value <= 0:
+    if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -36,79 +66,143 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_common_arguments(
-    parser: argparse.ArgumentParser,
-    *,
-    model_out: str,
-    epochs: int = 100,
-    batch_size: int = 32,
-    image_size: int = 224,
-    with_pipeline: bool = True,
-    with_evaluation: bool = True,
-) -> None:
-    """The flags every training script shares, with the report's values as defaults."""
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        required=True,
-        help="a prepared split: DIR/{train,val,test}/{benign,malignant} from data_tools/prepare_breakhis.py",
-    )
-    if with_pipeline:
-        data.add_argument(
-            "--pipeline",
-            choices=PIPELINES,
-            default=PIPELINE_TFDATA,
-            help="'generator' is the report's ImageDataGenerator; 'tfdata' gives the same tensors, faster",
+def unit_interval(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def threshold_value(text: str) -> float | str:
+    """A probability in (0, 1), or the name of a method choosing it on validation."""
+    name = text.strip().lower().replace("-", "_")
+    if name in configs.THRESHOLD_METHODS:
+        return name
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a probability in (0, 1) or one of {', '.join(configs.THRESHOLD_METHODS)}, "
+            f"got {text}"
         )
-    data.add_argument(
-        "--image-size", type=positive_int, default=image_size, help="input side in pixels"
-    )
-    data.add_argument(
-        "--batch-size", type=positive_int, default=batch_size, help="images per batch"
-    )
-    training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=positive_int, default=epochs, help="maximum epochs")
-    training.add_argument(
-        "--seed", type=int, default=42, help="seeds Python, NumPy, TensorFlow and the data order"
-    )
-    training.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 compute (GPUs with tensor cores); the sigmoid output stays float32",
-    )
-    training.add_argument(
-        "--strategy",
-        choices=("default", "mirrored"),
-        default="default",
-        help="tf.distribute strategy: 'mirrored' trains on all local GPUs",
-    )
-    outputs = parser.add_argument_group("outputs")
-    outputs.add_argument(
-        "--run-dir",
-        default=None,
-        help="run folder for config, history, metrics, predictions and figures (default: runs/<experiment>/<timestamp>)",
-    )
-    outputs.add_argument(
-        "--model-out", default=model_out, help="where the trained .h5 model is saved"
-    )
-    outputs.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue an interrupted run from its last completed epoch (the --run-dir, or the newest interrupted run)",
-    )
-    if with_evaluation:
-        evaluation = parser.add_argument_group("evaluation")
-        evaluation.add_argument(
-            "--threshold",
-            type=float,
-            default=0.5,
-            help="probability at or above which an image is malignant",
+    return value
+
+
+# Argparse types by field name where the annotation alone is not precise enough.
+_TYPES = {
+    "image_size": positive_int,
+    "batch_size": positive_int,
+    "epochs": positive_int,
+    "patience": positive_int,
+    "reduce_lr_patience": positive_int,
+    "dense_units": positive_int,
+    "projection_hidden_dim": positive_int,
+    "projection_dim": positive_int,
+    "phase1_epochs": positive_int,
+    "phase2_epochs": positive_int,
+    "freeze_epochs": non_negative_int,
+    "learning_rate": positive_float,
+    "finetune_learning_rate": positive_float,
+    "min_learning_rate": positive_float,
+    "temperature": positive_float,
+    "alpha": positive_float,
+    "reduce_lr_factor": fraction,
+    "label_fraction": fraction,
+    "crop_scale_min": fraction,
+    "dropout": unit_interval,
+    "blur_probability": unit_interval,
+    "batch_norm_momentum": unit_interval,
+    "stain_augment": non_negative_float,
+    "jitter_strength": non_negative_float,
+    "threshold": threshold_value,
+}
+
+
+def _flag_aliases(config_class) -> dict:
+    aliases: dict = {}
+    for klass in reversed(config_class.__mro__):
+        aliases.update(getattr(klass, "FLAG_ALIASES", {}))
+    return aliases
+
+
+def _default_text(config_class, field, options) -> str:
+    if options.get("required"):
+        return ""
+    if field.default is None and any(field.name in v for v in configs.RECIPE_VALUES.values()):
+        values = "; ".join(
+            f"{recipe}: {values[field.name]}" for recipe, values in configs.RECIPE_VALUES.items()
         )
-        evaluation.add_argument(
-            "--tune-threshold",
-            action="store_true",
-            help="also report metrics at the threshold maximising Youden's J on the validation split",
-        )
+        return f" (default: {values})"
+    if options.get("action") in ("store_true", "store_false"):
+        return ""
+    return f" (default: {field.default})"
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
+    """Adds one flag per field of `config_class` that has flag metadata, grouped as declared."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    aliases = _flag_aliases(config_class)
+    for field in dataclasses.fields(config_class):
+        options = configs.field_options(config_class, field.name)
+        if not options:
+            continue
+        flag, group = options.pop("flag"), options.pop("group")
+        help_text = options.pop("help") + _default_text(config_class, field, options)
+        if group not in groups:
+            groups[group] = parser.add_argument_group(_GROUP_TITLES[group])
+        arguments = dict(dest=field.name, help=help_text.replace("%", "%%"))
+        if options.pop("boolean", False):
+            arguments["action"] = argparse.BooleanOptionalAction
+        elif "action" not in options and field.name in _TYPES:
+            arguments["type"] = _TYPES[field.name]
+        elif "action" not in options and field.type in ("int", "float"):
+            arguments["type"] = int if field.type == "int" else float
+        if not options.get("required"):
+            arguments["default"] = field.default
+        arguments.update(options)
+        groups[group].add_argument(flag, *aliases.get(field.name, ()), **arguments)
+
+
+def build_parser(config_class, description: str, **parser_options) -> argparse.ArgumentParser:
+    """A parser whose flags are `config_class`'s fields, with the report's values as defaults."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=HelpFormatter, **parser_options
+    )
+    add_config_arguments(parser, config_class)
+    return parser
+
+
+def config_from_args(config_class, args: argparse.Namespace, **values):
+    """Builds a config from parsed flags (fields without a flag keep their default, or take
+    `values`), then fills the recipe's values into the fields left unset."""
+    fields = {}
+    for field in dataclasses.fields(config_class):
+        if field.name in values:
+            fields[field.name] = values[field.name]
+        elif hasattr(args, field.name) and field.init:
+            fields[field.name] = getattr(args, field.name)
+    config = config_class(**fields)
+    config.resolve_recipe()
+    return config
+
+
+def quiet_start() -> bool:
+    """TensorFlow's C++ logs at error level unless the user chose a level, and warnings as
+    one line each. Returns whether the start-up noise should also be filtered (see
+    `bc_keras.console`), i.e. whether the user left the level unset."""
+    user_chose = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.showwarning = _show_warning
+    # Users asked for .h5 files: Keras' advice to prefer .keras is noise here.
+    warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save", category=UserWarning)
+    warnings.filterwarnings("ignore", message=".*legacy.*HDF5", category=UserWarning)
+    return not user_chose
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {one_line(message)}", file=file or sys.stderr)
 
 
 def set_seed(seed: int) -> None:
@@ -118,33 +212,20 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
-def run_script(main, argv=None) -> int:
-    """Runs a script's `main`, turning user mistakes into one `error: ...` line (exit 2) and
-    Ctrl-C into a hint on how to resume (exit 130)."""
-    from bc_keras.data import DataError
-    from bc_keras.models import ModelFileError
-    from bc_keras.runs import RunError
-
-    try:
-        return main(argv) or 0
-    except (DataError, ModelFileError, RunError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "\ninterrupted: the run folder keeps a backup; run the same command with --resume to continue",
-            file=sys.stderr,
-        )
-        return 130
+RESUME_HINT = (
+    "interrupted: the run folder keeps a backup; run the same command with --resume to continue"
+)
 
 
-def config_from_args(config_class, args: argparse.Namespace, **values):
-    """Builds a script's config dataclass: each field from `values` when given, else from the
-    parsed flag of the same name (so the shared flags need no copying in every script)."""
-    import dataclasses
-
-    fields = {
-        field.name: values[field.name] if field.name in values else getattr(args, field.name)
-        for field in dataclasses.fields(config_class)
-    }
-    return config_class(**fields)
+def run_script(main, argv=None, interrupted: str = RESUME_HINT) -> int:
+    """Runs a script's `main`: a `UserError` becomes one `error: ...` line (exit 2), Ctrl-C the
+    `interrupted` line (exit 130); any other exception keeps its traceback (a bug)."""
+    with console.quiet_stderr(quiet_start()):
+        try:
+            return main(argv) or 0
+        except UserError as error:
+            print(f"error: {one_line(error)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"\n{interrupted}", file=sys.stderr)
+            return 130

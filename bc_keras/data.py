@@ -1,4 +1,9 @@
-"""Input pipelines over a prepared split: the report's ImageDataGenerator and a tf.data twin."""
+"""Input pipelines over a prepared split: the report's ImageDataGenerator and a tf.data twin.
+
+Training data is a pure function of (seed, epoch, batch) in both pipelines: the shuffle order
+of an epoch and every random transform are drawn from seeds built from those three numbers,
+so a run resumed at epoch k sees exactly the batches an uninterrupted run would.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -15,16 +21,16 @@ from bc_keras.augment import (
     AffineAugmentation,
     SimCLRAugmentation,
     random_affine_warp,
+    random_hed_perturbation,
     simclr_pair,
 )
 from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.config import PIPELINE_GENERATOR, PIPELINE_TFDATA, PIPELINES, PREPROCESS_RESCALE
+from bc_keras.decode import DEFAULT_INTERPOLATION, INTERPOLATIONS, decode_and_resize
 from bc_keras.errors import DataError
 from bc_keras.images import IMAGE_EXTENSIONS, check_images, describe_problems
+from bc_keras.stain import StainAugmentation
 
-PIPELINE_GENERATOR = "generator"
-PIPELINE_TFDATA = "tfdata"
-PIPELINES = (PIPELINE_GENERATOR, PIPELINE_TFDATA)
-PREPROCESS_RESCALE = "rescale"
 # Backbone name -> module of keras.applications whose preprocess_input it uses.
 BACKBONE_PREPROCESS_MODULES = {
     "resnet50": "resnet50",
@@ -34,8 +40,16 @@ BACKBONE_PREPROCESS_MODULES = {
 }
 SUBSET_TRAIN, SUBSET_VAL, SUBSET_TEST = "train", "val", "test"
 SUBSETS = (SUBSET_TRAIN, SUBSET_VAL, SUBSET_TEST)
-# flow_from_directory's default resize, and so the report's.
-DEFAULT_INTERPOLATION = "nearest"
+# Epochs a repeating training stream can deliver (effectively endless).
+ENDLESS = 1 << 40
+
+__all__ = [
+    "DEFAULT_INTERPOLATION",
+    "PIPELINE_GENERATOR",
+    "PIPELINE_TFDATA",
+    "PIPELINES",
+    "PREPROCESS_RESCALE",
+]
 
 
 @dataclass
@@ -52,7 +66,7 @@ class SplitFiles:
 class ImageDataset:
     """A batched dataset plus the files behind it, in the order they are yielded when unshuffled."""
 
-    data: object  # tf.data.Dataset or a Keras DirectoryIterator
+    data: object  # tf.data.Dataset or a keras PyDataset over a Keras DirectoryIterator
     paths: list[str]
     labels: np.ndarray
     steps: int
@@ -84,14 +98,14 @@ def list_split_files(split_dir, subset: str, check: bool = True) -> SplitFiles:
     missing = [name for name in CLASS_NAMES if not (subset_dir / name).is_dir()]
     if missing:
         raise DataError(
-            f"{split_dir} is not a prepared split: missing {', '.join(str(subset_dir / m) for m in missing)}. "
-            "Expected train/, val/ and test/, each with benign/ and malignant/ "
-            "(made by `python data_tools/prepare_breakhis.py SOURCE --out DIR`)."
+            f"{split_dir} is not a prepared split: missing "
+            f"{', '.join(str(subset_dir / m) for m in missing)}. Expected train/, val/ and test/, "
+            "each with benign/ and malignant/ (made by `python data_tools/prepare_breakhis.py "
+            "SOURCE --out DIR`)."
         )
     paths, labels = [], []
     for label, name in enumerate(CLASS_NAMES):
-        class_dir = subset_dir / name
-        for root, _, files in sorted(os.walk(class_dir), key=lambda item: item[0]):
+        for root, _, files in sorted(os.walk(subset_dir / name), key=lambda item: item[0]):
             for file_name in sorted(files):
                 if file_name.lower().endswith(IMAGE_EXTENSIONS):
                     paths.append(os.path.join(root, file_name))
@@ -113,7 +127,7 @@ def list_split_files(split_dir, subset: str, check: bool = True) -> SplitFiles:
 
 
 def preprocess_function(preprocess: str):
-    """The function mapping float pixels in [0, 255] to model inputs.
+    """The function mapping float pixels in [0, 255] to model inputs (None for rescale).
 
     Args:
         preprocess: "rescale" (the report: x / 255) or a backbone name whose
@@ -126,8 +140,6 @@ def preprocess_function(preprocess: str):
             f"Unknown preprocessing; use {PREPROCESS_RESCALE!r} or one of "
             f"{sorted(BACKBONE_PREPROCESS_MODULES)}. Received: preprocess={preprocess!r}"
         )
-    import keras
-
     module = getattr(keras.applications, BACKBONE_PREPROCESS_MODULES[preprocess])
     return module.preprocess_input
 
@@ -140,41 +152,18 @@ def apply_preprocess(images, preprocess: str):
     return function(images)
 
 
-def resize_nearest_like_pil(image, image_size: int):
-    """Nearest-neighbour resize that picks the same pixels as PIL (and so as `load_img`).
-
-    PIL walks the output with a float64 running sum, source = int(0.5 * s + i * s) accumulated
-    one step at a time (s = in / out); a cumulative sum on the CPU reproduces those roundings,
-    where `tf.image.resize` (float32) lands on the other side of exact boundaries, e.g. when
-    upsampling 32 -> 48 px.
-    """
-    shape = tf.shape(image)
-
-    def indices(source_size):
-        scale = tf.cast(source_size, tf.float64) / float(image_size)
-        steps = tf.concat([[0.5 * scale], tf.fill([image_size - 1], scale)], axis=0)
-        positions = tf.math.cumsum(steps)
-        return tf.minimum(tf.cast(tf.floor(positions), tf.int32), source_size - 1)
-
-    rows = tf.gather(image, indices(shape[0]), axis=0)
-    return tf.gather(rows, indices(shape[1]), axis=1)
+def _check_interpolation(interpolation: str) -> None:
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(
+            f"interpolation must be one of {INTERPOLATIONS}. Received: interpolation="
+            f"{interpolation!r}"
+        )
 
 
-def decode_and_resize(path, image_size: int, interpolation: str = DEFAULT_INTERPOLATION):
-    """Reads an image file into a `[size, size, 3]` tensor (uint8 for "nearest")."""
-    raw = tf.io.read_file(path)
-    image = tf.io.decode_image(raw, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    if interpolation == "nearest":
-        return resize_nearest_like_pil(image, image_size)
-    resized = tf.image.resize(image, (image_size, image_size), method=interpolation)
-    if resized.dtype != tf.uint8:
-        # Round like PIL does, so the cache keeps uint8 for every interpolation.
-        resized = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-    return resized
-
-
-def _decoded_dataset(paths, labels, image_size, interpolation, cache):
+def decoded_dataset(paths, labels, image_size: int, interpolation: str, cache=True):
+    """Parallel decode and resize (uint8, as PIL would) of `(path, label)` pairs, cached:
+    True caches in memory, a path prefix on disk, False not at all."""
+    _check_interpolation(interpolation)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.float32)))
     dataset = dataset.map(
         lambda path, label: (decode_and_resize(path, image_size, interpolation), label),
@@ -182,10 +171,12 @@ def _decoded_dataset(paths, labels, image_size, interpolation, cache):
         deterministic=True,
     )
     if cache is True:
-        dataset = dataset.cache()
-    elif cache:
-        dataset = dataset.cache(str(cache))
-    return dataset
+        return dataset.cache()
+    return dataset.cache(str(cache)) if cache else dataset
+
+
+def _epoch_seed(seed: int, epoch):
+    return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
 def tfdata_from_files(
@@ -196,51 +187,121 @@ def tfdata_from_files(
     batch_size: int = 32,
     augment: bool = False,
     augmentation: AffineAugmentation = REPORT_AUGMENTATION,
+    stain_strength: float = 0.0,
     preprocess: str = PREPROCESS_RESCALE,
     shuffle: bool = False,
     seed: int = 42,
     cache=True,
     interpolation: str = DEFAULT_INTERPOLATION,
+    epochs: int | None = 1,
+    start_epoch: int = 0,
 ):
-    """The fast pipeline: parallel decode -> cache of resized uint8 -> shuffle -> batch ->
-    one fused random affine warp per batch -> preprocess -> prefetch.
+    """The fast pipeline: parallel decode -> cache of resized uint8 -> per epoch: shuffle ->
+    batch -> one fused random affine warp (and H&E stain perturbation) per batch ->
+    preprocess -> prefetch.
 
     Args:
         paths, labels: image files and their 0/1 labels.
+        stain_strength: sigma of the HED stain augmentation (0 = none); with `augment` only.
         cache: True for memory, a file path prefix for a disk cache, False for none.
+        epochs: how many epochs the dataset delivers back to back (None: endless, for `fit`
+            with `steps_per_epoch`); epoch e is shuffled and augmented from (seed, e).
+        start_epoch: the first epoch's number (a resumed run starts where it stopped).
 
     Returns:
         A `tf.data.Dataset` of `(images float32 [b, size, size, 3], labels float32 [b])`.
     """
-    dataset = _decoded_dataset(paths, labels, image_size, interpolation, cache)
-    if shuffle:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size)
+    decoded = decoded_dataset(paths, labels, image_size, interpolation, cache)
     function = preprocess_function(preprocess)
+    count = len(paths)
 
     def to_inputs(images):
         images = tf.cast(images, tf.float32)
         return images * (1.0 / 255.0) if function is None else function(images)
 
-    if augment:
-        # One stateless seed per batch, drawn afresh each epoch, keeps runs reproducible while
-        # every epoch sees new warps. The warp runs on 0-255 floats, as the generator's does.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    def augment_batch(index, batch, epoch_seed):
+        images, batch_labels = batch
+        # One stateless seed per batch keeps runs reproducible while every epoch sees new
+        # warps. The warp runs on 0-255 floats, as the generator's does.
+        batch_seed = tf.stack([epoch_seed, index])
+        images = random_affine_warp(tf.cast(images, tf.float32), batch_seed, augmentation)
+        if stain_strength > 0:
+            stain_seed = tf.random.experimental.stateless_fold_in(batch_seed, 7)
+            images = random_hed_perturbation(images, stain_seed, stain_strength)
+        return to_inputs(images), batch_labels
 
-        def augment_batch(batch, batch_seed):
-            images, labels = batch
-            warped = random_affine_warp(tf.cast(images, tf.float32), batch_seed, augmentation)
-            return to_inputs(warped), labels
+    def one_epoch(epoch):
+        epoch_seed = _epoch_seed(seed, epoch)
+        data = decoded
+        if shuffle:
+            data = data.shuffle(count, seed=epoch_seed, reshuffle_each_iteration=False)
+        data = data.batch(batch_size)
+        if augment:
+            return data.enumerate().map(
+                lambda index, batch: augment_batch(index, batch, epoch_seed),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        return data.map(
+            lambda images, y: (to_inputs(images), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
 
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            augment_batch, num_parallel_calls=tf.data.AUTOTUNE
-        )
-    else:
-        dataset = dataset.map(
-            lambda images, labels: (to_inputs(images), labels),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+    last = start_epoch + (ENDLESS if epochs is None else epochs)
+    dataset = tf.data.Dataset.range(start_epoch, last).flat_map(one_epoch)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def files_dataset(
+    paths, *, image_size: int, batch_size: int = 32, preprocess: str, interpolation: str
+):
+    """Un-augmented, unshuffled model inputs for image files (inference): a dataset of
+    `(images, zeros)` batches in file order."""
+    return tfdata_from_files(
+        paths,
+        np.zeros(len(paths), np.float32),
+        image_size=image_size,
+        batch_size=batch_size,
+        preprocess=preprocess,
+        interpolation=interpolation,
+        cache=False,
+    )
+
+
+class EpochSeededIterator(keras.utils.PyDataset):
+    """Wraps a Keras `DirectoryIterator` (flow_from_directory / flow_from_dataframe) so that
+    its shuffle order and random transforms are functions of (seed, epoch, batch).
+
+    The legacy iterator seeds NumPy with `seed + total_batches_seen` before each batch; this
+    sets that counter from the epoch and batch number, draws each epoch's order from
+    (seed, epoch), and reseeds the stain augmentation per batch, so resuming at epoch k
+    reproduces the uninterrupted run.
+    """
+
+    def __init__(self, iterator, seed: int, shuffle: bool, start_epoch: int = 0, stain=None):
+        super().__init__()
+        self.iterator, self.seed, self.shuffle = iterator, seed, shuffle
+        self.epoch, self.stain = start_epoch, stain
+        self._set_order()
+
+    def _set_order(self):
+        count = self.iterator.n
+        self.iterator.index_array = (
+            np.random.default_rng([self.seed, self.epoch]).permutation(count)
+            if self.shuffle
+            else np.arange(count)
+        )
+
+    def __len__(self) -> int:
+        return len(self.iterator)
+
+    def __getitem__(self, index):
+        self.iterator.total_batches_seen = self.epoch * len(self) + index
+        if self.stain is not None:
+            self.stain.reseed(self.seed, self.epoch, index)
+        return self.iterator[index]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._set_order()
 
 
 def generator_from_files(
@@ -251,48 +312,60 @@ def generator_from_files(
     batch_size: int = 32,
     augment: bool = False,
     augmentation: AffineAugmentation = REPORT_AUGMENTATION,
+    stain_strength: float = 0.0,
     preprocess: str = PREPROCESS_RESCALE,
     shuffle: bool = False,
     seed: int = 42,
     interpolation: str = DEFAULT_INTERPOLATION,
     directory=None,
-):
+    start_epoch: int = 0,
+) -> EpochSeededIterator:
     """The report's pipeline: `ImageDataGenerator` with `flow_from_directory` (when `directory`
     is given and every file in it is readable) or, for an explicit file list,
-    `flow_from_dataframe` with the same generator."""
+    `flow_from_dataframe` with the same generator; wrapped in `EpochSeededIterator`."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
+    _check_interpolation(interpolation)
     function = preprocess_function(preprocess)
     options = augmentation.generator_kwargs() if augment else {}
+    stain = None
+    if augment and stain_strength > 0:
+        # Keras applies preprocessing_function after the affine transform, before rescale.
+        stain = StainAugmentation(stain_strength, seed, then=function)
+        function = stain
     if function is None:
         generator = ImageDataGenerator(rescale=1.0 / 255.0, **options)
+    elif stain is not None and preprocess == PREPROCESS_RESCALE:
+        generator = ImageDataGenerator(rescale=1.0 / 255.0, preprocessing_function=stain, **options)
     else:
         generator = ImageDataGenerator(preprocessing_function=function, **options)
     flow_options = dict(
         target_size=(image_size, image_size),
         batch_size=batch_size,
         class_mode="binary",
-        shuffle=shuffle,
+        shuffle=False,  # the wrapper orders each epoch
         seed=seed,
         interpolation=interpolation,
     )
     if directory is not None:
-        return generator.flow_from_directory(
+        iterator = generator.flow_from_directory(
             str(directory), classes=list(CLASS_NAMES), **flow_options
         )
-    import pandas as pd
+    else:
+        import pandas as pd
 
-    frame = pd.DataFrame(
-        {"filename": list(paths), "class": [CLASS_NAMES[int(label)] for label in labels]}
-    )
-    return generator.flow_from_dataframe(
-        frame,
-        x_col="filename",
-        y_col="class",
-        classes=list(CLASS_NAMES),
-        validate_filenames=False,
-        **flow_options,
-    )
+        frame = pd.DataFrame(
+            {"filename": list(paths), "class": [CLASS_NAMES[int(label)] for label in labels]}
+        )
+        iterator = generator.flow_from_dataframe(
+            frame,
+            x_col="filename",
+            y_col="class",
+            classes=list(CLASS_NAMES),
+            validate_filenames=False,
+            **flow_options,
+        )
+    return EpochSeededIterator(iterator, seed, shuffle, start_epoch, stain)
 
 
 def build_dataset(
@@ -304,12 +377,16 @@ def build_dataset(
     batch_size: int = 32,
     augment: bool | None = None,
     augmentation: AffineAugmentation = REPORT_AUGMENTATION,
+    stain_strength: float = 0.0,
     preprocess: str = PREPROCESS_RESCALE,
     shuffle: bool | None = None,
     seed: int = 42,
     cache=True,
     interpolation: str = DEFAULT_INTERPOLATION,
     check: bool = True,
+    files: SplitFiles | None = None,
+    epochs: int | None = 1,
+    start_epoch: int = 0,
 ) -> ImageDataset:
     """Builds the input pipeline for one subset of a prepared split.
 
@@ -324,11 +401,16 @@ def build_dataset(
         image_size: side of the square model input.
         batch_size: images per batch.
         augment: random rotation/shift/zoom/flip; default: subset == "train".
+        stain_strength: H&E stain augmentation sigma when augmenting (0 = none).
         preprocess: "rescale" or a backbone name (its `preprocess_input`).
         shuffle: default: subset == "train".
         seed: seeds shuffling and augmentation.
         cache: tf.data only; True (memory), a file path prefix, or False.
+        interpolation: PIL's resize filter ("nearest" is the report's).
         check: verify images first and skip unreadable ones with a warning.
+        files: the subset's files when already listed (e.g. a label-fraction subset).
+        epochs, start_epoch: tf.data only; see `tfdata_from_files` (the generator always
+            delivers epochs for as long as it is asked).
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}. Received: pipeline={pipeline!r}")
@@ -339,21 +421,24 @@ def build_dataset(
     preprocess_function(preprocess)  # validates the name early
     augment = subset == SUBSET_TRAIN if augment is None else augment
     shuffle = subset == SUBSET_TRAIN if shuffle is None else shuffle
-    files = list_split_files(split_dir, subset, check=check)
+    complete = files is None
+    files = files or list_split_files(split_dir, subset, check=check)
     options = dict(
         image_size=image_size,
         batch_size=batch_size,
         augment=augment,
         augmentation=augmentation,
+        stain_strength=stain_strength,
         preprocess=preprocess,
         shuffle=shuffle,
         seed=seed,
         interpolation=interpolation,
+        start_epoch=start_epoch,
     )
     if pipeline == PIPELINE_TFDATA:
-        data = tfdata_from_files(files.paths, files.labels, cache=cache, **options)
+        data = tfdata_from_files(files.paths, files.labels, cache=cache, epochs=epochs, **options)
     else:
-        directory = Path(split_dir) / subset if not files.skipped else None
+        directory = Path(split_dir) / subset if complete and not files.skipped else None
         data = generator_from_files(files.paths, files.labels, directory=directory, **options)
     steps = int(np.ceil(len(files.paths) / batch_size))
     return ImageDataset(data, files.paths, files.labels, steps, pipeline, image_size, preprocess)
@@ -372,19 +457,13 @@ def simclr_dataset_from_files(
 ):
     """Two independent SimCLR views of every image, batched: `(views_a, views_b)` in [0, 1].
 
-    Images are decoded and resized once (bilinear) and cached; views are cropped from that.
-    `drop_remainder` keeps every batch the same size, so the contrastive step compiles once.
+    Images are decoded and resized once (bilinear, as PIL) and cached; views are cropped from
+    that. `drop_remainder` keeps every batch the same size, so the contrastive step compiles
+    once.
     """
     augmentation = augmentation or SimCLRAugmentation()
-    dataset = tf.data.Dataset.from_tensor_slices(list(paths))
-    dataset = dataset.map(
-        lambda path: decode_and_resize(path, image_size, "bilinear"),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    if cache is True:
-        dataset = dataset.cache()
-    elif cache:
-        dataset = dataset.cache(str(cache))
+    dataset = decoded_dataset(paths, np.zeros(len(paths)), image_size, "bilinear", cache)
+    dataset = dataset.map(lambda image, _: image)
     if shuffle:
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -13,6 +13,10 @@ class UserError(ValueError):
     """A problem the user can fix; the message is one line naming the problem and the fix."""
 
 
+class ConfigError(UserError):
+    """Flags or settings that do not work together."""
+
+
 class DataError(UserError):
     """The user's data: a missing or malformed folder, archive, image, fold file or manifest."""
 

@@ -1,4 +1,5 @@
-"""Inference with a saved bc_keras model: image files or folders -> probabilities per image and patient."""
+"""Inference with a saved bc_keras model: image files or folders -> probabilities per image and
+patient, with optional test-time augmentation."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bc_keras.breakhis import CLASS_NAMES
-from bc_keras.data import DEFAULT_INTERPOLATION, apply_preprocess, decode_and_resize
-from bc_keras.errors import DataError
+from bc_keras.breakhis import CLASS_NAMES, UNKNOWN, describe_files
+from bc_keras.data import DEFAULT_INTERPOLATION, PREPROCESS_RESCALE, files_dataset
+from bc_keras.errors import DataError, ModelFileError
 from bc_keras.images import IMAGE_EXTENSIONS, check_images
-from bc_keras.runs import describe_files
 
 IMAGE_COLUMNS = ("path", "probability_malignant", "label")
 PATIENT_COLUMNS = (
@@ -25,6 +25,39 @@ PATIENT_COLUMNS = (
     "majority_label",
     "malignant_images",
 )
+# The 8 symmetries of the square (4 rotations, each with and without a mirror): histology has
+# no preferred orientation, so averaging over them removes orientation noise from a prediction.
+DIHEDRAL_VIEWS = 8
+
+
+def dihedral_view(images, index: int):
+    """View `index` (0-7) of a batch `[b, h, w, c]`: rotation by 90 * (index % 4) degrees,
+    mirrored left-right when index >= 4. View 0 is the identity."""
+    rotated = tf.image.rot90(images, k=index % 4)
+    return tf.image.flip_left_right(rotated) if index >= 4 else rotated
+
+
+def predict_probabilities(model, dataset, tta: bool = False) -> np.ndarray:
+    """Probability of malignant for every image of an unshuffled `tf.data` dataset of
+    `images` or `(images, labels)` batches, in order; with `tta`, the mean over the 8
+    dihedral views."""
+    views = range(DIHEDRAL_VIEWS) if tta else range(1)
+    total = None
+    for index in views:
+
+        def view(*batch, index=index):
+            return dihedral_view(batch[0], index)
+
+        outputs = model.predict(dataset.map(view), verbose=0)
+        outputs = np.asarray(outputs, dtype=np.float64).reshape(-1)
+        total = outputs if total is None else total + outputs
+    probabilities = total / len(views)
+    if not np.all(np.isfinite(probabilities)):
+        raise ModelFileError(
+            f"the model gives non-finite probabilities for {int(np.sum(~np.isfinite(probabilities)))} "
+            "image(s): its weights are broken (a diverged training run); retrain it"
+        )
+    return probabilities
 
 
 def collect_images(paths) -> list[str]:
@@ -53,7 +86,7 @@ def collect_images(paths) -> list[str]:
 
 
 def predict_files(
-    model, metadata: dict, files, batch_size: int = 32
+    model, metadata: dict, files, batch_size: int = 32, tta: bool = False
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """Predicts every readable file with the preprocessing the model was trained with.
 
@@ -61,30 +94,23 @@ def predict_files(
         `(rows, skipped)`: one row per readable image (path, probability_malignant, label) and
         `(path, reason)` for each image that could not be read.
     """
-    image_size = int(metadata["image_size"])
-    preprocess = metadata.get("preprocess", "rescale")
-    interpolation = metadata.get("interpolation", DEFAULT_INTERPOLATION)
     threshold = float(metadata.get("threshold", 0.5))
     scan = check_images(files)
-    good, skipped = scan.good, scan.skipped
-    if not good:
-        return [], skipped
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(good)
-        .map(
-            lambda path: decode_and_resize(path, image_size, interpolation),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .batch(batch_size)
-        .map(lambda images: apply_preprocess(tf.cast(images, tf.float32), preprocess))
-        .prefetch(tf.data.AUTOTUNE)
+    if not scan.good:
+        return [], scan.skipped
+    dataset = files_dataset(
+        scan.good,
+        image_size=int(metadata["image_size"]),
+        batch_size=batch_size,
+        preprocess=metadata.get("preprocess", PREPROCESS_RESCALE),
+        interpolation=metadata.get("interpolation", DEFAULT_INTERPOLATION),
     )
-    probabilities = np.asarray(model.predict(dataset, verbose=0), dtype=np.float64).reshape(-1)
+    probabilities = predict_probabilities(model, dataset, tta=tta)
     rows = [
         {"path": path, "probability_malignant": float(p), "label": CLASS_NAMES[int(p >= threshold)]}
-        for path, p in zip(good, probabilities, strict=True)
+        for path, p in zip(scan.good, probabilities, strict=True)
     ]
-    return rows, skipped
+    return rows, scan.skipped
 
 
 def summarise_patients(rows, threshold: float = 0.5) -> list[dict]:
@@ -93,7 +119,7 @@ def summarise_patients(rows, threshold: float = 0.5) -> list[dict]:
     patients, _ = describe_files([row["path"] for row in rows])
     grouped: dict[str, list[float]] = defaultdict(list)
     for patient, row in zip(patients, rows, strict=True):
-        if patient != "unknown":
+        if patient != UNKNOWN:
             grouped[patient].append(row["probability_malignant"])
     summary = []
     for patient in sorted(grouped):
@@ -117,15 +143,19 @@ def write_csv(path, columns, rows) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(
-                {
-                    key: (f"{value:.6f}" if isinstance(value, float) else value)
-                    for key, value in row.items()
-                }
-            )
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow(
+                    {
+                        key: (f"{value:.6f}" if isinstance(value, float) else value)
+                        for key, value in row.items()
+                    }
+                )
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
     return path

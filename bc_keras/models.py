@@ -9,11 +9,12 @@ import tempfile
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-STRATEGY_DEFAULT = "default"
-STRATEGY_MIRRORED = "mirrored"
-STRATEGIES = (STRATEGY_DEFAULT, STRATEGY_MIRRORED)
+from bc_keras.config import STRATEGIES, STRATEGY_DEFAULT, STRATEGY_MIRRORED
+from bc_keras.errors import ModelFileError, RunError, TrainingError, one_line
+
 # The name of the HDF5 attribute holding what inference needs to know about a saved model.
 METADATA_ATTRIBUTE = "bc_keras_metadata"
 OUTPUT_NAME = "malignant_probability"
@@ -82,23 +83,66 @@ def build_baseline_cnn(
 
 
 def classifier_metrics() -> list:
-    """The report's metrics: accuracy, AUC, precision and recall."""
+    """The report's metrics (accuracy, AUC, precision, recall) plus the confusion counts at
+    0.5, from which the history shows a model that predicts one class for everything."""
     return [
         keras.metrics.BinaryAccuracy(name="accuracy"),
         keras.metrics.AUC(name="auc"),
         keras.metrics.Precision(name="precision"),
         keras.metrics.Recall(name="recall"),
+        keras.metrics.TruePositives(name="tp"),
+        keras.metrics.FalsePositives(name="fp"),
+        keras.metrics.TrueNegatives(name="tn"),
+        keras.metrics.FalseNegatives(name="fn"),
     ]
 
 
-def compile_classifier(model: keras.Model, learning_rate: float) -> keras.Model:
-    """Binary cross-entropy, Adam(learning_rate) and the report's metrics."""
+def compile_classifier(
+    model: keras.Model, learning_rate: float, jit_compile: bool = False
+) -> keras.Model:
+    """Binary cross-entropy, Adam(learning_rate) and the report's metrics; `jit_compile`
+    compiles the training step with XLA."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
         metrics=classifier_metrics(),
+        jit_compile=jit_compile,
     )
     return model
+
+
+def check_model_out(path) -> Path:
+    """Checks, before any training, that a model can be saved at `path` (a .h5 file in a
+    folder that exists or can be made and is writable); returns it as a Path."""
+    path = Path(path)
+    if path.suffix != ".h5":
+        raise RunError(
+            f"--model-out {path} must end in .h5 (bc_keras saves HDF5 models); e.g. "
+            f"{path.with_suffix('.h5')}"
+        )
+    if path.is_dir():
+        raise RunError(f"--model-out {path} is a folder; name a .h5 file inside it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(
+            f"cannot create {path.parent} for --model-out ({error.strerror}); choose a writable "
+            "location"
+        ) from error
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise RunError(f"--model-out {path} is not writable; choose a writable location")
+    return path
+
+
+def check_finite_weights(model: keras.Model) -> None:
+    """Refuses a model with NaN or infinite weights (a diverged run)."""
+    broken = [w.path for w in model.weights if not np.all(np.isfinite(w.numpy()))]
+    if broken:
+        raise TrainingError(
+            f"the trained model has non-finite weights ({len(broken)} variables, e.g. "
+            f"{broken[0]}): training diverged; start a new run with a lower --lr. Nothing was "
+            "saved"
+        )
 
 
 def save_model(model: keras.Model, path, metadata: dict) -> Path:
@@ -109,10 +153,8 @@ def save_model(model: keras.Model, path, metadata: dict) -> Path:
     """
     import h5py
 
-    path = Path(path)
-    if path.suffix != ".h5":
-        raise ValueError(f"Models are saved as .h5 files. Received: path={str(path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_model_out(path)
+    check_finite_weights(model)
     handle, temporary = tempfile.mkstemp(suffix=".h5", dir=path.parent, prefix=f".{path.stem}.")
     os.close(handle)
     try:
@@ -124,10 +166,6 @@ def save_model(model: keras.Model, path, metadata: dict) -> Path:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
-
-
-class ModelFileError(ValueError):
-    """A model file that cannot be used, with a message that says why."""
 
 
 def read_metadata(path) -> dict:
@@ -148,9 +186,15 @@ def read_metadata(path) -> dict:
             f"{path} is not an HDF5 (.h5) model file; pass a .h5 saved by train_cnn.py, "
             "train_transfer.py or train_simclr.py."
         )
-    with h5py.File(path, "r") as file:
-        raw = file.attrs.get(METADATA_ATTRIBUTE)
-        has_model = "model_config" in file.attrs
+    try:
+        with h5py.File(path, "r") as file:
+            raw = file.attrs.get(METADATA_ATTRIBUTE)
+            has_model = "model_config" in file.attrs
+    except OSError as error:
+        raise ModelFileError(
+            f"{path} cannot be read as a model ({one_line(error)}); it is truncated or corrupt: "
+            "copy it again or retrain"
+        ) from error
     if raw is None:
         kind = "a Keras model" if has_model else "an HDF5 file"
         raise ModelFileError(
@@ -165,5 +209,11 @@ def load_model(path, compile: bool = False) -> tuple[keras.Model, dict]:
     metadata = read_metadata(path)
     import bc_keras  # noqa: F401  (registers the custom objects)
 
-    model = keras.models.load_model(path, compile=compile)
+    try:
+        model = keras.models.load_model(path, compile=compile)
+    except (OSError, KeyError, ValueError) as error:
+        raise ModelFileError(
+            f"{path} cannot be loaded ({one_line(error)[:160]}); it is truncated or corrupt: "
+            "copy it again or retrain"
+        ) from error
     return model, metadata

@@ -3,11 +3,7 @@ the pretrained encoder, and the label-fraction subset for label-efficiency runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import keras
-import numpy as np
 import tensorflow as tf
 
 from bc_keras.models import sigmoid_output
@@ -54,6 +50,56 @@ def nt_xent_logits_and_labels(z_a, z_b, temperature: float = DEFAULT_TEMPERATURE
     return logits, labels
 
 
+def gathered_nt_xent_logits_and_labels(
+    z_a, z_b, gathered_z_a, gathered_z_b, offset=0, temperature: float = DEFAULT_TEMPERATURE
+):
+    """NT-Xent logits of one replica's anchors against the 2M embeddings of the global batch.
+
+    The global batch `[gathered_z_a; gathered_z_b]` holds M images, and this replica's n images
+    are its rows `offset` to `offset + n - 1`. Anchor i of view a finds its positive in column
+    M + offset + i and itself, masked out, in column offset + i; anchor i of view b the
+    reverse. The other 2M - 2 columns are its negatives, as on one device with the whole batch:
+    with offset 0 and the local batch as the global one, these are
+    `nt_xent_logits_and_labels`' logits and labels. Computed in float32.
+
+    Args:
+        z_a, z_b: this replica's projections of the two views, `[n, dim]`.
+        gathered_z_a, gathered_z_b: every replica's projections in replica order, `[M, dim]`.
+        offset: global index of this replica's first image, an int or an int32 scalar tensor.
+        temperature: softmax temperature, positive.
+
+    Returns:
+        `(logits, labels)`: float32 `[2n, 2M]` and int32 `[2n]`, the column of each positive.
+    """
+    _check_temperature(temperature)
+
+    def normalised(first, second):
+        views = tf.concat([tf.cast(first, tf.float32), tf.cast(second, tf.float32)], axis=0)
+        return tf.math.l2_normalize(views, axis=1)
+
+    anchors = normalised(z_a, z_b)
+    candidates = normalised(gathered_z_a, gathered_z_b)
+    logits = tf.matmul(anchors, candidates, transpose_b=True) / temperature
+    total = tf.shape(gathered_z_a)[0]
+    rows = tf.range(tf.shape(z_a)[0]) + tf.cast(offset, tf.int32)
+    self_columns = tf.concat([rows, rows + total], axis=0)
+    logits = logits - _SELF_MASK_VALUE * tf.one_hot(self_columns, 2 * total, dtype=tf.float32)
+    labels = tf.concat([rows + total, rows], axis=0)
+    return logits, labels
+
+
+def gathered_nt_xent_per_anchor(
+    z_a, z_b, gathered_z_a, gathered_z_b, offset=0, temperature: float = DEFAULT_TEMPERATURE
+):
+    """The NT-Xent cross-entropy of each of one replica's 2n anchors against the global batch,
+    float32 `[2n]`: views a then views b, as `nt_xent_per_anchor` orders them. Arguments as in
+    `gathered_nt_xent_logits_and_labels`."""
+    logits, labels = gathered_nt_xent_logits_and_labels(
+        z_a, z_b, gathered_z_a, gathered_z_b, offset, temperature
+    )
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
 def nt_xent_per_anchor(z_a, z_b, temperature: float = DEFAULT_TEMPERATURE):
     """The NT-Xent cross-entropy of each of the 2N anchors, float32 `[2N]`."""
     logits, labels = nt_xent_logits_and_labels(z_a, z_b, temperature)
@@ -83,6 +129,60 @@ def contrastive_accuracy(z_a, z_b):
     logits, labels = nt_xent_logits_and_labels(z_a, z_b, 1.0)
     predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
     return tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+
+def cross_replica_nt_xent(z_a, z_b, temperature: float = DEFAULT_TEMPERATURE):
+    """NT-Xent of a global batch split over replicas, whose negatives are the whole global batch.
+
+    Call it in replica context (inside `strategy.run`, or anywhere without a strategy). With
+    one replica it is `nt_xent_loss` and `contrastive_accuracy` of the local batch. With
+    several, the projections of every replica are gathered, as google-research/simclr does, and
+    each replica's 2n anchors are scored against all 2M embeddings of the global batch.
+
+    Keras' optimizer sums the gradients of the replicas (an all-reduce SUM in
+    `TFOptimizer._all_reduce_sum_gradients`), and the gradient of `all_gather` sums what every
+    replica sends back to each slice. So each replica returns the sum of its anchors' losses
+    divided by the global anchor count 2M: these shares add up to the global mean loss, and
+    their gradients, summed, are the gradient of the single-device loss on the global batch.
+
+    Args:
+        z_a, z_b: this replica's projections of the two views, `[n, dim]`.
+        temperature: softmax temperature, positive.
+
+    Returns:
+        `(replica_loss, loss, accuracy)`: this replica's share of the loss, to differentiate;
+        the global batch's mean loss and its contrastive accuracy, the same on every replica
+        and without gradient, to report.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        raise ValueError(
+            "cross_replica_nt_xent needs a replica context: call it inside strategy.run(...). "
+            f"Received: cross-replica context of {tf.distribute.get_strategy()!r}"
+        )
+    if context.num_replicas_in_sync == 1:
+        loss = nt_xent_loss(z_a, z_b, temperature)
+        return loss, loss, contrastive_accuracy(z_a, z_b)
+    # Gathered in float32: a projection batch is small, and the loss is float32 anyway.
+    z_a, z_b = tf.cast(z_a, tf.float32), tf.cast(z_b, tf.float32)
+    gathered_z_a = context.all_gather(z_a, axis=0)
+    gathered_z_b = context.all_gather(z_b, axis=0)
+    # Each replica's batch size, so that an uneven split of the last batch still finds the
+    # right offset.
+    sizes = context.all_gather(tf.shape(z_a)[:1], axis=0)
+    offset = tf.reduce_sum(sizes[: context.replica_id_in_sync_group])
+    logits, labels = gathered_nt_xent_logits_and_labels(
+        z_a, z_b, gathered_z_a, gathered_z_b, offset, temperature
+    )
+    per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    anchors = tf.cast(2 * tf.shape(gathered_z_a)[0], tf.float32)
+    replica_loss = tf.reduce_sum(per_anchor) / anchors
+    predicted = tf.argmax(logits, axis=1, output_type=tf.int32)
+    correct = tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+    loss, correct = context.all_reduce(
+        tf.distribute.ReduceOp.SUM, [tf.stop_gradient(replica_loss), correct]
+    )
+    return replica_loss, loss, correct / anchors
 
 
 @keras.saving.register_keras_serializable(package="bc_keras")
@@ -137,7 +237,10 @@ class SimCLRTrainer(keras.Model):
 
     A batch is `(views_a, views_b)`; the step embeds and projects both views, takes NT-Xent
     under a `tf.GradientTape` and updates encoder and head together. `fit()` compiles the step
-    with `tf.function`, and so brings the progress bar and every Keras callback with it.
+    with `tf.function`, and so brings the progress bar and every Keras callback with it. Under
+    a distribution strategy the negatives, the loss and the accuracy are those of the global
+    batch (`cross_replica_nt_xent`); build the encoder with synchronized BatchNorm
+    (`build_resnet18(..., synchronized_batch_norm=True)`) for its statistics to be global too.
     `train_step_traces` counts how often the step was traced: with fixed batch shapes
     (`drop_remainder=True`) it stays at 1 however many batches and epochs run.
     """
@@ -186,9 +289,9 @@ class SimCLRTrainer(keras.Model):
             self.projection_head(self.encoder(views_b, training=training), training=training),
         )
 
-    def _update_metrics(self, loss, z_a, z_b):
+    def _update_metrics(self, loss, accuracy):
         self.loss_tracker.update_state(loss)
-        self.accuracy_tracker.update_state(contrastive_accuracy(z_a, z_b))
+        self.accuracy_tracker.update_state(accuracy)
         return {metric.name: metric.result() for metric in self.metrics}
 
     def train_step(self, data):
@@ -197,20 +300,21 @@ class SimCLRTrainer(keras.Model):
         views_a, views_b = data
         with tf.GradientTape() as tape:
             z_a, z_b = self((views_a, views_b), training=True)
-            loss = nt_xent_loss(z_a, z_b, self.temperature)
-            # Replica gradients are summed under a distribution strategy; scale_loss applies
+            # Under a strategy the negatives are the global batch, and replica_loss is this
+            # replica's share of its mean loss (see cross_replica_nt_xent). scale_loss applies
             # the loss scale of a mixed-precision optimizer (and is the identity otherwise).
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled_loss = self.optimizer.scale_loss(loss / replicas)
+            replica_loss, loss, accuracy = cross_replica_nt_xent(z_a, z_b, self.temperature)
+            scaled_loss = self.optimizer.scale_loss(replica_loss)
         variables = self.contrastive_variables()
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
-        return self._update_metrics(loss, z_a, z_b)
+        return self._update_metrics(loss, accuracy)
 
     def test_step(self, data):
         self.test_step_traces += 1
         z_a, z_b = self(data, training=False)
-        return self._update_metrics(nt_xent_loss(z_a, z_b, self.temperature), z_a, z_b)
+        _, loss, accuracy = cross_replica_nt_xent(z_a, z_b, self.temperature)
+        return self._update_metrics(loss, accuracy)
 
     def get_config(self):
         # The trainer is never saved as a model (the encoder is); this documents its settings.
@@ -223,14 +327,16 @@ def build_simclr_trainer(
     temperature: float = DEFAULT_TEMPERATURE,
     hidden_dim: int = PROJECTION_HIDDEN_DIM,
     output_dim: int = PROJECTION_OUTPUT_DIM,
+    jit_compile: bool = False,
 ) -> SimCLRTrainer:
-    """A compiled `SimCLRTrainer` (Adam) around `encoder` and a new projection head.
+    """A compiled `SimCLRTrainer` (Adam) around `encoder` and a new projection head;
+    `jit_compile` compiles the contrastive step with XLA.
 
     Call it inside `bc_keras.models.model_scope` like every other builder.
     """
     head = build_projection_head(int(encoder.output.shape[-1]), hidden_dim, output_dim)
     trainer = SimCLRTrainer(encoder, head, temperature=temperature)
-    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    trainer.compile(optimizer=keras.optimizers.Adam(learning_rate), jit_compile=jit_compile)
     return trainer
 
 
@@ -285,72 +391,6 @@ def set_encoder_trainable(classifier: keras.Model, trainable: bool) -> keras.Mod
     return classifier
 
 
-def label_fraction_indices(
-    labels, patients: Sequence[str] | None = None, fraction: float = 1.0, seed: int = 42
-) -> np.ndarray:
-    """The training images kept when only `fraction` of the labels may be used.
-
-    The subset is stratified by class: each class keeps about `fraction` of its images and at
-    least one. When `patients` are known, whole patients are drawn per class until that share
-    is reached, so the labelled images never split a patient; patients that would overshoot
-    the target by more than they help are passed over. Deterministic for a given seed.
-
-    Args:
-        labels: the 0/1 label of every training image.
-        patients: the patient of every image, or None to draw single images.
-        fraction: share of the labelled images to keep, in (0, 1].
-        seed: seeds the draw.
-
-    Returns:
-        Sorted int64 indices into `labels`.
-    """
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1]. Received: fraction={fraction}")
-    labels = np.asarray(labels)
-    if patients is not None and len(patients) != len(labels):
-        raise ValueError(
-            f"patients and labels must have the same length. Received: "
-            f"{len(patients)} patients for {len(labels)} labels"
-        )
-    if fraction == 1.0:
-        return np.arange(len(labels), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    chosen = []
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        target = max(1, int(round(fraction * len(members))))
-        if patients is None:
-            chosen.extend(rng.permutation(members)[:target])
-            continue
-        groups: dict[str, list[int]] = {}
-        for index in members:
-            groups.setdefault(str(patients[index]), []).append(int(index))
-        order = sorted(groups)
-        taken = 0
-        for position in rng.permutation(len(order)):
-            if taken >= target:
-                break
-            size = len(groups[order[position]])
-            # Take the patient when that lands closer to the target than stopping short would.
-            if taken == 0 or taken + size - target <= target - taken:
-                chosen.extend(groups[order[position]])
-                taken += size
-    return np.sort(np.asarray(chosen, dtype=np.int64))
-
-
-def patients_of_paths(paths) -> list[str] | None:
-    """The BreaKHis patient of every image path, or None if any file name is not BreaKHis'."""
-    from bc_keras.breakhis import parse_filename
-
-    patients = []
-    for path in paths:
-        try:
-            patients.append(parse_filename(Path(path).name).patient)
-        except ValueError:
-            return None
-    return patients
-
-
 __all__ = [
     "ENCODER_NAME",
     "NTXentLoss",
@@ -360,10 +400,11 @@ __all__ = [
     "build_simclr_trainer",
     "classifier_encoder",
     "contrastive_accuracy",
-    "label_fraction_indices",
+    "cross_replica_nt_xent",
+    "gathered_nt_xent_logits_and_labels",
+    "gathered_nt_xent_per_anchor",
     "nt_xent_logits_and_labels",
     "nt_xent_loss",
     "nt_xent_per_anchor",
-    "patients_of_paths",
     "set_encoder_trainable",
 ]

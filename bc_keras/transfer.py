@@ -10,6 +10,7 @@ from pathlib import Path
 
 import keras
 
+from bc_keras.errors import WeightsError
 from bc_keras.models import compile_classifier, model_scope, sigmoid_output
 
 BACKBONE_RESNET50 = "resnet50"
@@ -50,10 +51,6 @@ _FIXED_WEIGHTS = {
     ),
 }
 _MOBILENET_ALPHA_TEXT = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}
-
-
-class WeightsError(ValueError):
-    """Backbone weights that cannot be used, with a message that says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -322,6 +319,7 @@ def start_phase(
     freeze_batchnorm: bool = True,
     strategy=None,
     mixed_precision: bool = False,
+    jit_compile: bool = False,
 ) -> keras.Model:
     """Prepares a transfer model for a training phase and (re)compiles it in `model_scope`.
 
@@ -339,5 +337,5 @@ def start_phase(
         learning_rate = PHASE1_LEARNING_RATE if phase == PHASE_FROZEN else PHASE2_LEARNING_RATE
     with model_scope(strategy, mixed_precision):
         set_backbone_trainable(model, phase == PHASE_FINE_TUNE, freeze_batchnorm)
-        compile_classifier(model, learning_rate)
+        compile_classifier(model, learning_rate, jit_compile)
     return model

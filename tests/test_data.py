@@ -13,6 +13,7 @@ from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
 from bc_keras import augment, bench, data
 from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.decode import INTERPOLATIONS
 
 
 def _materialise(dataset: data.ImageDataset):
@@ -34,20 +35,37 @@ def _make_split(root, images_by_class, subsets=("train", "val", "test")):
     return root
 
 
+PREPROCESSES = ("rescale", "resnet50", "vgg16", "mobilenet")
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
 @pytest.mark.parametrize("image_size", [32, 48])
-def test_pipelines_give_identical_unaugmented_tensors(synthetic_split, image_size):
-    options = dict(image_size=image_size, batch_size=5, augment=False, shuffle=False)
-    generator = data.build_dataset(synthetic_split, "test", pipeline="generator", **options)
-    tfdata = data.build_dataset(synthetic_split, "test", pipeline="tfdata", **options)
-    x_generator, y_generator = _materialise(generator)
-    x_tfdata, y_tfdata = _materialise(tfdata)
-    assert generator.paths == tfdata.paths
-    np.testing.assert_array_equal(x_generator, x_tfdata)
-    np.testing.assert_array_equal(y_generator, y_tfdata)
+def test_pipelines_give_identical_unaugmented_tensors(synthetic_split, image_size, interpolation):
+    """Every resize filter and every preprocessing a script can combine with --pipeline
+    generator gives the generator's tensors exactly (up to float rounding of the backbones'
+    own preprocess_input)."""
+    for preprocess in PREPROCESSES:
+        options = dict(
+            image_size=image_size,
+            batch_size=5,
+            augment=False,
+            shuffle=False,
+            interpolation=interpolation,
+            preprocess=preprocess,
+        )
+        generator = data.build_dataset(synthetic_split, "test", pipeline="generator", **options)
+        tfdata = data.build_dataset(synthetic_split, "test", pipeline="tfdata", **options)
+        x_generator, y_generator = _materialise(generator)
+        x_tfdata, y_tfdata = _materialise(tfdata)
+        assert generator.paths == tfdata.paths
+        np.testing.assert_allclose(x_generator, x_tfdata, rtol=0, atol=1e-5, err_msg=preprocess)
+        if preprocess == "rescale":
+            np.testing.assert_array_equal(x_generator, x_tfdata)
+            assert x_tfdata.min() >= 0.0 and x_tfdata.max() <= 1.0
+        np.testing.assert_array_equal(y_generator, y_tfdata)
     # Labels follow the class folder: benign 0, malignant 1.
     expected = [CLASS_NAMES.index(os.path.basename(os.path.dirname(p))) for p in tfdata.paths]
     np.testing.assert_array_equal(y_tfdata, expected)
-    assert x_tfdata.min() >= 0.0 and x_tfdata.max() <= 1.0
 
 
 def test_pipelines_identical_on_real_breakhis_images(real_images_dir, tmp_path):
@@ -57,9 +75,14 @@ def test_pipelines_identical_on_real_breakhis_images(real_images_dir, tmp_path):
             folder.mkdir(parents=True)
             for source in sorted((real_images_dir / name).glob("*.png")):
                 os.symlink(source, folder / source.name)
-    for preprocess in ("rescale", "resnet50"):
+    for interpolation, preprocess in (("nearest", "rescale"), ("bilinear", "resnet50")):
         options = dict(
-            image_size=64, batch_size=4, augment=False, shuffle=False, preprocess=preprocess
+            image_size=64,
+            batch_size=4,
+            augment=False,
+            shuffle=False,
+            preprocess=preprocess,
+            interpolation=interpolation,
         )
         x_generator, _ = _materialise(
             data.build_dataset(tmp_path, "test", pipeline="generator", **options)
@@ -68,7 +91,33 @@ def test_pipelines_identical_on_real_breakhis_images(real_images_dir, tmp_path):
             data.build_dataset(tmp_path, "test", pipeline="tfdata", **options)
         )
         assert x_tfdata.shape == (16, 64, 64, 3)
-        np.testing.assert_allclose(x_generator, x_tfdata, atol=1e-4)
+        np.testing.assert_allclose(x_generator, x_tfdata, rtol=0, atol=1e-4)
+
+
+def test_random_warp_draws_the_generators_parameter_ranges():
+    """The tf.data warp draws rotation, shifts, zooms and flips from the distributions of
+    ImageDataGenerator.get_random_transform (two-sample Kolmogorov-Smirnov tests)."""
+    from scipy import stats
+
+    height, width, draws = 40, 56, 4000
+    theta, tx, ty, zx, zy, flip = (
+        np.asarray(v)
+        for v in augment.random_affine_parameters(
+            tf.constant([1, 2]), draws, height, width, augment.REPORT_AUGMENTATION
+        )
+    )
+    generator = ImageDataGenerator(**augment.REPORT_AUGMENTATION.generator_kwargs())
+    np.random.seed(0)
+    legacy = [generator.get_random_transform((height, width, 3)) for _ in range(draws)]
+    for ours, key in ((theta, "theta"), (tx, "tx"), (ty, "ty"), (zx, "zx"), (zy, "zy")):
+        theirs = np.array([t[key] for t in legacy], dtype=float)
+        assert stats.ks_2samp(ours, theirs).pvalue > 0.001, key
+        assert ours.min() >= theirs.min() - 0.05 * np.ptp(theirs)
+        assert ours.max() <= theirs.max() + 0.05 * np.ptp(theirs)
+    assert np.abs(theta).max() <= 20.0 and np.abs(tx).max() <= 0.2 * height
+    assert np.abs(ty).max() <= 0.2 * width and zx.min() >= 0.8 and zy.max() <= 1.2
+    legacy_flip = np.mean([t["flip_horizontal"] for t in legacy])
+    assert abs(flip.mean() - 0.5) < 0.03 and abs(legacy_flip - 0.5) < 0.03
 
 
 def test_fused_warp_equals_image_data_generator_transform():
@@ -109,22 +158,49 @@ def test_augmented_batches_differ_per_epoch_stay_in_range_and_keep_labels(tmp_pa
         means = x.numpy().mean(axis=(1, 2, 3))
         np.testing.assert_array_equal(means > 0.5, y.numpy() == 1)
     split = _make_split(tmp_path / "textured", {"benign": textured, "malignant": textured})
-    for pipeline in ("tfdata", "generator"):
-        dataset = data.build_dataset(
-            split,
-            "train",
-            pipeline=pipeline,
-            image_size=32,
-            batch_size=8,
-            shuffle=False,
-            augment=True,
-        )
-        first, _ = _materialise(dataset)
-        second, _ = _materialise(dataset)
-        assert first.min() >= 0.0 and first.max() <= 1.0
-        assert np.abs(first - second).mean() > 0.01, (
-            f"{pipeline}: two epochs gave the same augmentation"
-        )
+    options = dict(image_size=32, batch_size=8, shuffle=False, augment=True, seed=5)
+    tfdata = data.build_dataset(split, "train", pipeline="tfdata", epochs=2, **options)
+    both, _ = _materialise(tfdata)
+    first, second = both[: len(both) // 2], both[len(both) // 2 :]
+    generator = data.build_dataset(split, "train", pipeline="generator", **options)
+    generator_first, _ = _materialise(generator)
+    generator.data.on_epoch_end()
+    generator_second, _ = _materialise(generator)
+    for name, (a, b) in {
+        "tfdata": (first, second),
+        "generator": (generator_first, generator_second),
+    }.items():
+        assert a.min() >= 0.0 and a.max() <= 1.0
+        assert np.abs(a - b).mean() > 0.01, f"{name}: two epochs gave the same augmentation"
+
+
+@pytest.mark.parametrize("pipeline", ["tfdata", "generator"])
+def test_an_epoch_is_a_pure_function_of_seed_and_epoch(synthetic_split, pipeline):
+    """A run resumed at epoch 2 sees exactly the batches an uninterrupted run sees there."""
+    options = dict(
+        pipeline=pipeline, image_size=32, batch_size=8, augment=True, shuffle=True, seed=3
+    )
+    if pipeline == "tfdata":
+        uninterrupted = data.build_dataset(synthetic_split, "train", epochs=3, **options)
+        images, labels = _materialise(uninterrupted)
+        third = slice(2 * len(images) // 3, None)
+        expected_images, expected_labels = images[third], labels[third]
+    else:
+        uninterrupted = data.build_dataset(synthetic_split, "train", **options)
+        for _ in range(2):
+            _materialise(uninterrupted)
+            uninterrupted.data.on_epoch_end()
+        expected_images, expected_labels = _materialise(uninterrupted)
+    resumed = data.build_dataset(synthetic_split, "train", start_epoch=2, **options)
+    images, labels = _materialise(resumed)
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    other_seed = data.build_dataset(
+        synthetic_split, "train", start_epoch=2, **{**options, "seed": 4}
+    )
+    assert not np.array_equal(_materialise(other_seed)[1], labels) or not np.array_equal(
+        _materialise(other_seed)[0], images
+    )
 
 
 def test_validation_and_test_are_not_augmented_by_default(synthetic_split):

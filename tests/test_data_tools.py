@@ -531,13 +531,12 @@ def test_real_images_prepare_stats_and_audit(real_tree, tmp_path, capsys):
         assert_one_line_error(code, err, "too few patients", "--split image")
 
 
-def test_real_images_with_the_official_fold_excerpt(real_tree, tmp_path, capsys):
-    from conftest import FOLD_EXCERPT
+def test_real_images_with_the_official_fold_excerpt(real_tree, fold_excerpt, tmp_path, capsys):
 
-    groups = read_fold_file(FOLD_EXCERPT)
+    groups = read_fold_file(fold_excerpt)
     code, _, err = run(
         prepare,
-        [real_tree, "--out", tmp_path / "fold", "--split", "fold", "--fold-file", FOLD_EXCERPT],
+        [real_tree, "--out", tmp_path / "fold", "--split", "fold", "--fold-file", fold_excerpt],
         capsys,
     )
     assert code == 0, err

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from bc_keras.models import model_scope, save_model
+from bc_keras.prepare.subsets import label_fraction_indices
 from bc_keras.resnet import build_resnet18
 from bc_keras.simclr import (
     NTXentLoss,
@@ -18,18 +19,21 @@ from bc_keras.simclr import (
     build_simclr_trainer,
     classifier_encoder,
     contrastive_accuracy,
-    label_fraction_indices,
+    cross_replica_nt_xent,
+    gathered_nt_xent_logits_and_labels,
+    gathered_nt_xent_per_anchor,
     nt_xent_logits_and_labels,
     nt_xent_loss,
+    nt_xent_per_anchor,
     set_encoder_trainable,
 )
 
 IMAGE_SIZE = 32
 
 
-def numpy_nt_xent(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float:
+def numpy_nt_xent_per_anchor(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> np.ndarray:
     """NT-Xent re-derived anchor by anchor: row i of z_a and row i of z_b are positives;
-    every other embedding of the 2N (both views) is a negative."""
+    every other embedding of the 2N (both views) is a negative. Views a first, then views b."""
     z = np.concatenate([z_a, z_b]).astype(np.float64)
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     count = len(z)
@@ -43,7 +47,12 @@ def numpy_nt_xent(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float
                 denominator += math.exp(float(z[anchor] @ z[other]) / temperature)
         numerator = math.exp(float(z[anchor] @ z[positive]) / temperature)
         losses.append(-math.log(numerator / denominator))
-    return sum(losses) / count
+    return np.array(losses)
+
+
+def numpy_nt_xent(z_a: np.ndarray, z_b: np.ndarray, temperature: float) -> float:
+    """The NumPy NT-Xent of the batch: the mean over its 2N anchors."""
+    return float(numpy_nt_xent_per_anchor(z_a, z_b, temperature).mean())
 
 
 @pytest.mark.parametrize("batch", [1, 3, 8])
@@ -86,6 +95,62 @@ def test_logits_mask_self_similarity_and_point_to_the_other_view():
     diagonal = np.diag(logits.numpy())
     off_diagonal = logits.numpy()[~np.eye(6, dtype=bool)]
     assert diagonal.max() < off_diagonal.min() - 1e6
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_gathered_nt_xent_scores_each_replica_against_the_global_batch(temperature):
+    # A global batch of 6 images split unevenly over three replicas; every replica's anchors
+    # must lose what the same anchors lose on one device with the whole batch.
+    rng = np.random.default_rng(11)
+    z_a = rng.normal(size=(6, 5)).astype(np.float32)
+    z_b = rng.normal(size=(6, 5)).astype(np.float32)
+    expected = numpy_nt_xent_per_anchor(z_a, z_b, temperature)
+    losses_a, losses_b = [], []
+    for offset, size in ((0, 3), (3, 1), (4, 2)):
+        rows = slice(offset, offset + size)
+        per_anchor = gathered_nt_xent_per_anchor(
+            z_a[rows], z_b[rows], z_a, z_b, offset, temperature
+        ).numpy()
+        assert per_anchor.shape == (2 * size,)
+        np.testing.assert_allclose(per_anchor[:size], expected[:6][rows], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(per_anchor[size:], expected[6:][rows], rtol=1e-5, atol=1e-5)
+        losses_a.append(per_anchor[:size])
+        losses_b.append(per_anchor[size:])
+    global_mean = np.concatenate(losses_a + losses_b).mean()
+    assert global_mean == pytest.approx(numpy_nt_xent(z_a, z_b, temperature), abs=1e-5)
+    # Scored against its own rows only, a replica loses less: fewer negatives.
+    local = nt_xent_per_anchor(z_a[:3], z_b[:3], temperature).numpy()
+    assert np.abs(local - expected[[0, 1, 2, 6, 7, 8]]).max() > 1e-2
+
+
+def test_gathered_logits_locate_positives_and_self_at_global_offsets():
+    z = np.random.default_rng(12).normal(size=(5, 4)).astype(np.float32)
+    logits, labels = gathered_nt_xent_logits_and_labels(z[2:4], z[2:4] + 0.01, z, z + 0.01, 2)
+    assert logits.shape == (4, 10)
+    np.testing.assert_array_equal(labels.numpy(), [7, 8, 2, 3])
+    masked = logits.numpy() < -1e6
+    expected_mask = np.zeros((4, 10), dtype=bool)
+    expected_mask[[0, 1, 2, 3], [2, 3, 7, 8]] = True
+    np.testing.assert_array_equal(masked, expected_mask)
+    # With the whole batch local, the logits are exactly those of the single-device function.
+    full, full_labels = gathered_nt_xent_logits_and_labels(z, z + 0.01, z, z + 0.01, 0, 0.5)
+    single, single_labels = nt_xent_logits_and_labels(z, z + 0.01, 0.5)
+    np.testing.assert_array_equal(full.numpy(), single.numpy())
+    np.testing.assert_array_equal(full_labels.numpy(), single_labels.numpy())
+
+
+def test_cross_replica_nt_xent_without_a_strategy_is_the_local_loss():
+    rng = np.random.default_rng(13)
+    z_a = rng.normal(size=(4, 8)).astype(np.float32)
+    z_b = rng.normal(size=(4, 8)).astype(np.float32)
+    replica_loss, loss, accuracy = cross_replica_nt_xent(z_a, z_b, 0.5)
+    assert float(replica_loss) == float(nt_xent_loss(z_a, z_b, 0.5))
+    assert float(loss) == float(replica_loss)
+    assert float(accuracy) == float(contrastive_accuracy(z_a, z_b))
+    # In cross-replica context there is no replica to gather from.
+    with tf.distribute.MirroredStrategy(["/cpu:0"]).scope():
+        with pytest.raises(ValueError, match="Received: cross-replica context"):
+            cross_replica_nt_xent(z_a, z_b)
 
 
 def test_identical_orthogonal_views_lose_less_than_random_views():

@@ -13,7 +13,7 @@ from sklearn import metrics as sk
 import bc_keras  # noqa: F401  (registers custom objects, as a user would)
 import predict
 import train_cnn
-from bc_keras import cli, data, runs
+from bc_keras import cli, data
 
 FIGURES = (
     "training_curves.png",
@@ -158,40 +158,6 @@ def test_predict_skips_unreadable_images_and_rejects_foreign_models(
     text.write_text("not a model")
     assert cli.run_script(predict.main, [str(text), str(folder)]) == 2
     assert "is not an HDF5 (.h5) model file" in capsys.readouterr().err
-
-
-class _Interrupt(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-
-@pytest.mark.slow
-def test_interrupted_run_resumes_from_the_last_completed_epoch(
-    synthetic_split, tmp_path, monkeypatch, capsys
-):
-    original = runs.training_callbacks
-    monkeypatch.setattr(
-        runs, "training_callbacks", lambda *a, **k: original(*a, **k) + [_Interrupt()]
-    )
-    args = _args(synthetic_split, tmp_path / "run", tmp_path / "cnn.h5", "--epochs", "4")
-    assert cli.run_script(train_cnn.main, args) == 130
-    assert "--resume" in capsys.readouterr().err
-    assert runs.has_backup(tmp_path / "run") and not (tmp_path / "cnn.h5").exists()
-    assert [int(r["epoch"]) for r in _read_csv(tmp_path / "run" / "history.csv")] == [0, 1]
-    # Starting afresh in the same folder is refused rather than losing the backup.
-    monkeypatch.setattr(runs, "training_callbacks", original)
-    assert cli.run_script(train_cnn.main, args) == 2
-    assert "holds an interrupted run; pass --resume" in capsys.readouterr().err
-    state = json.loads(
-        (tmp_path / "run" / "backup" / "callbacks" / "callback_state.json").read_text()
-    )
-    assert cli.run_script(train_cnn.main, args + ["--resume"]) == 0
-    epochs = [int(r["epoch"]) for r in _read_csv(tmp_path / "run" / "history.csv")]
-    assert epochs[:3] == [0, 1, 2], "the resumed run continues at epoch 2 instead of starting again"
-    assert len(epochs) == len(set(epochs))
-    assert state["0"]["best"] is not None, "early-stopping state was backed up"
-    assert (tmp_path / "cnn.h5").exists() and not runs.has_backup(tmp_path / "run")
 
 
 def test_bad_data_folder_gives_one_line_error(tmp_path, capsys):

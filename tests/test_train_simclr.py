@@ -12,7 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from bc_keras import models, runs
+from bc_keras import models, runs, training
+from bc_keras.experiments import simclr as experiment
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_pretraining_lowers_validation_nt_xent(pretrained):
         assert (run_dir / name).stat().st_size > 1000
     assert not (run_dir / runs.BACKUP_DIR).exists()
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["mode"] == "pretrain" and config["batch_size"] == 16
+    assert config["experiment"] == "simclr_pretrain" and config["batch_size"] == 16
     encoder, metadata = models.load_model(encoder_path)
     assert metadata["kind"] == "simclr_encoder"
     assert metadata["image_size"] == 32 and metadata["preprocess"] == "rescale"
@@ -125,7 +126,7 @@ def test_finetune_with_label_fraction_then_predict(pretrained, synthetic_split, 
     assert train_simclr.main(argv) == 0
     history = runs.read_history(out)
     assert history["phase"] == [1.0, 2.0]
-    labelled = (out / train_simclr.LABELLED_FILES).read_text().split()
+    labelled = (out / experiment.LABELLED_FILES).read_text().split()
     train_images = list((synthetic_split / "train").rglob("*.png"))
     assert 0.15 * len(train_images) <= len(labelled) <= 0.45 * len(train_images)
     with open(out / runs.PREDICTIONS_FILE, newline="") as file:
@@ -164,15 +165,15 @@ def test_pretraining_resumes_after_an_interruption(synthetic_split, tmp_path, mo
     run_dir = tmp_path / "run"
     argv = ["pretrain", "--data", str(synthetic_split), "--epochs", "3", "--run-dir", str(run_dir)]
     argv += ["--model-out", str(tmp_path / "encoder.h5")] + PRETRAIN_FLAGS
-    original = runs.training_callbacks
+    original = training.training_callbacks
     monkeypatch.setattr(
-        runs, "training_callbacks", lambda *a, **k: original(*a, **k) + [_Interrupt(2)]
+        training, "training_callbacks", lambda *a, **k: original(*a, **k) + [_Interrupt(2)]
     )
     with pytest.raises(RuntimeError, match="simulated"):
         train_simclr.main(argv)
     assert runs.has_backup(run_dir)
     assert len(runs.read_history(run_dir)["epoch"]) == 2
-    monkeypatch.setattr(runs, "training_callbacks", original)
+    monkeypatch.setattr(training, "training_callbacks", original)
     assert train_simclr.main(argv + ["--resume"]) == 0
     # The third epoch ran alone: the history holds epochs 0, 1 and 2 once each.
     assert runs.read_history(run_dir)["epoch"] == [0.0, 1.0, 2.0]

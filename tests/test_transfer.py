@@ -10,8 +10,6 @@ import pytest
 
 from bc_keras import models, transfer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-MOBILENET_025 = SHARED / "breakhis" / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 IMAGE_SIZE = 32
 KERAS3_NAMES = {"depthwise_kernel": "kernel"}
 # The big backbones take tens of seconds to train even at 32 px on a CPU.
@@ -20,10 +18,6 @@ ALL_BACKBONES = [
     pytest.param(transfer.BACKBONE_VGG16, marks=pytest.mark.slow),
     transfer.BACKBONE_MOBILENET,
 ]
-needs_shared_weights = pytest.mark.skipif(
-    not MOBILENET_025.is_file(),
-    reason=f"the real MobileNet alpha 0.25 weights are not at {MOBILENET_025} (no shared/ folder)",
-)
 
 
 def alpha_for(backbone):
@@ -145,10 +139,9 @@ def test_unfrozen_backbone_keeps_batchnorm_frozen(backbone):
     assert {variable.path for variable in backbone_model.trainable_weights} >= gamma_beta
 
 
-@needs_shared_weights
-def test_fine_tuning_pretrained_backbone_keeps_batchnorm_in_inference_mode():
+def test_fine_tuning_pretrained_backbone_keeps_batchnorm_in_inference_mode(mobilenet_weights):
     keras.utils.set_random_seed(0)
-    model = build(transfer.BACKBONE_MOBILENET, weights=MOBILENET_025)
+    model = build(transfer.BACKBONE_MOBILENET, weights=mobilenet_weights)
     backbone_model = transfer.get_backbone(model)
     images, labels = tiny_batch()
     before = weights_by_path(backbone_model)
@@ -166,24 +159,22 @@ def test_start_phase_rejects_unknown_phase():
         transfer.start_phase(build(transfer.BACKBONE_MOBILENET), 3)
 
 
-@needs_shared_weights
-def test_weights_path_loads_the_real_mobilenet_file():
+def test_weights_path_loads_the_real_mobilenet_file(mobilenet_weights):
     backbone_model = transfer.build_backbone(
-        transfer.BACKBONE_MOBILENET, IMAGE_SIZE, weights=str(MOBILENET_025), alpha=0.25
+        transfer.BACKBONE_MOBILENET, IMAGE_SIZE, weights=str(mobilenet_weights), alpha=0.25
     )
-    assert_equal_to_file(backbone_model, MOBILENET_025)
+    assert_equal_to_file(backbone_model, mobilenet_weights)
 
 
-@needs_shared_weights
-def test_imagenet_weights_come_from_the_keras_cache(tmp_path, monkeypatch):
+def test_imagenet_weights_come_from_the_keras_cache(tmp_path, monkeypatch, mobilenet_weights):
     (tmp_path / "models").mkdir()
-    shutil.copy(MOBILENET_025, tmp_path / "models" / MOBILENET_025.name)
+    shutil.copy(mobilenet_weights, tmp_path / "models" / mobilenet_weights.name)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     # 32 px has no weights of its own: like Keras, the 224 file is used. No download allowed.
     backbone_model = transfer.build_backbone(
         transfer.BACKBONE_MOBILENET, IMAGE_SIZE, alpha=0.25, download=offline_get_file
     )
-    assert_equal_to_file(backbone_model, MOBILENET_025)
+    assert_equal_to_file(backbone_model, mobilenet_weights)
 
 
 @pytest.mark.parametrize("backbone", transfer.BACKBONES)
@@ -276,10 +267,9 @@ def test_weights_path_errors_name_the_file(tmp_path):
     assert "no-top mobilenet weights" in message and "alpha 0.25" in message
 
 
-@needs_shared_weights
-def test_weights_of_another_width_do_not_match():
+def test_weights_of_another_width_do_not_match(mobilenet_weights):
     with pytest.raises(transfer.WeightsError, match="mobilenet_2_5_224_tf_no_top.h5 .* alpha 0.5"):
-        transfer.build_backbone("mobilenet", IMAGE_SIZE, weights=MOBILENET_025, alpha=0.5)
+        transfer.build_backbone("mobilenet", IMAGE_SIZE, weights=mobilenet_weights, alpha=0.5)
 
 
 @pytest.mark.parametrize("backbone", ALL_BACKBONES)

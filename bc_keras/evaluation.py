@@ -1,0 +1,209 @@
+"""Evaluation of a trained classifier: the decision threshold, test predictions ->
+predictions.csv -> metrics.json -> figures, and the console summary."""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from bc_keras import metrics as bc_metrics
+from bc_keras import plots
+from bc_keras.breakhis import UNKNOWN, describe_files
+from bc_keras.config import THRESHOLD_METHODS
+from bc_keras.data import ImageDataset
+from bc_keras.inference import predict_probabilities
+from bc_keras.runs import METRICS_FILE, PREDICTIONS_FILE, read_history, write_json
+
+PREDICTION_COLUMNS = ("filename", "patient", "magnification", "label", "probability", "predicted")
+FIXED_THRESHOLD = "fixed"
+
+
+def decide_threshold(model, config, validation: ImageDataset, tta: bool = False):
+    """The decision threshold stored in the model: the configured number, or the one the
+    configured method ('youden' / 'balanced_accuracy', the same cut) picks on validation.
+
+    Returns:
+        `(threshold, method)`; with one class in validation the choice is impossible, so 0.5
+        is kept and a warning says so.
+    """
+    if config.threshold not in THRESHOLD_METHODS:
+        return float(config.threshold), FIXED_THRESHOLD
+    labels = validation.labels
+    if len(np.unique(labels)) < 2:
+        warnings.warn(
+            "cannot choose the threshold on the validation split: it holds one class only; "
+            "keeping 0.5 (prepare a split with both classes in val)",
+            stacklevel=2,
+        )
+        return 0.5, FIXED_THRESHOLD
+    probabilities = predict_probabilities(model, validation.data, tta=tta)
+    threshold = bc_metrics.choose_threshold(labels, probabilities, config.threshold)
+    print(f"threshold chosen on validation ({config.threshold}): {threshold:.4f}")
+    return float(threshold), config.threshold
+
+
+def write_predictions(path, paths, labels, probabilities, threshold: float) -> Path:
+    """predictions.csv: filename, patient, magnification, label, probability, predicted."""
+    patients, magnifications = describe_files(paths)
+    temporary = Path(path).with_name(f".{Path(path).name}.tmp")
+    with open(temporary, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(PREDICTION_COLUMNS)
+        for row in zip(paths, patients, magnifications, labels, probabilities, strict=True):
+            name, patient, magnification, label, probability = row
+            writer.writerow(
+                [
+                    os.path.basename(name),
+                    patient,
+                    magnification,
+                    int(label),
+                    f"{probability:.6f}",
+                    int(probability >= threshold),
+                ]
+            )
+    os.replace(temporary, path)
+    return Path(path)
+
+
+def evaluate_classifier(
+    model,
+    test: ImageDataset,
+    run_dir,
+    *,
+    threshold: float = 0.5,
+    threshold_method: str = FIXED_THRESHOLD,
+    validation: ImageDataset | None = None,
+    tune_threshold: bool = False,
+    tta: bool = False,
+    title: str = "",
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Predicts the test split (a tf.data `ImageDataset`) and writes predictions.csv,
+    metrics.json and the figures.
+
+    With `tune_threshold`, a second set of metrics uses the threshold that maximises Youden's J
+    on the validation split (never chosen on the test split). A test split with one class, or
+    a model that predicts one class for every test image, is warned about and flagged.
+
+    Returns:
+        The metrics dict written to metrics.json.
+    """
+    run_dir = Path(run_dir)
+    probabilities = predict_probabilities(model, test.data, tta=tta)
+    labels = test.labels
+    patients, magnifications = describe_files(test.paths)
+    known = all(p != UNKNOWN for p in patients)
+    patient_keys = patients if known else None
+    magnification_keys = magnifications if known else None
+    write_predictions(run_dir / PREDICTIONS_FILE, test.paths, labels, probabilities, threshold)
+    result = bc_metrics.compute_metrics(
+        labels,
+        probabilities,
+        threshold=threshold,
+        patients=patient_keys,
+        magnifications=magnification_keys,
+    )
+    result["threshold_method"] = threshold_method
+    result["tta"] = tta
+    for flag in result["flags"]:
+        warnings.warn(f"test evaluation: {flag} (see metrics.json 'flags')", stacklevel=2)
+    if patient_keys is not None and bootstrap_samples > 0 and len(set(patient_keys)) > 1:
+        result["bootstrap_95ci_by_patient"] = bc_metrics.bootstrap_by_patient(
+            labels,
+            probabilities,
+            patient_keys,
+            threshold=threshold,
+            samples=bootstrap_samples,
+            seed=seed,
+        )
+    if tune_threshold:
+        if validation is None:
+            raise ValueError("tune_threshold needs the validation split.")
+        if len(np.unique(validation.labels)) < 2:
+            warnings.warn(
+                "--tune-threshold: the validation split holds one class only, so no threshold "
+                "can be tuned on it; the tuned metrics are left out",
+                stacklevel=2,
+            )
+        else:
+            tuned = bc_metrics.youden_threshold(
+                validation.labels, predict_probabilities(model, validation.data, tta=tta)
+            )
+            result["tuned_on_validation"] = bc_metrics.compute_metrics(
+                labels,
+                probabilities,
+                threshold=tuned,
+                patients=patient_keys,
+                magnifications=magnification_keys,
+            )
+    write_json(run_dir / METRICS_FILE, result)
+    _figures(result, labels, probabilities, test.paths, run_dir, title, threshold, seed)
+    print(f"\nClassification report ({len(labels)} test images, threshold {threshold:.4g}):")
+    print(bc_metrics.classification_report_text(labels, probabilities, threshold))
+    print(summary_line(result))
+    return result
+
+
+def summary_line(result: dict) -> str:
+    """Accuracy, balanced accuracy, specificity, recall, F1, AUC and the patient rate."""
+
+    def number(key):
+        value = result.get(key)
+        return "n/a" if value is None else f"{value:.4f}"
+
+    line = (
+        f"accuracy {number('accuracy')}  balanced accuracy {number('balanced_accuracy')}  "
+        f"specificity {number('specificity')}  recall {number('recall')}  F1 {number('f1')}  "
+        f"AUC-ROC {number('auc_roc')}"
+    )
+    if "patient_recognition_rate" in result:
+        line += f"  patient recognition rate {number('patient_recognition_rate')}"
+    return line
+
+
+def _figures(result, labels, probabilities, paths, run_dir, title, threshold, seed):
+    label = f"{title} " if title else ""
+    plots.plot_confusion_matrix(
+        result["confusion_matrix"], run_dir / "confusion_matrix.png", f"{label}confusion matrix"
+    )
+    if len(np.unique(labels)) > 1:
+        plots.plot_roc_curve(labels, probabilities, run_dir / "roc_curve.png", f"{label}ROC curve")
+        plots.plot_precision_recall_curve(
+            labels,
+            probabilities,
+            run_dir / "precision_recall_curve.png",
+            f"{label}precision-recall",
+        )
+    plots.plot_sample_predictions(
+        paths,
+        labels,
+        probabilities,
+        run_dir / "sample_predictions.png",
+        threshold=threshold,
+        seed=seed,
+    )
+
+
+def plot_run_history(run_dir, title: str = "") -> Path:
+    """training_curves.png from the run's history.csv."""
+    return plots.plot_history(
+        read_history(run_dir), Path(run_dir) / "training_curves.png", title=title
+    )
+
+
+def read_predictions(run_dir) -> dict:
+    """A run's predictions.csv as arrays: filename, patient, magnification, label, probability."""
+    with open(Path(run_dir) / PREDICTIONS_FILE, newline="") as file:
+        rows = list(csv.DictReader(file))
+    return {
+        "filename": [row["filename"] for row in rows],
+        "patient": [row["patient"] for row in rows],
+        "magnification": [row["magnification"] for row in rows],
+        "label": np.array([int(row["label"]) for row in rows]),
+        "probability": np.array([float(row["probability"]) for row in rows]),
+    }

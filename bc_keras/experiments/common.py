@@ -1,0 +1,261 @@
+"""The run skeleton every experiment shares: start a run (config first), train in phases
+keeping the best model over all of them, then save, evaluate and draw."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bc_keras import data, evaluation, models, runs, training
+from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig, RunConfig
+from bc_keras.errors import DataError
+
+# Inside the run's backup folder: the weights and best validation value at the end of each
+# completed phase, so that an interrupted later phase resumes without training it again.
+PHASE_WEIGHTS = "phase{number}_complete.weights.h5"
+PHASE_STATE = "phase{number}_complete.json"
+
+
+@dataclass
+class Run:
+    """A started run: its config, folder and distribution strategy."""
+
+    config: RunConfig
+    run_dir: Path
+    strategy: object
+
+    def scope(self):
+        """The one place models are built and compiled (strategy + precision policy)."""
+        return models.model_scope(self.strategy, self.config.mixed_precision)
+
+
+@dataclass
+class Phase:
+    """One `fit` of a run: how many epochs, and how to freeze and compile the model for it."""
+
+    number: int
+    epochs: int
+    learning_rate: float
+    prepare: Callable[[], None]
+    description: str = ""
+
+
+def verbosity() -> int:
+    """A live progress bar on a terminal; one line per epoch in log files."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def start_run(config: RunConfig) -> Run:
+    """Checks where the run will write, takes its folder, writes config.json, seeds."""
+    models.check_model_out(config.model_out)
+    run_dir = runs.resolve_run_dir(config.run_dir, config.run_name(), config.resume)
+    config.run_dir = str(run_dir)
+    runs.write_config(run_dir, config)
+    from bc_keras.cli import set_seed
+
+    set_seed(config.seed)
+    print(f"run folder: {run_dir}")
+    return Run(config, run_dir, models.get_strategy(config.strategy))
+
+
+@dataclass
+class ClassifierData:
+    """The labelled data of a classifier run: training files, and un-augmented tf.data
+    validation, recalibration and test datasets."""
+
+    train_files: data.SplitFiles
+    validation: data.ImageDataset
+    recalibration: object
+    test_files: data.SplitFiles
+    preprocess: str
+    interpolation: str
+
+
+def classifier_data(
+    config: ClassifierConfig, preprocess: str, interpolation: str, train_files=None
+) -> ClassifierData:
+    """Lists and checks the three subsets before any training: a subset with one class or
+    none stops the run here, not after hours of training."""
+    train_files = train_files or data.list_split_files(config.data, data.SUBSET_TRAIN)
+    validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
+    test_files = data.list_split_files(config.data, data.SUBSET_TEST)
+    for name, files in (("train", train_files), ("val", validation_files)):
+        present = set(np.unique(files.labels).tolist())
+        if present != {0, 1}:
+            only = "benign" if present == {0} else "malignant"
+            raise DataError(
+                f"the {name} split of {config.data} holds only {only} images; a classifier "
+                "needs both classes there: prepare the split again with more patients or other "
+                "--ratios"
+            )
+    options = dict(
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        preprocess=preprocess,
+        interpolation=interpolation,
+        augment=False,
+        shuffle=False,
+    )
+    validation = data.build_dataset(config.data, data.SUBSET_VAL, files=validation_files, **options)
+    recalibration = None
+    if config.recalibrate_bn:
+        recalibration = data.build_dataset(
+            config.data, data.SUBSET_TRAIN, files=train_files, **options
+        ).data
+    print(
+        f"training on {len(train_files.paths)} images, validating on {len(validation_files.paths)}, "
+        f"testing on {len(test_files.paths)}"
+    )
+    return ClassifierData(
+        train_files, validation, recalibration, test_files, preprocess, interpolation
+    )
+
+
+def training_dataset(config: ClassifierConfig, sets: ClassifierData, phase: int, start_epoch: int):
+    """The augmented training stream of one phase, starting at `start_epoch` (each phase draws
+    its own shuffles and augmentations)."""
+    return data.build_dataset(
+        config.data,
+        data.SUBSET_TRAIN,
+        files=sets.train_files,
+        pipeline=config.pipeline,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        augment=config.augment,
+        stain_strength=config.stain_augment or 0.0,
+        preprocess=sets.preprocess,
+        interpolation=sets.interpolation,
+        seed=config.seed + 1000 * (phase - 1),
+        epochs=None,
+        start_epoch=start_epoch,
+    )
+
+
+def class_weights(config: ClassifierConfig, labels) -> dict | None:
+    """Keras `class_weight` for --class-weight balanced: n / (2 n_class), from the training
+    labels actually used."""
+    if config.class_weight != CLASS_WEIGHT_BALANCED:
+        return None
+    labels = np.asarray(labels)
+    weights = {c: float(len(labels) / (2.0 * np.sum(labels == c))) for c in (0, 1)}
+    print(f"class weights: benign {weights[0]:.3f}, malignant {weights[1]:.3f}")
+    return weights
+
+
+def _resumed_epoch(backup_dir: Path) -> int:
+    """The epoch an interrupted fit resumes at (BackupAndRestore's record), else 0."""
+    record = backup_dir / "training_metadata.json"
+    return int(json.loads(record.read_text())["epoch"]) if record.is_file() else 0
+
+
+def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **callback_options):
+    """Trains through `phases` with the one early-stopping rule of SPEC 6: the model kept is
+    the best on validation over all phases (a later phase starts from the best value and
+    weights the earlier ones handed over, and gives them back if it never beats them).
+
+    A completed phase leaves its weights and best value in the backup folder, so `--resume`
+    after an interruption skips it and continues the phase that was running.
+    """
+    config = run.config
+    numbered = len(phases) > 1
+    best_value, best_weights = None, None
+    weights = class_weights(config, sets.train_files.labels)
+    for phase in phases:
+        backup_name = f"{runs.BACKUP_DIR}/phase{phase.number}" if numbered else runs.BACKUP_DIR
+        marker = run.run_dir / runs.BACKUP_DIR / PHASE_WEIGHTS.format(number=phase.number)
+        state = run.run_dir / runs.BACKUP_DIR / PHASE_STATE.format(number=phase.number)
+        if numbered and config.resume and marker.is_file() and state.is_file():
+            model.load_weights(marker)
+            best_value = json.loads(state.read_text())["best"]
+            best_weights = model.get_weights()
+            print(f"phase {phase.number} finished before the interruption; going on")
+            continue
+        if phase.description:
+            print(f"\nphase {phase.number}: {phase.description}")
+        phase.prepare()
+        start_epoch = _resumed_epoch(run.run_dir / backup_name) if config.resume else 0
+        train = training_dataset(config, sets, phase.number, start_epoch)
+        callbacks = training.training_callbacks(
+            run.run_dir,
+            patience=config.patience,
+            monitor=config.monitor,
+            learning_rate=phase.learning_rate,
+            resume=config.resume,
+            phase=phase.number if numbered else None,
+            backup_name=backup_name,
+            initial_best=best_value,
+            initial_weights=best_weights,
+            recalibration_data=sets.recalibration,
+            **callback_options,
+        )
+        model.fit(
+            train.data,
+            validation_data=sets.validation.data,
+            epochs=phase.epochs,
+            steps_per_epoch=train.steps,
+            class_weight=weights,
+            callbacks=callbacks,
+            shuffle=False,  # both pipelines shuffle each epoch themselves
+            verbose=verbosity(),
+        )
+        stopping = training.early_stopping_of(callbacks)
+        best_value, best_weights = stopping.best, model.get_weights()
+        if numbered:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            model.save_weights(marker)
+            runs.write_json(state, {"best": best_value})
+
+
+def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, title: str) -> dict:
+    """Saves the trained classifier and evaluates it: BatchNorm statistics re-estimated (when
+    asked), the threshold fixed or chosen on validation and stored in the model, then the
+    test predictions, metrics and figures. The backup goes only once all is written."""
+    config = run.config
+    if sets.recalibration is not None:
+        training.recalibrate_batch_norm(model, sets.recalibration)
+    models.check_finite_weights(model)
+    threshold, method = evaluation.decide_threshold(model, config, sets.validation, tta=config.tta)
+    metadata = {
+        **metadata,
+        "kind": "classifier",
+        "experiment": config.experiment,
+        "recipe": config.recipe,
+        "image_size": config.image_size,
+        "preprocess": sets.preprocess,
+        "interpolation": sets.interpolation,
+        "threshold": threshold,
+        "threshold_method": method,
+        "tta": bool(config.tta),
+        "run_dir": str(run.run_dir),
+    }
+    model_path = models.save_model(model, config.model_out, metadata)
+    evaluation.plot_run_history(run.run_dir, title=title)
+    test = data.build_dataset(
+        config.data,
+        data.SUBSET_TEST,
+        files=sets.test_files,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        preprocess=sets.preprocess,
+        interpolation=sets.interpolation,
+    )
+    result = evaluation.evaluate_classifier(
+        model,
+        test,
+        run.run_dir,
+        threshold=threshold,
+        threshold_method=method,
+        validation=sets.validation,
+        tune_threshold=config.tune_threshold,
+        tta=bool(config.tta),
+        title=title,
+        seed=config.seed,
+    )
+    runs.finish_backup(run.run_dir)
+    print(f"\nmodel: {model_path}\nmetrics, predictions and figures: {run.run_dir}")
+    return result

@@ -1,0 +1,267 @@
+"""SimCLR with a ResNet-18 encoder (SPEC 4): contrastive pretraining, fine-tuning and linear
+evaluation, each with the run folder, evaluation and saved .h5 of the other experiments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bc_keras import data, evaluation, models, plots, runs, simclr, training
+from bc_keras.augment import SimCLRAugmentation
+from bc_keras.config import (
+    ENCODER_NONE,
+    PREPROCESS_RESCALE,
+    FinetuneConfig,
+    LinearConfig,
+    PretrainConfig,
+)
+from bc_keras.errors import ConfigError, DataError, ModelFileError
+from bc_keras.experiments import common
+from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
+from bc_keras.resnet import build_resnet18
+
+KIND_ENCODER = "simclr_encoder"
+# Pretraining decodes with bilinear resizing; the classifier is fed the same way.
+INTERPOLATION = "bilinear"
+INITIAL_VALIDATION_FILE = "initial_validation.json"
+LABELLED_FILES = "labelled_train_files.txt"
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    """Contrastive pretraining on the train split's images (labels unused); validation
+    NT-Xent on the val split; saves the encoder. Returns the pretraining summary."""
+    augmentation = SimCLRAugmentation(
+        crop_scale=(config.crop_scale_min, 1.0),
+        jitter_strength=config.jitter_strength,
+        blur_probability=config.blur_probability,
+    )
+    run = common.start_run(config)
+    train_files = data.list_split_files(config.data, data.SUBSET_TRAIN)
+    validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
+    if len(train_files.paths) < config.batch_size:
+        raise DataError(
+            f"the train split has {len(train_files.paths)} images, fewer than one batch of "
+            f"{config.batch_size}; pass a smaller --batch-size"
+        )
+    # Every batch keeps the same size (drop_remainder), so the contrastive step compiles once;
+    # a small validation split gets one smaller batch instead of none.
+    validation_batch = min(config.batch_size, len(validation_files.paths))
+    if validation_batch < 2:
+        raise DataError(
+            f"the val split has {len(validation_files.paths)} image(s); NT-Xent needs at least 2"
+        )
+    options = dict(image_size=config.image_size, augmentation=augmentation, seed=config.seed)
+    train = data.simclr_dataset_from_files(
+        train_files.paths, batch_size=config.batch_size, shuffle=True, **options
+    )
+    validation = data.simclr_dataset_from_files(
+        validation_files.paths, batch_size=validation_batch, shuffle=False, **options
+    )
+    print(
+        f"pretraining on {len(train_files.paths)} unlabelled images, validating NT-Xent on "
+        f"{len(validation_files.paths)}"
+    )
+    plots.plot_augmented_pairs(
+        *_first_views(train_files.paths[:4], config.image_size, augmentation, config.seed),
+        run.run_dir / "augmented_pairs.png",
+        title="SimCLR augmented pairs",
+    )
+    with run.scope():
+        encoder = build_resnet18(
+            config.image_size,
+            synchronized_batch_norm=run.strategy.num_replicas_in_sync > 1,
+        )
+        trainer = simclr.build_simclr_trainer(
+            encoder,
+            learning_rate=config.learning_rate,
+            temperature=config.temperature,
+            hidden_dim=config.projection_hidden_dim,
+            output_dim=config.projection_dim,
+            jit_compile=config.jit_compile,
+        )
+    initial_file = run.run_dir / INITIAL_VALIDATION_FILE
+    if not initial_file.exists():
+        # The untrained encoder's validation NT-Xent: what pretraining has to improve on.
+        runs.write_json(initial_file, trainer.evaluate(validation, verbose=0, return_dict=True))
+    trainer.fit(
+        train,
+        validation_data=validation,
+        epochs=config.epochs,
+        callbacks=training.training_callbacks(
+            run.run_dir,
+            patience=config.patience,
+            learning_rate=config.learning_rate,
+            resume=config.resume,
+            collapse_warning=False,
+        ),
+        shuffle=False,  # the pipeline shuffles the training files itself
+        verbose=common.verbosity(),
+    )
+    models.check_finite_weights(trainer.encoder)
+    metadata = {
+        "kind": KIND_ENCODER,
+        "architecture": "resnet18",
+        "experiment": config.experiment,
+        "image_size": config.image_size,
+        "preprocess": PREPROCESS_RESCALE,
+        "interpolation": INTERPOLATION,
+        "run_dir": str(run.run_dir),
+    }
+    encoder_path = models.save_model(trainer.encoder, config.model_out, metadata)
+    evaluation.plot_run_history(run.run_dir, title="SimCLR pretraining NT-Xent")
+    summary = pretraining_summary(
+        runs.read_history(run.run_dir), json.loads(initial_file.read_text())
+    )
+    runs.write_json(run.run_dir / runs.METRICS_FILE, summary)
+    _plot_test_embeddings(trainer.encoder, config, run.run_dir)
+    runs.finish_backup(run.run_dir)
+    print(
+        f"\nvalidation NT-Xent: {summary['initial_val_loss']:.4f} untrained -> "
+        f"{summary['best_val_loss']:.4f} (epoch {summary['best_epoch']})"
+        f"\nencoder: {encoder_path}\nhistory and figures: {run.run_dir}"
+    )
+    return summary
+
+
+def _plot_test_embeddings(encoder, config: PretrainConfig, run_dir: Path) -> None:
+    test = data.build_dataset(
+        config.data,
+        data.SUBSET_TEST,
+        image_size=config.image_size,
+        batch_size=config.batch_size,
+        interpolation=INTERPOLATION,
+    )
+    embeddings = encoder.predict(test.data, verbose=0)
+    if len(embeddings) >= 4:
+        plots.plot_tsne(
+            embeddings,
+            test.labels,
+            run_dir / "tsne_test_embeddings.png",
+            seed=config.seed,
+            title="t-SNE of test-set SimCLR embeddings",
+        )
+
+
+def _first_views(paths, image_size, augmentation, seed):
+    """Two views of each of `paths`, as NumPy arrays, for the augmented-pairs figure."""
+    pairs = data.simclr_dataset_from_files(
+        paths,
+        image_size=image_size,
+        batch_size=len(paths),
+        augmentation=augmentation,
+        shuffle=False,
+        seed=seed,
+        cache=False,
+    )
+    views_a, views_b = next(iter(pairs))
+    return views_a.numpy(), views_b.numpy()
+
+
+def pretraining_summary(history: dict, initial: dict) -> dict:
+    """The untrained and best validation NT-Xent (and contrastive accuracy) of a run."""
+    validation = history["val_loss"]
+    best = min(range(len(validation)), key=validation.__getitem__)
+    return {
+        "initial_val_loss": float(initial["loss"]),
+        "initial_val_contrastive_accuracy": float(initial["contrastive_accuracy"]),
+        "best_val_loss": float(validation[best]),
+        "best_epoch": best + 1,
+        "best_val_contrastive_accuracy": float(history["val_contrastive_accuracy"][best]),
+        "epochs_run": len(validation),
+    }
+
+
+def load_encoder(config: LinearConfig):
+    """The pretrained encoder named by --encoder, or a fresh one for --encoder none."""
+    if config.encoder.lower() == ENCODER_NONE:
+        return build_resnet18(config.image_size)
+    if not Path(config.encoder).is_file():
+        raise ModelFileError(
+            f"encoder {config.encoder} does not exist; pretrain one with `train_simclr.py "
+            "pretrain --data DIR` (or pass --encoder PATH), or use --encoder none"
+        )
+    encoder, metadata = models.load_model(config.encoder)
+    if metadata.get("kind") != KIND_ENCODER:
+        raise ModelFileError(
+            f"{config.encoder} is a {metadata.get('kind', 'unknown')} model, not a SimCLR "
+            "encoder; pass the .h5 saved by `train_simclr.py pretrain`, or --encoder none"
+        )
+    if int(metadata["image_size"]) != config.image_size:
+        raise ConfigError(
+            f"{config.encoder} was pretrained at {metadata['image_size']} px; pass "
+            f"--image-size {metadata['image_size']}"
+        )
+    return encoder
+
+
+def labelled_files(config: LinearConfig, run_dir: Path) -> data.SplitFiles:
+    """The training files whose labels are used: all, or --label-fraction of them drawn by
+    whole patients per class (listed in the run folder)."""
+    files = data.list_split_files(config.data, data.SUBSET_TRAIN)
+    if config.label_fraction == 1.0:
+        return files
+    patients = patients_of_paths(files.paths)
+    keep = label_fraction_indices(files.labels, patients, config.label_fraction, seed=config.seed)
+    chosen = data.SplitFiles([files.paths[i] for i in keep], files.labels[keep])
+    (run_dir / LABELLED_FILES).write_text("".join(f"{path}\n" for path in chosen.paths))
+    print(
+        f"label fraction {config.label_fraction}: {len(chosen.paths)} of {len(files.paths)} "
+        f"training images ({'whole patients' if patients else 'single images'}, per class)"
+    )
+    return chosen
+
+
+def train_classifier(config: LinearConfig | FinetuneConfig) -> dict:
+    """Linear evaluation (encoder frozen throughout) or fine-tuning (an optional frozen phase,
+    then the encoder trains); saves and evaluates the classifier."""
+    run = common.start_run(config)
+    sets = common.classifier_data(
+        config, PREPROCESS_RESCALE, INTERPOLATION, train_files=labelled_files(config, run.run_dir)
+    )
+    print(f"encoder: {config.encoder}")
+    with run.scope():
+        model = simclr.build_classifier(load_encoder(config), config.image_size)
+
+    def prepare(encoder_trainable: bool, learning_rate: float):
+        def compile_phase():
+            with run.scope():
+                simclr.set_encoder_trainable(model, encoder_trainable)
+                models.compile_classifier(model, learning_rate, config.jit_compile)
+
+        return compile_phase
+
+    if isinstance(config, FinetuneConfig):
+        phases = [
+            common.Phase(
+                2, config.epochs, config.finetune_learning_rate,
+                prepare(True, config.finetune_learning_rate), "encoder fine-tuned",
+            )
+        ]  # fmt: skip
+        if config.freeze_epochs > 0:
+            frozen = common.Phase(
+                1, config.freeze_epochs, config.learning_rate,
+                prepare(False, config.learning_rate), "encoder frozen",
+            )  # fmt: skip
+            phases.insert(0, frozen)
+        title = "SimCLR fine-tuned"
+    else:
+        phases = [
+            common.Phase(
+                1, config.epochs, config.learning_rate, prepare(False, config.learning_rate)
+            )
+        ]
+        title = "SimCLR linear evaluation"
+    if len(phases) == 1:
+        phases[0].number = 1
+    common.fit_phases(model, phases, run, sets)
+    metadata = {
+        "architecture": "simclr_resnet18",
+        "mode": config.experiment.removeprefix("simclr_"),
+        "encoder": config.encoder,
+        "label_fraction": config.label_fraction,
+        "labelled_images": int(len(sets.train_files.paths)),
+        "labelled_benign_share": float(np.mean(sets.train_files.labels == 0)),
+    }
+    return common.finish_classifier(model, run, sets, metadata, title)

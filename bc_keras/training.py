@@ -1,0 +1,321 @@
+"""Callbacks of every training run: early stopping that keeps the best over phases, backups
+that restore every piece of state, and guards against divergence, collapse and stale BatchNorm."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from bc_keras.errors import TrainingError
+from bc_keras.runs import HISTORY_FILE, write_json
+
+# Above this, a loss is divergence: Keras' BCE is at most -log(1e-7) = 16.1 per image (times a
+# class weight), and NT-Xent at most 2 / temperature + log(2N - 1).
+DIVERGED_LOSS = 1e3
+# Epochs of one-class validation predictions before the collapse warning.
+COLLAPSE_EPOCHS = 3
+# How many training batches re-estimate the BatchNorm statistics.
+RECALIBRATION_BATCHES = 100
+
+
+class LogValue(keras.callbacks.Callback):
+    """Adds a constant (for example the training phase) to each epoch's logs; put it first so
+    that the CSV logger records it."""
+
+    def __init__(self, name: str, value: float):
+        super().__init__()
+        self.name, self.value = name, value
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs[self.name] = self.value
+
+
+class BestOverPhasesEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping (restore best weights) that starts from an earlier phase's best.
+
+    Phase 2 of a two-phase run must beat what phase 1 handed over: it starts with phase 1's
+    best value and weights, so if it never improves on them, phase 1's weights are restored.
+    """
+
+    def __init__(self, *args, initial_best=None, initial_weights=None, **kwargs):
+        super().__init__(*args, restore_best_weights=True, **kwargs)
+        self.initial_best = initial_best
+        self.initial_weights = initial_weights
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if self.initial_best is not None:
+            self.best = self.initial_best
+            self.best_weights = self.initial_weights
+            self.best_epoch = -1  # before this phase
+
+
+class CallbackStateBackup(keras.callbacks.Callback):
+    """Saves and restores what BackupAndRestore does not: the state of early stopping and
+    the learning-rate schedule (counters, best value, best weights) and the random-seed
+    state of dropout layers, so that a resumed run continues exactly where it stopped.
+
+    Put it after the callbacks it watches.
+    """
+
+    STATE_KEYS = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")
+
+    def __init__(self, state_dir, callbacks):
+        super().__init__()
+        self.state_dir = Path(state_dir)
+        self.watched = [
+            c
+            for c in callbacks
+            if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))
+        ]
+
+    @property
+    def _state_file(self) -> Path:
+        return self.state_dir / "callback_state.json"
+
+    def _seed_states(self) -> list:
+        return [v for v in self.model.variables if "seed_generator_state" in v.path]
+
+    def on_train_begin(self, logs=None):
+        if not self._state_file.exists():
+            return
+        states = json.loads(self._state_file.read_text())
+        for index, callback in enumerate(self.watched):
+            state = states.get(str(index), {})
+            for key in self.STATE_KEYS:
+                if key in state:
+                    setattr(callback, key, state[key])
+            if state.get("has_best_weights"):
+                with np.load(self.state_dir / f"best_weights_{index}.npz") as stored:
+                    callback.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
+        for variable, value in zip(self._seed_states(), states.get("seeds", []), strict=False):
+            variable.assign(np.asarray(value, dtype=variable.dtype))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        states = {}
+        for index, callback in enumerate(self.watched):
+            state = {
+                k: _plain(getattr(callback, k)) for k in self.STATE_KEYS if hasattr(callback, k)
+            }
+            best_weights = getattr(callback, "best_weights", None)
+            state["has_best_weights"] = best_weights is not None
+            if best_weights is not None:
+                np.savez(
+                    self.state_dir / f"best_weights_{index}.npz",
+                    **{f"w{i}": w for i, w in enumerate(best_weights)},
+                )
+            states[str(index)] = state
+        states["seeds"] = [v.numpy().tolist() for v in self._seed_states()]
+        write_json(self._state_file, states)
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training with a `TrainingError` when the loss becomes non-finite or absurd, so a
+    diverged model is never saved or evaluated."""
+
+    def __init__(self, learning_rate: float, limit: float = DIVERGED_LOSS):
+        super().__init__()
+        self.learning_rate, self.limit = learning_rate, limit
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def _check(self, loss, where: str):
+        if loss is None:
+            return
+        loss = float(loss)
+        if not math.isfinite(loss) or loss > self.limit:
+            raise TrainingError(
+                f"training diverged: the loss reached {loss:.4g} {where} (epoch {self.epoch + 1}); "
+                f"start a new run with a lower --lr (it was {self.learning_rate:g}, e.g. "
+                f"{self.learning_rate / 10:g}); no model was saved"
+            )
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self._check(loss, f"at batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check((logs or {}).get("loss"), "in the epoch's mean")
+
+
+class CollapseWarning(keras.callbacks.Callback):
+    """Warns when the model has predicted one class for every validation image for several
+    epochs in a row (read from the validation confusion counts at threshold 0.5)."""
+
+    def __init__(self, epochs: int = COLLAPSE_EPOCHS):
+        super().__init__()
+        self.epochs = epochs
+        self.streak = 0
+        self.warned = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        counts = [logs.get(f"val_{name}") for name in ("tp", "fp", "tn", "fn")]
+        if any(c is None for c in counts):
+            return
+        true_positive, false_positive, true_negative, false_negative = counts
+        predicted_positive = true_positive + false_positive
+        predicted_negative = true_negative + false_negative
+        one_class = predicted_positive == 0 or predicted_negative == 0
+        self.streak = self.streak + 1 if one_class else 0
+        if self.streak >= self.epochs and not self.warned:
+            self.warned = True
+            label = "malignant" if predicted_negative == 0 else "benign"
+            warnings.warn(
+                f"the model has predicted {label} for every validation image for {self.streak} "
+                "epochs (a majority-class collapse); try --recipe robust or --class-weight "
+                "balanced --recalibrate-bn",
+                stacklevel=2,
+            )
+
+
+def trainable_batchnorm_layers(model) -> list:
+    """The BatchNormalization layers that train (frozen ones run in inference mode and keep
+    their statistics), searching nested models."""
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if layer.trainable:
+                found += trainable_batchnorm_layers(layer)
+        elif isinstance(layer, keras.layers.BatchNormalization) and layer.trainable:
+            found.append(layer)
+    return found
+
+
+def recalibrate_batch_norm(model, dataset, max_batches: int = RECALIBRATION_BATCHES) -> int:
+    """Re-estimates the moving statistics of the model's trainable BatchNorm layers.
+
+    The moving averages lag the weights on small data (few steps per epoch), so evaluation
+    normalises with statistics of older weights ("precise BN", Wu & Johnson 2021). This runs
+    the model in training mode over up to `max_batches` batches of `dataset` (a `tf.data`
+    dataset of un-augmented training images) with each layer's momentum set to give the plain
+    mean of the batch statistics; weights are untouched.
+
+    Returns:
+        The number of batches used (0 when the model has no trainable BatchNorm layer).
+    """
+    layers = trainable_batchnorm_layers(model)
+    if not layers:
+        return 0
+    saved = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.moving_mean.assign(np.zeros(layer.moving_mean.shape))
+        layer.moving_variance.assign(np.zeros(layer.moving_variance.shape))
+    used = 0
+    try:
+        for images, *_ in dataset.take(max_batches):
+            used += 1
+            for layer in layers:
+                # moving = moving * m + batch * (1 - m) with m = 1 - 1/k: the running mean.
+                layer.momentum = 1.0 - 1.0 / used
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, saved, strict=True):
+            layer.momentum = momentum
+    return used
+
+
+class BatchNormRecalibration(keras.callbacks.Callback):
+    """Re-estimates BatchNorm statistics before every validation pass of `fit` (see
+    `recalibrate_batch_norm`), so the validation metrics judge the weights as they will be
+    saved."""
+
+    def __init__(self, dataset, max_batches: int = RECALIBRATION_BATCHES):
+        super().__init__()
+        self.dataset, self.max_batches = dataset, max_batches
+        self.fitting = False
+
+    def on_train_begin(self, logs=None):
+        self.fitting = True
+
+    def on_train_end(self, logs=None):
+        self.fitting = False
+
+    def on_test_begin(self, logs=None):
+        if self.fitting:
+            recalibrate_batch_norm(self.model, self.dataset, self.max_batches)
+
+
+def training_callbacks(
+    run_dir,
+    *,
+    patience: int,
+    monitor: str = "val_loss",
+    learning_rate: float,
+    reduce_lr_patience: int | None = None,
+    reduce_lr_factor: float = 0.5,
+    min_learning_rate: float = 1e-6,
+    resume: bool = False,
+    phase: int | None = None,
+    backup_name: str = "backup",
+    initial_best=None,
+    initial_weights=None,
+    recalibration_data=None,
+    collapse_warning: bool = True,
+) -> list:
+    """The report's callbacks plus what a long, trustworthy run needs.
+
+    EarlyStopping on `monitor` (restore best weights; starting from `initial_best` in a later
+    phase), ReduceLROnPlateau (when `reduce_lr_patience` is set), BatchNorm recalibration
+    (when `recalibration_data` is given), a CSV history (appended on resume or in a later
+    phase), the divergence guard, the collapse warning, and BackupAndRestore with the
+    callbacks' own state so that `resume` continues from the last completed epoch.
+    """
+    run_dir = Path(run_dir)
+    mode = "max" if monitor.endswith("auc") else "min"
+    callbacks: list = []
+    if phase is not None:
+        callbacks.append(LogValue("phase", phase))
+    if recalibration_data is not None:
+        # First: validation must see the recalibrated statistics.
+        callbacks.insert(0, BatchNormRecalibration(recalibration_data))
+    append = resume or (phase is not None and phase > 1)
+    callbacks.append(keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=append))
+    watched = [
+        BestOverPhasesEarlyStopping(
+            monitor=monitor,
+            mode=mode,
+            patience=patience,
+            verbose=1,
+            initial_best=initial_best,
+            initial_weights=initial_weights,
+        )
+    ]
+    if reduce_lr_patience is not None:
+        watched.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                mode=mode,
+                factor=reduce_lr_factor,
+                patience=reduce_lr_patience,
+                min_lr=min_learning_rate,
+                verbose=1,
+            )
+        )
+    callbacks += watched
+    callbacks.append(DivergenceGuard(learning_rate))
+    if collapse_warning:
+        callbacks.append(CollapseWarning())
+    backup = run_dir / backup_name
+    callbacks.append(CallbackStateBackup(backup / "callbacks", watched))
+    callbacks.append(keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True))
+    return callbacks
+
+
+def early_stopping_of(callbacks) -> BestOverPhasesEarlyStopping:
+    """The early-stopping callback of a `training_callbacks` list."""
+    return next(c for c in callbacks if isinstance(c, BestOverPhasesEarlyStopping))

@@ -1,0 +1,73 @@
+"""Test helpers: loading the top-level scripts, and callbacks that capture or interrupt a run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from bc_keras import training
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# The unpatched builder: probes replace each other instead of piling up.
+TRAINING_CALLBACKS = training.training_callbacks
+
+
+def load_script(name: str):
+    """Imports a top-level script (train_cnn.py, predict.py, ...) by path."""
+    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO_ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_state(model, callbacks) -> dict:
+    """What a resumed run must restore: weights, optimizer step and learning rate, and the
+    early-stopping and plateau counters."""
+    stopping = training.early_stopping_of(callbacks)
+    plateau = [c for c in callbacks if isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+    return {
+        "weights": [np.array(w) for w in model.get_weights()],
+        "iterations": int(model.optimizer.iterations.numpy()),
+        "learning_rate": float(np.asarray(model.optimizer.learning_rate)),
+        "wait": stopping.wait,
+        "best": stopping.best,
+        "best_weights": [np.array(w) for w in stopping.best_weights or []],
+        "plateau_wait": plateau[0].wait if plateau else None,
+    }
+
+
+class StateProbe(keras.callbacks.Callback):
+    """Put last: records the training state after the others restored theirs (train begin)
+    and at the end of every epoch, and interrupts with Ctrl-C after `stop_after` epochs of
+    the phase whose number is `phase` (None: any)."""
+
+    def __init__(self, callbacks, records: list, stop_after=None, phase=None):
+        super().__init__()
+        self.callbacks, self.records = callbacks, records
+        self.stop_after, self.phase = stop_after, phase
+
+    def on_train_begin(self, logs=None):
+        self.records.append(("begin", self.phase, training_state(self.model, self.callbacks)))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.records.append((epoch, self.phase, training_state(self.model, self.callbacks)))
+        if self.stop_after is not None and epoch + 1 == self.stop_after:
+            raise KeyboardInterrupt
+
+
+def probe_callbacks(monkeypatch, records: list, stop_after=None, stop_phase=None):
+    """Makes every run append a `StateProbe`; it interrupts after `stop_after` epochs of phase
+    `stop_phase` (or of the single phase)."""
+
+    def with_probe(*args, **kwargs):
+        callbacks = TRAINING_CALLBACKS(*args, **kwargs)
+        phase = kwargs.get("phase")
+        stop = stop_after if stop_phase in (None, phase) else None
+        return callbacks + [StateProbe(callbacks, records, stop, phase)]
+
+    monkeypatch.setattr(training, "training_callbacks", with_probe)

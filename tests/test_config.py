@@ -1,0 +1,144 @@
+"""Configs and flags: each declared once, the report's values pinned, the robust recipe."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from helpers import load_script
+
+from bc_keras import cli, config
+from bc_keras.errors import ConfigError
+
+train_cnn = load_script("train_cnn")
+train_transfer = load_script("train_transfer")
+train_simclr = load_script("train_simclr")
+
+# The report's values (SPEC 4): what `--recipe report`, the default, must keep giving.
+REPORT_CNN = dict(
+    experiment="cnn", recipe="report", image_size=224, batch_size=32, epochs=100,
+    learning_rate=1e-3, patience=5, seed=42, pipeline="tfdata", augment=True, dense_units=128,
+    dropout=0.5, batch_norm_momentum=0.99, reduce_lr_patience=3, reduce_lr_factor=0.5,
+    min_learning_rate=1e-6, class_weight="none", monitor="val_loss", recalibrate_bn=False,
+    stain_augment=0.0, threshold=0.5, tta=False, tune_threshold=False,
+    mixed_precision=False, jit_compile=False, strategy="default",
+    model_out="models/cnn_model_breast_cancer.h5",
+)  # fmt: skip
+REPORT_TRANSFER = dict(
+    experiment="transfer", recipe="report", image_size=224, batch_size=32, epochs=100,
+    phase1_epochs=100, phase2_epochs=100, learning_rate=1e-3, finetune_learning_rate=1e-4,
+    patience=15, dense_units=128, weights="imagenet", alpha=1.0, preprocess="rescale",
+    class_weight="none", monitor="val_loss", recalibrate_bn=False, stain_augment=0.0,
+    threshold=0.5, tta=False, model_out="models/transfer_model_resnet50_breast_cancer.h5",
+)  # fmt: skip
+REPORT_PRETRAIN = dict(
+    experiment="simclr_pretrain", batch_size=96, learning_rate=1e-3, epochs=100, patience=15,
+    temperature=0.5, projection_hidden_dim=256, projection_dim=128,
+    model_out="models/simclr_resnet18_encoder.h5",
+)  # fmt: skip
+
+
+def _values(parsed) -> dict:
+    return dataclasses.asdict(parsed)
+
+
+def test_report_recipe_keeps_the_reports_values():
+    values = _values(train_cnn.parse_args(["--data", "d"]))
+    assert {key: values[key] for key in REPORT_CNN} == REPORT_CNN
+    values = _values(train_transfer.parse_args(["--data", "d", "--backbone", "resnet50"]))
+    assert {key: values[key] for key in REPORT_TRANSFER} == REPORT_TRANSFER
+    values = _values(train_simclr.parse_args(["pretrain", "--data", "d"]))
+    assert {key: values[key] for key in REPORT_PRETRAIN} == REPORT_PRETRAIN
+    values = _values(train_simclr.parse_args(["finetune", "--data", "d"]))
+    assert (values["learning_rate"], values["finetune_learning_rate"]) == (1e-3, 1e-4)
+    assert (values["patience"], values["freeze_epochs"], values["label_fraction"]) == (15, 0, 1.0)
+
+
+def test_robust_recipe_sets_each_part_and_a_flag_overrides_it():
+    robust = train_cnn.parse_args(["--data", "d", "--recipe", "robust"])
+    assert (robust.class_weight, robust.monitor, robust.threshold) == ("balanced", "val_auc", "youden")
+    assert robust.recalibrate_bn and robust.tta and robust.stain_augment == 0.05
+    # Everything the report fixes that the robust recipe does not touch stays the report's.
+    assert (robust.learning_rate, robust.patience, robust.batch_norm_momentum) == (1e-3, 5, 0.99)
+    chosen = train_cnn.parse_args(
+        ["--data", "d", "--recipe", "robust", "--class-weight", "none", "--no-tta",
+         "--threshold", "0.3", "--stain-augment", "0"]
+    )  # fmt: skip
+    assert (chosen.class_weight, chosen.tta, chosen.threshold, chosen.stain_augment) == (
+        "none", False, 0.3, 0.0
+    )
+    alone = train_cnn.parse_args(["--data", "d", "--recalibrate-bn", "--monitor", "val_auc"])
+    assert alone.recipe == "report" and alone.recalibrate_bn and alone.monitor == "val_auc"
+    assert alone.class_weight == "none"
+    transfer = train_transfer.parse_args(
+        ["--data", "d", "--backbone", "mobilenet", "--recipe", "robust"]
+    )
+    assert transfer.preprocess == "mobilenet"
+
+
+def test_config_records_the_experiment_and_resolves_transfer_defaults():
+    parsed = train_transfer.parse_args(
+        ["--data", "d", "--backbone", "vgg16", "--epochs", "3", "--phase2-epochs", "1",
+         "--weights", "None", "--lr1", "0.01", "--lr2", "0.002"]
+    )  # fmt: skip
+    assert parsed.experiment == "transfer" and parsed.run_name() == "transfer_vgg16"
+    assert (parsed.phase1_epochs, parsed.phase2_epochs) == (3, 1)
+    assert (parsed.learning_rate, parsed.finetune_learning_rate) == (0.01, 0.002)
+    assert parsed.weights == "none" and not parsed.freeze_batchnorm
+    assert parsed.model_out == "models/transfer_model_vgg16_breast_cancer.h5"
+    with pytest.raises(ConfigError, match="--alpha .* applies to mobilenet only"):
+        train_transfer.parse_args(["--data", "d", "--backbone", "vgg16", "--alpha", "0.5"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--data", "d", "--threshold", "2"], "must be a probability in (0, 1) or one of"),
+        (["--data", "d", "--epochs", "0"], "must be a positive integer"),
+        (["--data", "d", "--dropout", "1.5"], "must be in [0, 1]"),
+        (["--data", "d", "--recipe", "fast"], "invalid choice: 'fast'"),
+        ([], "the following arguments are required: --data"),
+    ],
+)
+def test_bad_flags_are_refused_by_argparse(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_cnn.parse_args(argv)
+    assert stop.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_help_lists_every_field_with_its_default_or_recipe_values(capsys):
+    with pytest.raises(SystemExit):
+        train_cnn.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(config.CNNConfig):
+        options = config.field_options(config.CNNConfig, field.name)
+        if options:
+            assert options["flag"] in text, field.name
+    assert "--class-weight {none,balanced}" in text
+    assert "(default: report: none; robust: balanced)" in text
+    assert "--recalibrate-bn, --no-recalibrate-bn" in text
+    assert "(default: 0.99)" in text and "(default: 0.001)" in text
+
+
+def test_every_flag_is_declared_once():
+    """Each flag has one declaration (a field with flag metadata), inherited by every script
+    that uses it; subclasses only change defaults."""
+    flags = []
+    for klass in (config.RunConfig, config.ClassifierConfig, config.DenseHeadConfig,
+                  config.TwoPhaseConfig, config.CNNConfig, config.TransferConfig,
+                  config.PretrainConfig, config.LinearConfig, config.FinetuneConfig):  # fmt: skip
+        own = vars(klass).get("__annotations__", {})
+        fields = vars(klass)["__dataclass_fields__"]
+        flags += [fields[name].metadata["flag"] for name in own if fields[name].metadata]
+    assert len(flags) == len(set(flags)), sorted(f for f in flags if flags.count(f) > 1)
+    assert "--patience" in flags and "--finetune-lr" in flags and "--dense-units" in flags
+
+
+def test_cli_builds_a_config_from_flags_alone():
+    parser = cli.build_parser(config.LinearConfig, "linear")
+    parsed = cli.config_from_args(
+        config.LinearConfig, parser.parse_args(["--data", "d", "--label-fraction", "0.25"])
+    )
+    assert parsed.experiment == "simclr_linear" and parsed.label_fraction == 0.25
+    assert parsed.encoder == "models/simclr_resnet18_encoder.h5"
