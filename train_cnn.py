@@ -18,17 +18,7 @@ section justifies (balanced class weights, BatchNorm recalibration, H&E stain au
 selection on validation AUC, a validation-chosen threshold, test-time augmentation)."""
 
 
-def parse_args(argv=None) -> CNNConfig:
-    parser = cli.build_parser(CNNConfig, DESCRIPTION)
-    return cli.config_from_args(CNNConfig, parser.parse_args(argv))
-
-
-def main(argv=None) -> int:
-    config = parse_args(argv)
-    from bc_keras.experiments import cnn
-
-    cnn.run(config)
-    return 0
+parse_args, main = cli.experiment_entry(CNNConfig, DESCRIPTION)
 
 
 if __name__ == "__main__":

@@ -53,13 +53,9 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    config = parse_args(argv)
-    from bc_keras.experiments import simclr
+    from bc_keras import experiments
 
-    if isinstance(config, PretrainConfig):
-        simclr.pretrain(config)
-    else:
-        simclr.train_classifier(config)
+    experiments.run(parse_args(argv))
     return 0
 
 

@@ -21,17 +21,7 @@ moving statistics kept), as the Keras transfer-learning guide advises; with --we
 train normally, having no statistics to keep."""
 
 
-def parse_args(argv=None) -> TransferConfig:
-    parser = cli.build_parser(TransferConfig, DESCRIPTION)
-    return cli.config_from_args(TransferConfig, parser.parse_args(argv))
-
-
-def main(argv=None) -> int:
-    config = parse_args(argv)
-    from bc_keras.experiments import transfer
-
-    transfer.run(config)
-    return 0
+parse_args, main = cli.experiment_entry(TransferConfig, DESCRIPTION)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,12 @@ import time
 
 import numpy as np
 
-from bc_keras.data import generator_from_files, list_split_files, tfdata_from_files
+from bc_keras.data import (
+    PipelineOptions,
+    generator_from_files,
+    list_split_files,
+    tfdata_from_files,
+)
 from bc_keras.errors import UserError
 
 
@@ -40,16 +45,16 @@ def benchmark_pipelines(
     chosen = np.sort(rng.permutation(len(files.paths))[:count])
     paths = [files.paths[i] for i in chosen]
     labels = files.labels[chosen]
-    options = dict(
+    options = PipelineOptions(
         image_size=image_size, batch_size=batch_size, augment=True, shuffle=True, seed=seed
     )
 
-    generator = generator_from_files(paths, labels, **options)
+    generator = generator_from_files(paths, labels, options)
     steps = int(np.ceil(count / batch_size))
     generator_ips, _ = _images_per_second(
         (generator[i] for i in range(steps)), lambda batch: len(batch[1])
     )
-    dataset = tfdata_from_files(paths, labels, cache=True, **options)
+    dataset = tfdata_from_files(paths, labels, options, cache=True)
     first_ips, _ = _images_per_second(dataset, lambda batch: int(batch[1].shape[0]))
     cached_ips, _ = _images_per_second(dataset, lambda batch: int(batch[1].shape[0]))
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import warnings
@@ -174,6 +175,23 @@ def build_parser(config_class, description: str, **parser_options) -> argparse.A
     return parser
 
 
+def experiment_entry(config_class, description: str):
+    """A training script's `parse_args(argv) -> config` and `main(argv) -> 0` for
+    `config_class`: flags -> config -> `bc_keras.experiments.run(config)`."""
+
+    def parse_args(argv=None):
+        parser = build_parser(config_class, description)
+        return config_from_args(config_class, parser.parse_args(argv))
+
+    def main(argv=None) -> int:
+        from bc_keras import experiments
+
+        experiments.run(parse_args(argv))
+        return 0
+
+    return parse_args, main
+
+
 def config_from_args(config_class, args: argparse.Namespace, **values):
     """Builds a config from parsed flags (fields without a flag keep their default, or take
     `values`), then fills the recipe's values into the fields left unset."""
@@ -195,14 +213,26 @@ def quiet_start() -> bool:
     user_chose = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.showwarning = _show_warning
-    # Users asked for .h5 files: Keras' advice to prefer .keras is noise here.
-    warnings.filterwarnings("ignore", message=".*HDF5 file via `model.save", category=UserWarning)
-    warnings.filterwarnings("ignore", message=".*legacy.*HDF5", category=UserWarning)
+    # Users asked for .h5 files: Keras' advice (an absl log record) to prefer .keras is noise.
+    logging.getLogger("absl").addFilter(_not_hdf5_advice)
     return not user_chose
+
+
+def _not_hdf5_advice(record: logging.LogRecord) -> bool:
+    return "as an HDF5 file via `model.save()`" not in record.getMessage()
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {one_line(message)}", file=file or sys.stderr)
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    """--overwrite of the data tools: replaces only a folder a data tool made."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace DIR if it is a folder a data tool made (never any other folder)",
+    )
 
 
 def set_seed(seed: int) -> None:
@@ -212,6 +242,7 @@ def set_seed(seed: int) -> None:
     keras.utils.set_random_seed(seed)
 
 
+NOTHING_WRITTEN = "interrupted: nothing was written (an unfinished output is removed)"
 RESUME_HINT = (
     "interrupted: the run folder keeps a backup; run the same command with --resume to continue"
 )

@@ -114,7 +114,9 @@ def main(argv=None) -> int:
 
 def _compare(root: Path, out) -> int:
     if not root.is_dir():
-        raise DataError(f"{root} does not exist; pass the folder your training runs were written to")
+        raise DataError(
+            f"{root} does not exist; pass the folder your training runs were written to"
+        )
     rows, left_out = collect_runs(root)
     for note in left_out:
         print(f"left out {note}", file=sys.stderr)
@@ -130,7 +132,9 @@ def _compare(root: Path, out) -> int:
             writer.writeheader()
             writer.writerows(rows)
     except OSError as error:
-        raise DataError(f"cannot write {prefix}.md/.csv ({error.strerror}); choose --out") from error
+        raise DataError(
+            f"cannot write {prefix}.md/.csv ({error.strerror}); choose --out"
+        ) from error
     print(table)
     print(
         f"\n{len(rows)} run(s); {len(left_out)} left out. Wrote {prefix.with_suffix('.md')} and "

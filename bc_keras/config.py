@@ -14,28 +14,15 @@ from typing import ClassVar
 
 from bc_keras.errors import ConfigError
 
-RECIPE_REPORT = "report"
-RECIPE_ROBUST = "robust"
-RECIPES = (RECIPE_REPORT, RECIPE_ROBUST)
-PIPELINE_GENERATOR = "generator"
-PIPELINE_TFDATA = "tfdata"
-PIPELINES = (PIPELINE_GENERATOR, PIPELINE_TFDATA)
-STRATEGY_DEFAULT = "default"
-STRATEGY_MIRRORED = "mirrored"
-STRATEGY_MULTIWORKER = "multiworker"
-STRATEGIES = (STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTIWORKER)
-CLASS_WEIGHT_NONE = "none"
-CLASS_WEIGHT_BALANCED = "balanced"
-CLASS_WEIGHTS = (CLASS_WEIGHT_NONE, CLASS_WEIGHT_BALANCED)
-MONITOR_LOSS = "val_loss"
-MONITOR_AUC = "val_auc"
-MONITORS = (MONITOR_LOSS, MONITOR_AUC)
-THRESHOLD_YOUDEN = "youden"
-THRESHOLD_BALANCED_ACCURACY = "balanced_accuracy"
-THRESHOLD_METHODS = (THRESHOLD_YOUDEN, THRESHOLD_BALANCED_ACCURACY)
-PREPROCESS_RESCALE = "rescale"
-PREPROCESS_BACKBONE = "backbone"
-ENCODER_NONE = "none"
+RECIPES = RECIPE_REPORT, RECIPE_ROBUST = ("report", "robust")
+PIPELINES = PIPELINE_GENERATOR, PIPELINE_TFDATA = ("generator", "tfdata")
+STRATEGIES = STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTIWORKER = (
+    "default", "mirrored", "multiworker",
+)  # fmt: skip
+CLASS_WEIGHTS = CLASS_WEIGHT_NONE, CLASS_WEIGHT_BALANCED = ("none", "balanced")
+MONITORS = MONITOR_LOSS, MONITOR_AUC = ("val_loss", "val_auc")
+THRESHOLD_METHODS = THRESHOLD_YOUDEN, THRESHOLD_BALANCED_ACCURACY = ("youden", "balanced_accuracy")
+PREPROCESS_RESCALE, PREPROCESS_BACKBONE, ENCODER_NONE = "rescale", "backbone", "none"
 GROUP_DATA, GROUP_MODEL, GROUP_TRAINING, GROUP_ROBUST = "data", "model", "training", "robust"
 GROUP_OUTPUTS, GROUP_EVALUATION = "outputs", "evaluation"
 
@@ -63,11 +50,20 @@ RECIPE_VALUES = {
 }
 
 
-def option(default=dataclasses.MISSING, *, flag: str, help: str, group: str = GROUP_TRAINING,
-           **argparse_options):  # fmt: skip
+def option(default, flag: str, help: str, group: str = GROUP_TRAINING, **argparse_options):
     """A config field exposed as the command-line `flag` (extra keywords go to argparse)."""
     metadata = {"flag": flag, "help": help, "group": group, **argparse_options}
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def switch(flag: str, help: str, group: str = GROUP_TRAINING):
+    """A boolean field, False unless its flag is given."""
+    return option(False, flag, help, group, action="store_true")
+
+
+def recipe_option(flag: str, help: str, **argparse_options):
+    """A robust-recipe field: left unset (None) on the command line, the recipe fills it."""
+    return option(None, flag, help, GROUP_ROBUST, **argparse_options)
 
 
 def field_options(config_class, name: str) -> dict:
@@ -87,65 +83,51 @@ class RunConfig:
     experiment: str = ""
     recipe: str = option(
         RECIPE_REPORT,
-        flag="--recipe",
-        choices=RECIPES,
-        group=GROUP_ROBUST,
-        help="'report' reproduces the report value for value; 'robust' sets the defaults of the "
+        "--recipe",
+        "'report' reproduces the report value for value; 'robust' sets the defaults of the "
         "robust-recipe flags below (README: Two recipes)",
+        GROUP_ROBUST,
+        choices=RECIPES,
     )
     data: str = option(
-        flag="--data",
-        group=GROUP_DATA,
-        required=True,
-        help="a prepared split: DIR/{train,val,test}/{benign,malignant} from "
+        dataclasses.MISSING,
+        "--data",
+        "a prepared split: DIR/{train,val,test}/{benign,malignant} from "
         "data_tools/prepare_breakhis.py",
+        GROUP_DATA,
+        required=True,
     )
-    image_size: int = option(
-        224, flag="--image-size", group=GROUP_DATA, help="input side in pixels"
+    image_size: int = option(224, "--image-size", "input side in pixels", GROUP_DATA)
+    batch_size: int = option(32, "--batch-size", "images per batch", GROUP_DATA)
+    epochs: int = option(100, "--epochs", "maximum epochs")
+    learning_rate: float = option(1e-3, "--lr", "Adam learning rate")
+    patience: int = option(5, "--patience", "EarlyStopping patience (epochs)")
+    seed: int = option(42, "--seed", "seeds Python, NumPy, TensorFlow, data order, augmentation")
+    mixed_precision: bool = switch(
+        "--mixed-precision",
+        "mixed_float16 compute (GPUs with tensor cores); the sigmoid output stays float32",
     )
-    batch_size: int = option(32, flag="--batch-size", group=GROUP_DATA, help="images per batch")
-    epochs: int = option(100, flag="--epochs", help="maximum epochs")
-    learning_rate: float = option(1e-3, flag="--lr", help="Adam learning rate")
-    patience: int = option(5, flag="--patience", help="EarlyStopping patience (epochs)")
-    seed: int = option(
-        42, flag="--seed", help="seeds Python, NumPy, TensorFlow, the data order and augmentation"
-    )
-    mixed_precision: bool = option(
-        False,
-        flag="--mixed-precision",
-        action="store_true",
-        help="mixed_float16 compute (GPUs with tensor cores); the sigmoid output stays float32",
-    )
-    jit_compile: bool = option(
-        False,
-        flag="--jit-compile",
-        action="store_true",
-        help="compile the training step with XLA",
-    )
+    jit_compile: bool = switch("--jit-compile", "compile the training step with XLA")
     strategy: str = option(
         STRATEGY_DEFAULT,
-        flag="--strategy",
+        "--strategy",
+        "tf.distribute strategy: 'mirrored' trains on all local GPUs; 'multiworker' on several "
+        "machines described by TF_CONFIG (the chief writes the outputs)",
         choices=STRATEGIES,
-        help="tf.distribute strategy: 'mirrored' trains on all local GPUs; 'multiworker' on "
-        "several machines described by TF_CONFIG (the chief writes the outputs)",
     )
     run_dir: str | None = option(
         None,
-        flag="--run-dir",
-        group=GROUP_OUTPUTS,
-        help="run folder for config, history, metrics, predictions and figures (default: "
+        "--run-dir",
+        "run folder for config, history, metrics, predictions and figures (default: "
         "runs/<experiment>/<timestamp>)",
+        GROUP_OUTPUTS,
     )
-    model_out: str = option(
-        "", flag="--model-out", group=GROUP_OUTPUTS, help="where the trained .h5 model is saved"
-    )
-    resume: bool = option(
-        False,
-        flag="--resume",
-        group=GROUP_OUTPUTS,
-        action="store_true",
-        help="continue an interrupted run from its last completed epoch (the --run-dir, or the "
-        "newest interrupted run); refused if a setting that changes the run differs",
+    model_out: str = option("", "--model-out", "where the trained .h5 is saved", GROUP_OUTPUTS)
+    resume: bool = switch(
+        "--resume",
+        "continue an interrupted run from its last completed epoch (the --run-dir, or the newest "
+        "interrupted run); refused if a setting that changes the run differs",
+        GROUP_OUTPUTS,
     )
 
     def __post_init__(self):
@@ -170,68 +152,53 @@ class ClassifierConfig(RunConfig):
 
     pipeline: str = option(
         PIPELINE_TFDATA,
-        flag="--pipeline",
-        group=GROUP_DATA,
+        "--pipeline",
+        "'generator' is the report's ImageDataGenerator; 'tfdata' gives the same tensors, faster",
+        GROUP_DATA,
         choices=PIPELINES,
-        help="'generator' is the report's ImageDataGenerator; 'tfdata' gives the same tensors, "
-        "faster",
     )
     augment: bool = option(
         True,
-        flag="--no-augment",
+        "--no-augment",
+        "train without rotation/shift/zoom/flip augmentation",
+        GROUP_DATA,
         action="store_false",
-        group=GROUP_DATA,
-        help="train without rotation/shift/zoom/flip augmentation",
     )
-    class_weight: str | None = option(
-        None,
-        flag="--class-weight",
+    class_weight: str | None = recipe_option(
+        "--class-weight",
+        "'balanced' weights each class by n / (2 n_class) on the training split",
         choices=CLASS_WEIGHTS,
-        group=GROUP_ROBUST,
-        help="'balanced' weights each class by n / (2 n_class) on the training split",
     )
-    monitor: str | None = option(
-        None,
-        flag="--monitor",
+    monitor: str | None = recipe_option(
+        "--monitor",
+        "what early stopping and model selection watch on the validation split",
         choices=MONITORS,
-        group=GROUP_ROBUST,
-        help="what early stopping and model selection watch on the validation split",
     )
-    recalibrate_bn: bool | None = option(
-        None,
-        flag="--recalibrate-bn",
-        group=GROUP_ROBUST,
-        boolean=True,
-        help="re-estimate the moving statistics of trainable BatchNorm layers on un-augmented "
+    recalibrate_bn: bool | None = recipe_option(
+        "--recalibrate-bn",
+        "re-estimate the moving statistics of trainable BatchNorm layers on un-augmented "
         "training batches before each validation and before saving",
-    )
-    stain_augment: float | None = option(
-        None,
-        flag="--stain-augment",
-        group=GROUP_ROBUST,
-        metavar="STRENGTH",
-        help="H&E stain augmentation strength sigma (Tellez et al. 2018; 0 = off)",
-    )
-    tta: bool | None = option(
-        None,
-        flag="--tta",
-        group=GROUP_ROBUST,
         boolean=True,
-        help="test-time augmentation: average the 8 flips and 90-degree rotations",
+    )
+    stain_augment: float | None = recipe_option(
+        "--stain-augment",
+        "H&E stain augmentation strength sigma (Tellez et al. 2018; 0 = off)",
+        metavar="STRENGTH",
+    )
+    tta: bool | None = recipe_option(
+        "--tta", "test-time augmentation: average the 8 flips and 90-degree rotations", boolean=True
     )
     threshold: float | str | None = option(
         None,
-        flag="--threshold",
-        group=GROUP_EVALUATION,
-        help="probability at or above which an image is malignant: a number, or 'youden' / "
+        "--threshold",
+        "probability at or above which an image is malignant: a number, or 'youden' / "
         "'balanced_accuracy' to choose it on the validation split; stored in the model",
+        GROUP_EVALUATION,
     )
-    tune_threshold: bool = option(
-        False,
-        flag="--tune-threshold",
-        action="store_true",
-        group=GROUP_EVALUATION,
-        help="also report metrics at the threshold maximising Youden's J on the validation split",
+    tune_threshold: bool = switch(
+        "--tune-threshold",
+        "also report metrics at the threshold maximising Youden's J on the validation split",
+        GROUP_EVALUATION,
     )
 
 
@@ -241,9 +208,9 @@ class DenseHeadConfig(ClassifierConfig):
 
     dense_units: int = option(
         128,
-        flag="--dense-units",
-        group=GROUP_MODEL,
-        help="units of the hidden Dense layer (the report's CNN text also says 256)",
+        "--dense-units",
+        "hidden Dense units (the report's CNN text also says 256)",
+        GROUP_MODEL,
     )
 
 
@@ -253,9 +220,7 @@ class TwoPhaseConfig(ClassifierConfig):
 
     FLAG_ALIASES: ClassVar[dict] = {"finetune_learning_rate": ("--lr2",)}
     finetune_learning_rate: float = option(
-        1e-4,
-        flag="--finetune-lr",
-        help="Adam learning rate of phase 2, once the backbone or encoder trains",
+        1e-4, "--finetune-lr", "Adam learning rate of phase 2, once the backbone or encoder trains"
     )
 
 
@@ -265,23 +230,17 @@ class CNNConfig(DenseHeadConfig):
 
     EXPERIMENT: ClassVar[str] = "cnn"
     model_out: str = "models/cnn_model_breast_cancer.h5"
-    dropout: float = option(
-        0.5, flag="--dropout", group=GROUP_MODEL, help="dropout before the output"
-    )
+    dropout: float = option(0.5, "--dropout", "dropout before the output", GROUP_MODEL)
     batch_norm_momentum: float = option(
         0.99,
-        flag="--bn-momentum",
-        group=GROUP_MODEL,
-        help="BatchNorm moving-average momentum (Keras' default, as the report); 0.9 suits small "
+        "--bn-momentum",
+        "BatchNorm moving-average momentum (Keras' default, as the report); 0.9 suits small "
         "datasets whose epochs have few steps",
+        GROUP_MODEL,
     )
-    reduce_lr_patience: int = option(
-        3, flag="--reduce-lr-patience", help="ReduceLROnPlateau patience"
-    )
-    reduce_lr_factor: float = option(
-        0.5, flag="--reduce-lr-factor", help="ReduceLROnPlateau factor"
-    )
-    min_learning_rate: float = option(1e-6, flag="--min-lr", help="ReduceLROnPlateau floor")
+    reduce_lr_patience: int = option(3, "--reduce-lr-patience", "ReduceLROnPlateau patience")
+    reduce_lr_factor: float = option(0.5, "--reduce-lr-factor", "ReduceLROnPlateau factor")
+    min_learning_rate: float = option(1e-6, "--min-lr", "ReduceLROnPlateau floor")
 
 
 @dataclass(kw_only=True)
@@ -295,37 +254,33 @@ class TransferConfig(DenseHeadConfig, TwoPhaseConfig):
     }
     model_out: str = "models/transfer_model_<backbone>_breast_cancer.h5"
     patience: int = 15
-    backbone: str = option(flag="--backbone", group=GROUP_MODEL, required=True, help="the backbone")
+    backbone: str = option(
+        dataclasses.MISSING, "--backbone", "the ImageNet backbone", GROUP_MODEL, required=True
+    )
     alpha: float = option(
         1.0,
-        flag="--alpha",
-        group=GROUP_MODEL,
-        help="MobileNet's width multiplier (0.25, 0.5, 0.75 or 1.0 have ImageNet weights)",
+        "--alpha",
+        "MobileNet's width multiplier (0.25, 0.5, 0.75 or 1.0 have ImageNet weights)",
+        GROUP_MODEL,
     )
     weights: str = option(
         "imagenet",
-        flag="--weights",
-        group=GROUP_MODEL,
-        help="'imagenet' (from Keras' cache, ~/.keras/models or $KERAS_HOME/models; downloaded "
-        "if online), 'none' (random initialisation), or the PATH of a local no-top .h5",
+        "--weights",
+        "'imagenet' (from Keras' cache, ~/.keras/models or $KERAS_HOME/models; downloaded if "
+        "online), 'none' (random initialisation), or the PATH of a local no-top .h5",
+        GROUP_MODEL,
     )
-    preprocess: str | None = option(
-        None,
-        flag="--preprocess",
-        group=GROUP_MODEL,
-        choices=(PREPROCESS_RESCALE, PREPROCESS_BACKBONE),
-        help="'rescale' is the report's 1/255; 'backbone' is the backbone's own preprocess_input. "
+    preprocess: str | None = recipe_option(
+        "--preprocess",
+        "'rescale' is the report's 1/255; 'backbone' is the backbone's own preprocess_input. "
         "Stored in the model so predict.py applies it",
+        choices=(PREPROCESS_RESCALE, PREPROCESS_BACKBONE),
     )
     phase1_epochs: int | None = option(
-        None,
-        flag="--phase1-epochs",
-        help="maximum epochs of phase 1, frozen backbone (default: --epochs)",
+        None, "--phase1-epochs", "maximum epochs of phase 1, frozen backbone (default: --epochs)"
     )
     phase2_epochs: int | None = option(
-        None,
-        flag="--phase2-epochs",
-        help="maximum epochs of phase 2, fine-tuning (default: --epochs)",
+        None, "--phase2-epochs", "maximum epochs of phase 2, fine-tuning (default: --epochs)"
     )
 
     def __post_init__(self):
@@ -362,20 +317,16 @@ class PretrainConfig(RunConfig):
     model_out: str = "models/simclr_resnet18_encoder.h5"
     batch_size: int = 96
     patience: int = 15
-    temperature: float = option(0.5, flag="--temperature", help="NT-Xent temperature")
+    temperature: float = option(0.5, "--temperature", "NT-Xent temperature")
     projection_hidden_dim: int = option(
-        256, flag="--projection-hidden-dim", group=GROUP_MODEL, help="projection MLP width"
+        256, "--projection-hidden-dim", "projection MLP width", GROUP_MODEL
     )
-    projection_dim: int = option(
-        128, flag="--projection-dim", group=GROUP_MODEL, help="projection output size"
-    )
+    projection_dim: int = option(128, "--projection-dim", "projection output size", GROUP_MODEL)
     crop_scale_min: float = option(
-        0.2, flag="--crop-scale-min", help="smallest random-crop area, as a fraction of the image"
+        0.2, "--crop-scale-min", "smallest random-crop area, as a fraction of the image"
     )
-    jitter_strength: float = option(0.5, flag="--jitter-strength", help="colour jitter strength s")
-    blur_probability: float = option(
-        0.5, flag="--blur-probability", help="probability of a Gaussian blur"
-    )
+    jitter_strength: float = option(0.5, "--jitter-strength", "colour jitter strength s")
+    blur_probability: float = option(0.5, "--blur-probability", "probability of a Gaussian blur")
 
 
 @dataclass(kw_only=True)
@@ -387,17 +338,17 @@ class LinearConfig(ClassifierConfig):
     patience: int = 15
     encoder: str = option(
         "models/simclr_resnet18_encoder.h5",
-        flag="--encoder",
-        group=GROUP_MODEL,
-        help=f"pretrained encoder .h5 from `train_simclr.py pretrain`, or '{ENCODER_NONE}' for "
-        "a randomly initialised encoder (the no-pretraining comparison)",
+        "--encoder",
+        f"pretrained encoder .h5 from `train_simclr.py pretrain`, or '{ENCODER_NONE}' for a "
+        "randomly initialised encoder (the no-pretraining comparison)",
+        GROUP_MODEL,
     )
     label_fraction: float = option(
         1.0,
-        flag="--label-fraction",
-        group=GROUP_DATA,
-        help="train on this share of the training labels, drawn per class and by whole patients "
+        "--label-fraction",
+        "train on this share of the training labels, drawn per class and by whole patients "
         "(e.g. 0.1 for the report's 10% labels)",
+        GROUP_DATA,
     )
 
 
@@ -407,7 +358,7 @@ class FinetuneConfig(LinearConfig, TwoPhaseConfig):
 
     EXPERIMENT: ClassVar[str] = "simclr_finetune"
     freeze_epochs: int = option(
-        0, flag="--freeze-epochs", help="epochs with the encoder frozen before it is fine-tuned"
+        0, "--freeze-epochs", "epochs with the encoder frozen before it is fine-tuned"
     )
 
 

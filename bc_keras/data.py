@@ -179,41 +179,42 @@ def _epoch_seed(seed: int, epoch):
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
-def tfdata_from_files(
-    paths,
-    labels,
-    *,
-    image_size: int = 224,
-    batch_size: int = 32,
-    augment: bool = False,
-    augmentation: AffineAugmentation = REPORT_AUGMENTATION,
-    stain_strength: float = 0.0,
-    preprocess: str = PREPROCESS_RESCALE,
-    shuffle: bool = False,
-    seed: int = 42,
-    cache=True,
-    interpolation: str = DEFAULT_INTERPOLATION,
-    epochs: int | None = 1,
-    start_epoch: int = 0,
-):
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How image files become model inputs, the same in both pipelines."""
+
+    image_size: int = 224
+    batch_size: int = 32
+    augment: bool = False
+    augmentation: AffineAugmentation = REPORT_AUGMENTATION
+    stain_strength: float = 0.0
+    preprocess: str = PREPROCESS_RESCALE
+    shuffle: bool = False
+    seed: int = 42
+    interpolation: str = DEFAULT_INTERPOLATION
+    start_epoch: int = 0
+
+
+def tfdata_from_files(paths, labels, options: PipelineOptions, *, cache=True, epochs=1):
     """The fast pipeline: parallel decode -> cache of resized uint8 -> per epoch: shuffle ->
     batch -> one fused random affine warp (and H&E stain perturbation) per batch ->
     preprocess -> prefetch.
 
     Args:
         paths, labels: image files and their 0/1 labels.
-        stain_strength: sigma of the HED stain augmentation (0 = none); with `augment` only.
+        options: sizes, augmentation, preprocessing, seed; epoch e is shuffled and augmented
+            from (seed, e), and the first epoch is `options.start_epoch` (a resumed run starts
+            where it stopped).
         cache: True for memory, a file path prefix for a disk cache, False for none.
         epochs: how many epochs the dataset delivers back to back (None: endless, for `fit`
-            with `steps_per_epoch`); epoch e is shuffled and augmented from (seed, e).
-        start_epoch: the first epoch's number (a resumed run starts where it stopped).
+            with `steps_per_epoch`).
 
     Returns:
         A `tf.data.Dataset` of `(images float32 [b, size, size, 3], labels float32 [b])`.
     """
-    decoded = decoded_dataset(paths, labels, image_size, interpolation, cache)
-    function = preprocess_function(preprocess)
-    count = len(paths)
+    decoded = decoded_dataset(paths, labels, options.image_size, options.interpolation, cache)
+    function = preprocess_function(options.preprocess)
+    count, seed, stain_strength = len(paths), options.seed, options.stain_strength
 
     def to_inputs(images):
         images = tf.cast(images, tf.float32)
@@ -224,7 +225,7 @@ def tfdata_from_files(
         # One stateless seed per batch keeps runs reproducible while every epoch sees new
         # warps. The warp runs on 0-255 floats, as the generator's does.
         batch_seed = tf.stack([epoch_seed, index])
-        images = random_affine_warp(tf.cast(images, tf.float32), batch_seed, augmentation)
+        images = random_affine_warp(tf.cast(images, tf.float32), batch_seed, options.augmentation)
         if stain_strength > 0:
             stain_seed = tf.random.experimental.stateless_fold_in(batch_seed, 7)
             images = random_hed_perturbation(images, stain_seed, stain_strength)
@@ -233,10 +234,10 @@ def tfdata_from_files(
     def one_epoch(epoch):
         epoch_seed = _epoch_seed(seed, epoch)
         data = decoded
-        if shuffle:
+        if options.shuffle:
             data = data.shuffle(count, seed=epoch_seed, reshuffle_each_iteration=False)
-        data = data.batch(batch_size)
-        if augment:
+        data = data.batch(options.batch_size)
+        if options.augment:
             return data.enumerate().map(
                 lambda index, batch: augment_batch(index, batch, epoch_seed),
                 num_parallel_calls=tf.data.AUTOTUNE,
@@ -245,8 +246,13 @@ def tfdata_from_files(
             lambda images, y: (to_inputs(images), y), num_parallel_calls=tf.data.AUTOTUNE
         )
 
-    last = start_epoch + (ENDLESS if epochs is None else epochs)
-    dataset = tf.data.Dataset.range(start_epoch, last).flat_map(one_epoch)
+    first = options.start_epoch
+    last = first + (ENDLESS if epochs is None else epochs)
+    dataset = tf.data.Dataset.range(first, last).flat_map(one_epoch)
+    if epochs is not None:
+        # flat_map hides the length; Keras needs it to know where an epoch ends.
+        batches = -(-count // options.batch_size) * epochs
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -255,15 +261,13 @@ def files_dataset(
 ):
     """Un-augmented, unshuffled model inputs for image files (inference): a dataset of
     `(images, zeros)` batches in file order."""
-    return tfdata_from_files(
-        paths,
-        np.zeros(len(paths), np.float32),
+    options = PipelineOptions(
         image_size=image_size,
         batch_size=batch_size,
         preprocess=preprocess,
         interpolation=interpolation,
-        cache=False,
     )
+    return tfdata_from_files(paths, np.zeros(len(paths), np.float32), options, cache=False)
 
 
 class EpochSeededIterator(keras.utils.PyDataset):
@@ -305,47 +309,31 @@ class EpochSeededIterator(keras.utils.PyDataset):
 
 
 def generator_from_files(
-    paths,
-    labels,
-    *,
-    image_size: int = 224,
-    batch_size: int = 32,
-    augment: bool = False,
-    augmentation: AffineAugmentation = REPORT_AUGMENTATION,
-    stain_strength: float = 0.0,
-    preprocess: str = PREPROCESS_RESCALE,
-    shuffle: bool = False,
-    seed: int = 42,
-    interpolation: str = DEFAULT_INTERPOLATION,
-    directory=None,
-    start_epoch: int = 0,
+    paths, labels, options: PipelineOptions, *, directory=None
 ) -> EpochSeededIterator:
     """The report's pipeline: `ImageDataGenerator` with `flow_from_directory` (when `directory`
     is given and every file in it is readable) or, for an explicit file list,
     `flow_from_dataframe` with the same generator; wrapped in `EpochSeededIterator`."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
-    _check_interpolation(interpolation)
-    function = preprocess_function(preprocess)
-    options = augmentation.generator_kwargs() if augment else {}
+    _check_interpolation(options.interpolation)
+    function = preprocess_function(options.preprocess)
+    transforms = options.augmentation.generator_kwargs() if options.augment else {}
     stain = None
-    if augment and stain_strength > 0:
+    if options.augment and options.stain_strength > 0:
         # Keras applies preprocessing_function after the affine transform, before rescale.
-        stain = StainAugmentation(stain_strength, seed, then=function)
-        function = stain
-    if function is None:
-        generator = ImageDataGenerator(rescale=1.0 / 255.0, **options)
-    elif stain is not None and preprocess == PREPROCESS_RESCALE:
-        generator = ImageDataGenerator(rescale=1.0 / 255.0, preprocessing_function=stain, **options)
-    else:
-        generator = ImageDataGenerator(preprocessing_function=function, **options)
+        stain = StainAugmentation(options.stain_strength, options.seed, then=function)
+    rescale = {"rescale": 1.0 / 255.0} if function is None else {}
+    generator = ImageDataGenerator(
+        preprocessing_function=stain or function, **rescale, **transforms
+    )
     flow_options = dict(
-        target_size=(image_size, image_size),
-        batch_size=batch_size,
+        target_size=(options.image_size, options.image_size),
+        batch_size=options.batch_size,
         class_mode="binary",
         shuffle=False,  # the wrapper orders each epoch
-        seed=seed,
-        interpolation=interpolation,
+        seed=options.seed,
+        interpolation=options.interpolation,
     )
     if directory is not None:
         iterator = generator.flow_from_directory(
@@ -365,7 +353,7 @@ def generator_from_files(
             validate_filenames=False,
             **flow_options,
         )
-    return EpochSeededIterator(iterator, seed, shuffle, start_epoch, stain)
+    return EpochSeededIterator(iterator, options.seed, options.shuffle, options.start_epoch, stain)
 
 
 def build_dataset(
@@ -423,7 +411,7 @@ def build_dataset(
     shuffle = subset == SUBSET_TRAIN if shuffle is None else shuffle
     complete = files is None
     files = files or list_split_files(split_dir, subset, check=check)
-    options = dict(
+    options = PipelineOptions(
         image_size=image_size,
         batch_size=batch_size,
         augment=augment,
@@ -436,10 +424,10 @@ def build_dataset(
         start_epoch=start_epoch,
     )
     if pipeline == PIPELINE_TFDATA:
-        data = tfdata_from_files(files.paths, files.labels, cache=cache, epochs=epochs, **options)
+        data = tfdata_from_files(files.paths, files.labels, options, cache=cache, epochs=epochs)
     else:
         directory = Path(split_dir) / subset if complete and not files.skipped else None
-        data = generator_from_files(files.paths, files.labels, directory=directory, **options)
+        data = generator_from_files(files.paths, files.labels, options, directory=directory)
     steps = int(np.ceil(len(files.paths) / batch_size))
     return ImageDataset(data, files.paths, files.labels, steps, pipeline, image_size, preprocess)
 

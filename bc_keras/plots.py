@@ -63,11 +63,7 @@ def plot_history(history: dict, path, title: str = "", phase_key: str = "phase")
                         va="top",
                         fontsize=8,
                     )
-        axis.set_xlabel("epoch")
-        axis.set_ylabel(label)
-        axis.set_title(f"{title} {label.lower()}".strip())
-        axis.legend()
-        axis.grid(alpha=0.3)
+        _finish_axis(axis, "epoch", label, f"{title} {label.lower()}".strip())
     return _save(figure, path)
 
 
@@ -92,36 +88,26 @@ def plot_confusion_matrix(matrix, path, title: str = "Confusion matrix") -> Path
 
 def plot_roc_curve(labels, probabilities, path, title: str = "ROC curve") -> Path:
     """ROC curve with its AUC in the legend."""
-    figure, axis = plt.subplots(figsize=(4.5, 4))
-    if len(np.unique(labels)) > 1:
-        false_positive_rate, true_positive_rate, _ = sk.roc_curve(labels, probabilities)
-        auc = sk.roc_auc_score(labels, probabilities)
-        axis.plot(false_positive_rate, true_positive_rate, label=f"AUC = {auc:.3f}")
-    else:
-        axis.text(0.5, 0.5, "one class only: ROC undefined", ha="center")
-    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance")
-    axis.set_xlabel("false positive rate")
-    axis.set_ylabel("true positive rate (recall)")
-    axis.set_title(title)
-    axis.legend(loc="lower right")
-    return _save(figure, path)
+    return plot_roc_overlay({"": (labels, probabilities)}, path, title)
 
 
 def plot_precision_recall_curve(
     labels, probabilities, path, title: str = "Precision-recall curve"
 ) -> Path:
     """Precision-recall curve with average precision; the dashed line is the malignant share."""
-    figure, axis = plt.subplots(figsize=(4.5, 4))
-    precision, recall, _ = sk.precision_recall_curve(labels, probabilities)
-    average_precision = sk.average_precision_score(labels, probabilities)
-    axis.plot(recall, precision, label=f"AP = {average_precision:.3f}")
-    axis.axhline(float(np.mean(labels)), color="grey", linestyle="--", label="chance")
-    axis.set_xlabel("recall")
-    axis.set_ylabel("precision")
-    axis.set_ylim(0, 1.02)
+    return plot_precision_recall_overlay({"": (labels, probabilities)}, path, title)
+
+
+def _finish_axis(axis, xlabel: str, ylabel: str, title: str, legend_location: str = "best"):
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.set_title(title)
-    axis.legend(loc="lower left")
-    return _save(figure, path)
+    axis.legend(loc=legend_location, fontsize=8)
+    axis.grid(alpha=0.3)
+
+
+def _label(name: str, score: str) -> str:
+    return f"{name} ({score})" if name else score
 
 
 def plot_sample_predictions(
@@ -184,15 +170,20 @@ def plot_augmented_pairs(views_a, views_b, path, title: str = "Augmented pairs")
     return _save(figure, path)
 
 
+def _per_model(mapping, argument: str, entry: str):
+    """The items of a non-empty `{model name: entry}` dict, or a ValueError naming it."""
+    if not isinstance(mapping, dict) or not mapping:
+        raise ValueError(
+            f"{argument} must map at least one model name to {entry}. "
+            f"Received: {argument}={mapping!r}"
+        )
+    return mapping.items()
+
+
 def _checked_curves(curves: dict) -> dict:
     """`{model name: (labels, probabilities)}` as arrays, or a ValueError naming the problem."""
-    if not isinstance(curves, dict) or not curves:
-        raise ValueError(
-            "curves must map at least one model name to (labels, probabilities). "
-            f"Received: curves={curves!r}"
-        )
     checked = {}
-    for name, pair in curves.items():
+    for name, pair in _per_model(curves, "curves", "(labels, probabilities)"):
         if len(pair) != 2:
             raise ValueError(
                 f"Each model needs a (labels, probabilities) pair. Received: {name!r}: {pair!r}"
@@ -208,13 +199,30 @@ def _checked_curves(curves: dict) -> dict:
     return checked
 
 
-def _both_classes(curves: dict, what: str) -> None:
-    for name, (labels, _) in curves.items():
+# A curve kind: (x, y) points of the curve, and its summary score's name and function.
+ROC = (lambda y, p: sk.roc_curve(y, p)[:2], "AUC", sk.roc_auc_score)
+PRECISION_RECALL = (
+    lambda y, p: sk.precision_recall_curve(y, p)[1::-1],
+    "AP",
+    sk.average_precision_score,
+)
+
+
+def _overlay(curves: dict, what: str, kind):
+    """A figure with one `what` curve per model (both classes needed), the score in the
+    legend; returns it with the checked curves."""
+    curves = _checked_curves(curves)
+    points, score_name, score = kind
+    figure, axis = plt.subplots(figsize=(5, 4.5))
+    for name, (labels, probabilities) in curves.items():
         if len(np.unique(labels)) < 2:
             raise ValueError(
                 f"A {what} needs benign and malignant images. Received: model {name!r} with "
                 f"labels of the single class {CLASS_NAMES[int(labels[0])]!r}"
             )
+        value = score(labels, probabilities)
+        axis.plot(*points(labels, probabilities), label=_label(name, f"{score_name} = {value:.3f}"))
+    return figure, axis, curves
 
 
 def plot_reliability_diagram(
@@ -240,15 +248,13 @@ def plot_reliability_diagram(
             curve["fraction_positive"],
             marker="o",
             markersize=4,
-            label=f"{name} (ECE = {error:.3f})",
+            label=_label(name, f"ECE = {error:.3f}"),
         )
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1.02)
-    axis.set_xlabel("mean predicted probability of malignant")
-    axis.set_ylabel("fraction malignant")
-    axis.set_title(title)
-    axis.legend(loc="upper left", fontsize=8)
-    axis.grid(alpha=0.3)
+    _finish_axis(
+        axis, "mean predicted probability of malignant", "fraction malignant", title, "upper left"
+    )
     return _save(figure, path)
 
 
@@ -259,19 +265,9 @@ def plot_roc_overlay(curves: dict, path, title: str = "ROC curves") -> Path:
     Args:
         curves: model name -> (labels, probabilities of malignant).
     """
-    curves = _checked_curves(curves)
-    _both_classes(curves, "ROC curve")
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    for name, (labels, probabilities) in curves.items():
-        false_positive_rate, true_positive_rate, _ = sk.roc_curve(labels, probabilities)
-        auc = sk.roc_auc_score(labels, probabilities)
-        axis.plot(false_positive_rate, true_positive_rate, label=f"{name} (AUC = {auc:.3f})")
+    figure, axis, curves = _overlay(curves, "ROC curve", ROC)
     axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance")
-    axis.set_xlabel("false positive rate")
-    axis.set_ylabel("true positive rate (recall)")
-    axis.set_title(title)
-    axis.legend(loc="lower right", fontsize=8)
-    axis.grid(alpha=0.3)
+    _finish_axis(axis, "false positive rate", "true positive rate (recall)", title, "lower right")
     return _save(figure, path)
 
 
@@ -284,13 +280,7 @@ def plot_precision_recall_overlay(
     Args:
         curves: model name -> (labels, probabilities of malignant).
     """
-    curves = _checked_curves(curves)
-    _both_classes(curves, "precision-recall curve")
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    for name, (labels, probabilities) in curves.items():
-        precision, recall, _ = sk.precision_recall_curve(labels, probabilities)
-        average_precision = sk.average_precision_score(labels, probabilities)
-        axis.plot(recall, precision, label=f"{name} (AP = {average_precision:.3f})")
+    figure, axis, curves = _overlay(curves, "precision-recall curve", PRECISION_RECALL)
     shares = sorted({float(np.mean(labels)) for labels, _ in curves.values()})
     for index, share in enumerate(shares):
         axis.axhline(
@@ -299,12 +289,8 @@ def plot_precision_recall_overlay(
             linestyle="--",
             label="chance (malignant share)" if not index else None,
         )
-    axis.set_xlabel("recall")
-    axis.set_ylabel("precision")
     axis.set_ylim(0, 1.02)
-    axis.set_title(title)
-    axis.legend(loc="lower left", fontsize=8)
-    axis.grid(alpha=0.3)
+    _finish_axis(axis, "recall", "precision", title, "lower left")
     return _save(figure, path)
 
 
@@ -319,13 +305,8 @@ def plot_metric_vs_fraction(
             high may be None where a point has no interval.
         metric_name: the y-axis label, e.g. "balanced accuracy".
     """
-    if not isinstance(results, dict) or not results:
-        raise ValueError(
-            "results must map at least one model name to a list of points. "
-            f"Received: results={results!r}"
-        )
     series = {}
-    for name, points in results.items():
+    for name, points in _per_model(results, "results", "a list of points"):
         if not points or any(len(point) != 4 for point in points):
             raise ValueError(
                 f"Each model needs (fraction, value, low, high) points. Received: {name!r}: "
@@ -362,9 +343,5 @@ def plot_metric_vs_fraction(
     axis.set_xticks(fractions)
     axis.set_xticklabels([f"{fraction:g}" for fraction in fractions])
     axis.minorticks_off()
-    axis.set_xlabel("fraction of training labels")
-    axis.set_ylabel(metric_name)
-    axis.set_title(title)
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
+    _finish_axis(axis, "fraction of training labels", metric_name, title)
     return _save(figure, path)

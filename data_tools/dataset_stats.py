@@ -1,31 +1,18 @@
-"""Print the BreaKHis distribution table for a tree, archive, prepared split or manifest."""
+"""Print images per magnification and class as the SPEC's markdown table, for a BreaKHis tree
+or archive, a prepared folder or a split.csv. For a prepared folder or split.csv: the overall
+table, patients per split, then one table per split; exit 1 if image files it lists are gone."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from bc_keras.errors import DataError
-from bc_keras.prepare import (
-    MANIFEST_NAME,
-    SPLIT_NAMES,
-    index_source,
-    load_prepared,
-    read_manifest,
-    stats_report,
-)
+from bc_keras import cli
+from bc_keras.prepare import load_records, missing_files, stats_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dataset_stats.py",
-        description=(
-            "Print images per magnification and class as the SPEC's markdown table. For a "
-            "prepared folder or split.csv: the overall table, patients per split, then one table "
-            "per split."
-        ),
-    )
+    parser = argparse.ArgumentParser(prog="dataset_stats.py", description=__doc__)
     parser.add_argument(
         "path",
         metavar="PATH",
@@ -34,34 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load(path: Path):
-    """Returns (records, is_split) for any PATH the tool accepts."""
-    if not path.exists():
-        raise DataError(
-            f"{path} does not exist; pass a BreaKHis tree, archive, prepared folder or split.csv"
-        )
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return read_manifest(path), True
-    if path.is_dir() and (
-        (path / MANIFEST_NAME).is_file() or any((path / s).is_dir() for s in SPLIT_NAMES)
-    ):
-        return load_prepared(path), True
-    index = index_source(path, check_images=False)
-    for line in index.warnings():
-        print(f"warning: {line}", file=sys.stderr)
-    return index.records, False
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        records, is_split = load(Path(args.path))
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    records, is_split = load_records(args.path)
     print(stats_report(records, per_split=is_split))
+    missing = missing_files(records) if is_split else []
+    if missing:
+        print(
+            f"\nMISSING: {len(missing)} of {len(records)} image files listed are gone (e.g. "
+            f"{missing[0]}); the counts above are of the list, not of the files: prepare the "
+            "split again"
+        )
+        return 1
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_script(main, interrupted=cli.NOTHING_WRITTEN))

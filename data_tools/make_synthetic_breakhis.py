@@ -1,4 +1,6 @@
-"""Write a synthetic BreaKHis_v1-shaped tree of generated H&E-like images (demo and tests only)."""
+"""Write DIR/BreaKHis_v1/histology_slides/breast/... with real folder and file naming, all 8
+subtypes and 4 magnifications, filled with generated tissue-like PNGs that carry a learnable
+benign/malignant signal. For the demo and the tests only: never a stand-in for real results."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ import argparse
 import sys
 import time
 
+from bc_keras import cli
+from bc_keras.errors import DataError
 from bc_keras.synthetic import (
     CLASS_BALANCE_BREAKHIS,
     CLASS_BALANCES,
@@ -19,14 +23,7 @@ from bc_keras.synthetic import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="make_synthetic_breakhis.py",
-        description=(
-            "Write DIR/BreaKHis_v1/histology_slides/breast/... with real folder and file naming, "
-            "all 8 subtypes and 4 magnifications, filled with generated tissue-like PNGs that "
-            "carry a learnable benign/malignant signal. Never a stand-in for real results."
-        ),
-    )
+    parser = argparse.ArgumentParser(prog="make_synthetic_breakhis.py", description=__doc__)
     parser.add_argument("--out", required=True, metavar="DIR", help="folder to write into")
     parser.add_argument(
         "--layout",
@@ -35,20 +32,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="small: N patients per subtype, M images per patient and magnification (default); "
         "breakhis: the official 82 patients and 7,909 images",
     )
-    parser.add_argument(
-        "--patients-per-subtype",
-        type=int,
-        default=3,
-        metavar="N",
-        help="patients per subtype for --layout small (default: 3)",
-    )
-    parser.add_argument(
-        "--images-per-patient",
-        type=int,
-        default=4,
-        metavar="M",
-        help="images per patient and magnification for --layout small (default: 4)",
-    )
+    for flag, default, metavar, counted in (
+        ("--patients-per-subtype", 3, "N", "patients per subtype"),
+        ("--images-per-patient", 4, "M", "images per patient and magnification"),
+    ):
+        parser.add_argument(
+            flag,
+            type=cli.positive_int,
+            default=default,
+            metavar=metavar,
+            help=f"{counted} for --layout small (default: {default})",
+        )
     parser.add_argument(
         "--size",
         type=int,
@@ -80,18 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.patients_per_subtype < 1 or args.images_per_patient < 1:
-        print(
-            "error: --patients-per-subtype and --images-per-patient must be at least 1",
-            file=sys.stderr,
-        )
-        return 2
     if args.size[0] < 1 or args.size[1] < 1:
-        print(
-            f"error: --size must be two positive integers W H; received {args.size}",
-            file=sys.stderr,
-        )
-        return 2
+        raise DataError(f"--size must be two positive integers W H; received {args.size}")
     start = time.time()
     paths = write_synthetic_tree(
         args.out,
@@ -112,4 +96,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_script(main, interrupted=cli.NOTHING_WRITTEN))

@@ -1,59 +1,21 @@
-"""Stain-normalise a prepared split: the same layout, split.csv and prepare.json, with every image
-normalised (Macenko or Reinhard) to one target image, plus normalize.json."""
+"""Write a stain-normalised copy of a prepared split (made by prepare_breakhis.py):
+DIR/{train,val,test}/{benign,malignant}/*.png, split.csv and prepare.json as in SPLIT_DIR, plus
+normalize.json with the method and the fitted target. Every image is mapped (Macenko or
+Reinhard) to one target image, by default a fixed reference from the training split."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import shutil
-import signal
 import sys
-import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from pathlib import Path
 
-import numpy as np
-
-from bc_keras.breakhis import CLASS_NAMES
-from bc_keras.errors import DataError, one_line
-from bc_keras.prepare import (
-    MANIFEST_NAME,
-    SETTINGS_NAME,
-    SPLIT_NAMES,
-    check_output_folder,
-    manifest_path_of,
-    read_manifest,
-    write_manifest,
-)
-from bc_keras.stain import (
-    METHOD_MACENKO,
-    NORMALIZATION_METHODS,
-    file_tissue_brightness,
-    make_normalizer,
-    normalize_file,
-    read_rgb,
-)
-
-NORMALIZE_NAME = "normalize.json"
-TRAIN_SPLIT = "train"
-TARGET_RULE = (
-    "the training image whose mean tissue grey level (pixels with optical density >= 0.15 in "
-    "some channel) is closest to the median over the training images; ties go to the first in "
-    "split.csv path order"
-)
+from bc_keras import cli
+from bc_keras.prepare.normalize import NORMALIZE_NAME, TARGET_RULE, normalize_split
+from bc_keras.stain import METHOD_MACENKO, NORMALIZATION_METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="normalize_stains.py",
-        description=(
-            "Write a stain-normalised copy of a prepared split (made by prepare_breakhis.py): "
-            "DIR/{train,val,test}/{benign,malignant}/*.png, split.csv and prepare.json as in "
-            f"SPLIT_DIR, plus {NORMALIZE_NAME} with the method and the fitted target."
-        ),
-    )
+    parser = argparse.ArgumentParser(prog="normalize_stains.py", description=__doc__)
     parser.add_argument("split_dir", metavar="SPLIT_DIR", help="prepared split to normalise")
     parser.add_argument("--out", required=True, metavar="DIR", help="normalised folder to write")
     parser.add_argument(
@@ -68,223 +30,29 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IMAGE",
         help=f"image whose staining the others are mapped to (default: {TARGET_RULE})",
     )
+    cores = os.cpu_count() or 1
     parser.add_argument(
         "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
+        type=cli.positive_int,
+        default=cores,
         metavar="N",
-        help=f"worker processes (default: the number of CPU cores, {os.cpu_count() or 1})",
+        help=f"worker processes (default: the number of CPU cores, {cores})",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
-    )
+    cli.add_overwrite_flag(parser)
     return parser
-
-
-class Progress:
-    """A `\\r` progress bar on a terminal, else one line about every 10%."""
-
-    def __init__(self, label: str, total: int, log, tty: bool):
-        self.label, self.total, self.log, self.tty = label, total, log, tty
-        self.step = max(1, math.ceil(total / 10))
-
-    def update(self, done: int) -> None:
-        percent = 100 * done // max(1, self.total)
-        text = f"{self.label} {done}/{self.total} images ({percent}%)"
-        if self.tty:
-            sys.stdout.write(f"\r{text}" + ("\n" if done == self.total else ""))
-            sys.stdout.flush()
-        elif done % self.step == 0 or done == self.total:
-            self.log(text)
-
-
-def run_tasks(executor, function, tasks: list[tuple], progress: Progress) -> list:
-    """`function(*task)` for every task, in the executor (or here without one), in task order."""
-    results = [None] * len(tasks)
-    if executor is None:
-        for index, task in enumerate(tasks):
-            results[index] = function(*task)
-            progress.update(index + 1)
-        return results
-    futures = {executor.submit(function, *task): index for index, task in enumerate(tasks)}
-    for done, future in enumerate(as_completed(futures), start=1):
-        results[futures[future]] = future.result()
-        progress.update(done)
-    return results
-
-
-def check_paths(split_dir: Path, out: Path, overwrite: bool):
-    """The split's records after refusing a missing split and an unusable or dangerous --out."""
-    if not split_dir.is_dir():
-        raise DataError(
-            f"SPLIT_DIR {split_dir} does not exist or is not a folder; pass a folder made by "
-            "data_tools/prepare_breakhis.py"
-        )
-    if not (split_dir / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"{split_dir} is not a prepared split (no {MANIFEST_NAME}); make one with "
-            "data_tools/prepare_breakhis.py"
-        )
-    records = read_manifest(split_dir / MANIFEST_NAME)
-    if not records:
-        raise DataError(f"{split_dir / MANIFEST_NAME} lists no image; prepare the split again")
-    split_resolved, out_resolved = split_dir.resolve(), out.resolve()
-    if out_resolved == split_resolved or split_resolved in out_resolved.parents:
-        raise DataError(f"--out {out} is SPLIT_DIR or inside it; choose a folder outside it")
-    if out_resolved in split_resolved.parents:
-        raise DataError(f"--out {out} contains SPLIT_DIR {split_dir}; choose another --out")
-    check_output_folder(out, overwrite)
-    if out.is_dir():
-        for record in records:
-            if out_resolved in Path(record.source).resolve().parents:
-                raise DataError(
-                    f"--out {out} holds images SPLIT_DIR links to (e.g. {record.source}); "
-                    "choose another --out"
-                )
-    return records
-
-
-def choose_target(records, executor, log, tty):
-    """The default target (see TARGET_RULE), from the training split only."""
-    train = sorted((r for r in records if r.split == TRAIN_SPLIT), key=manifest_path_of)
-    if not train:
-        raise DataError("the split has no training image to choose a --target from; pass --target")
-    progress = Progress("measuring tissue brightness:", len(train), log, tty)
-    brightness = run_tasks(executor, file_tissue_brightness, [(r.source,) for r in train], progress)
-    candidates = [(r, b) for r, b in zip(train, brightness, strict=True) if b is not None]
-    if not candidates:
-        raise DataError("no training image shows stained tissue; pass --target IMAGE")
-    median = float(np.median([b for _, b in candidates]))
-    record, value = min(candidates, key=lambda pair: abs(pair[1] - median))
-    log(
-        f"target: {manifest_path_of(record)} (tissue grey level {value:.1f}; training median "
-        f"{median:.1f})"
-    )
-    return record, value, median
-
-
-def _swap_into_place(staging: Path, out: Path) -> None:
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        os.rename(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, out)
-
-
-def fit_target(method, target, records, executor, log, tty):
-    """The fitted normaliser, the target's path and how it was chosen."""
-    if target is None:
-        record, value, median = choose_target(records, executor, log, tty)
-        target_path = Path(record.source)
-        choice = {"rule": TARGET_RULE, "split_path": manifest_path_of(record)}
-        choice.update(tissue_grey_level=value, training_median=median)
-    else:
-        target_path = Path(target)
-        choice = {"rule": "given with --target"}
-        held_out = {Path(r.source).resolve() for r in records if r.split != TRAIN_SPLIT}
-        if target_path.resolve() in held_out:
-            log("warning: --target is a val/test image, so held-out colours shape the training")
-    try:
-        target_image = read_rgb(target_path)
-    except DataError as error:
-        raise DataError(
-            f"--target {target_path} cannot be read as an image ({one_line(error.__cause__)}); "
-            "pass a PNG or JPEG showing stained tissue"
-        ) from None
-    return make_normalizer(method).fit(target_image), target_path, choice
-
-
-def normalize_split(
-    split_dir,
-    out,
-    method: str = METHOD_MACENKO,
-    target=None,
-    workers: int = 1,
-    overwrite: bool = False,
-    log=print,
-    tty: bool = False,
-) -> dict:
-    """Writes the normalised copy of `split_dir` to `out`, built in a temporary folder beside
-    `out` and renamed at the end (removed on any failure); returns what normalize.json holds."""
-    split_dir, out = Path(split_dir), Path(out)
-    if workers < 1:
-        raise DataError(f"--workers must be at least 1 (got {workers})")
-    records = check_paths(split_dir, out, overwrite)
-    try:
-        out.absolute().parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f"{out.name}.partial-{os.getpid()}-", dir=out.absolute().parent)
-        )
-    except OSError as error:
-        raise DataError(
-            f"cannot write beside --out {out} ({error}); choose another --out"
-        ) from None
-    executor = None
-    try:
-        if workers > 1:
-            executor = ProcessPoolExecutor(
-                max_workers=min(workers, len(records)),
-                # Ctrl-C reaches the main process only, which cancels the rest and cleans up.
-                initializer=signal.signal,
-                initargs=(signal.SIGINT, signal.SIG_IGN),
-            )
-        normalizer, target_path, choice = fit_target(method, target, records, executor, log, tty)
-        folders = {f"{split}/{label}" for split in SPLIT_NAMES for label in CLASS_NAMES}
-        folders |= {str(Path(manifest_path_of(r)).parent) for r in records}
-        for folder in folders:
-            (staging / folder).mkdir(parents=True, exist_ok=True)
-        tasks = [(normalizer, r.source, staging / manifest_path_of(r)) for r in records]
-        no_tissue = run_tasks(
-            executor, normalize_file, tasks, Progress("normalised", len(tasks), log, tty)
-        )
-        write_manifest(records, staging / MANIFEST_NAME)
-        if (split_dir / SETTINGS_NAME).is_file():
-            shutil.copyfile(split_dir / SETTINGS_NAME, staging / SETTINGS_NAME)
-        settings = {
-            "method": method,
-            "target": str(target_path.absolute()),
-            "target_choice": choice,
-            "target_statistics": normalizer.target_statistics(),
-            "source": str(split_dir.absolute()),
-            "images": len(records),
-            "no_tissue": [
-                manifest_path_of(r) for r, empty in zip(records, no_tissue, strict=True) if empty
-            ],
-        }
-        (staging / NORMALIZE_NAME).write_text(json.dumps(settings, indent=2) + "\n")
-        _swap_into_place(staging, out)
-    except BaseException:
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-            executor = None
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        if executor is not None:
-            executor.shutdown(wait=True)
-    return settings
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        settings = normalize_split(
-            args.split_dir,
-            args.out,
-            args.method,
-            args.target,
-            args.workers,
-            args.overwrite,
-            tty=sys.stdout.isatty(),
-        )
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted; nothing was written to {args.out}", file=sys.stderr)
-        return 130
+    settings = normalize_split(
+        args.split_dir,
+        args.out,
+        args.method,
+        args.target,
+        args.workers,
+        args.overwrite,
+        tty=sys.stdout.isatty(),
+    )
     print(f"\nWrote {args.out} ({settings['method']}, {settings['images']} images)")
     no_tissue = settings["no_tissue"]
     if no_tissue:
@@ -294,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_script(main, interrupted=cli.NOTHING_WRITTEN))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bc_keras import cli
 from bc_keras.errors import DataError
 from bc_keras.prepare import (
     DEFAULT_RATIOS,
@@ -71,41 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="copy images instead of absolute symbolic links (archives are always extracted)",
     )
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace DIR if it exists and is not empty"
-    )
+    cli.add_overwrite_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        ratios = validate_ratios(args.ratios)
-        magnifications = parse_magnifications(args.magnification)
-        if args.split == SPLIT_FOLD and not args.fold_file:
-            raise DataError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
-        result = prepare_split(
-            args.source,
-            args.out,
-            split=args.split,
-            ratios=ratios,
-            seed=args.seed,
-            magnifications=magnifications,
-            fold_file=args.fold_file,
-            copy=args.copy,
-            overwrite=args.overwrite,
-            log=print,
-            warn=lambda message: print(
-                message if message.startswith("WARNING") else f"warning: {message}",
-                file=sys.stderr,
-            ),
-        )
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"error: interrupted; nothing was written to {args.out}", file=sys.stderr)
-        return 130
+    if args.split == SPLIT_FOLD and not args.fold_file:
+        raise DataError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
+    result = prepare_split(
+        args.source,
+        args.out,
+        split=args.split,
+        ratios=validate_ratios(args.ratios),
+        seed=args.seed,
+        magnifications=parse_magnifications(args.magnification),
+        fold_file=args.fold_file,
+        copy=args.copy,
+        overwrite=args.overwrite,
+        log=print,
+        warn=lambda message: print(
+            message if message.startswith("WARNING") else f"warning: {message}", file=sys.stderr
+        ),
+    )
     print(f"\nWrote {result.out} ({args.split} split, {len(result.records)} images)")
     for split, info in result.settings["counts"].items():
         print(
@@ -118,4 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_script(main, interrupted=cli.NOTHING_WRITTEN))

@@ -5,7 +5,6 @@
 set -euo pipefail
 PY=${1:-.venv/bin/python}
 DEMO=${2:-demo}
-export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
 
 rm -rf "$DEMO"
 mkdir -p "$DEMO"

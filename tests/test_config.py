@@ -56,7 +56,11 @@ def test_report_recipe_keeps_the_reports_values():
 
 def test_robust_recipe_sets_each_part_and_a_flag_overrides_it():
     robust = train_cnn.parse_args(["--data", "d", "--recipe", "robust"])
-    assert (robust.class_weight, robust.monitor, robust.threshold) == ("balanced", "val_auc", "youden")
+    assert (robust.class_weight, robust.monitor, robust.threshold) == (
+        "balanced",
+        "val_auc",
+        "youden",
+    )
     assert robust.recalibrate_bn and robust.tta and robust.stain_augment == 0.05
     # Everything the report fixes that the robust recipe does not touch stays the report's.
     assert (robust.learning_rate, robust.patience, robust.batch_norm_momentum) == (1e-3, 5, 0.99)
@@ -65,7 +69,10 @@ def test_robust_recipe_sets_each_part_and_a_flag_overrides_it():
          "--threshold", "0.3", "--stain-augment", "0"]
     )  # fmt: skip
     assert (chosen.class_weight, chosen.tta, chosen.threshold, chosen.stain_augment) == (
-        "none", False, 0.3, 0.0
+        "none",
+        False,
+        0.3,
+        0.0,
     )
     alone = train_cnn.parse_args(["--data", "d", "--recalibrate-bn", "--monitor", "val_auc"])
     assert alone.recipe == "report" and alone.recalibrate_bn and alone.monitor == "val_auc"

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bc_keras import cli
 from bc_keras.breakhis import archive_relative_path, parse_filename
 from bc_keras.prepare import layout, read_fold_file
 from bc_keras.synthetic import write_synthetic_tree
@@ -46,7 +47,7 @@ make_synthetic = load_tool("make_synthetic_breakhis")
 
 
 def run(tool, argv, capsys):
-    code = tool.main([str(a) for a in argv])
+    code = cli.run_script(tool.main, [str(a) for a in argv], interrupted=cli.NOTHING_WRITTEN)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -348,18 +349,57 @@ def test_interrupted_prepare_leaves_no_output(synthetic_tree, tmp_path, monkeypa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_non_empty_out_is_refused_without_overwrite(synthetic_tree, tmp_path, capsys):
+def test_non_empty_out_is_refused_and_overwrite_replaces_only_a_prepared_folder(
+    synthetic_tree, tmp_path, capsys
+):
     out = tmp_path / "prepared"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     code, _, err = run(prepare, [synthetic_tree, "--out", out], capsys)
-    assert code == 2
     assert_one_line_error(code, err, "--overwrite", "already exists and is not empty")
+    code, _, err = run(prepare, [synthetic_tree, "--out", out, "--overwrite"], capsys)
+    assert_one_line_error(code, err, "not a folder made by prepare_breakhis.py", "prepare.json")
     assert (out / "keep.txt").read_text() == "mine"
-    code, _, _ = run(prepare, [synthetic_tree, "--out", out, "--overwrite"], capsys)
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    assert run(prepare, [synthetic_tree, "--out", out], capsys)[0] == 0
+    (out / "stale.txt").write_text("from an older prepare")
+    code, _, _ = run(prepare, [synthetic_tree, "--out", out, "--overwrite", "--seed", "3"], capsys)
     assert code == 0
-    assert not (out / "keep.txt").exists() and (out / "split.csv").is_file()
+    assert not (out / "stale.txt").exists() and (out / "split.csv").is_file()
+    assert json.loads((out / "prepare.json").read_text())["seed"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]
+
+
+@pytest.mark.parametrize("where", ["source", "inside", "parent"])
+def test_out_never_destroys_the_source(tmp_path, capsys, where):
+    tree = tmp_path / "data" / "tree"
+    write_synthetic_tree(tree, patients_per_subtype=3, images_per_patient=1, size=(16, 16), seed=2)
+    (tmp_path / "data" / "notes.txt").write_text("unrelated")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    out = {
+        "source": tree,
+        "inside": tree / "BreaKHis_v1" / "histology_slides" / "breast" / "x",
+        "parent": tmp_path / "data",
+    }[where]
+    code, _, err = run(prepare, [tree, "--out", out, "--overwrite"], capsys)
+    assert_one_line_error(code, err, "--out", "input", "choose")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert (tmp_path / "data" / "notes.txt").read_text() == "unrelated"
+
+
+def test_leftovers_of_a_killed_prepare_are_removed_and_reported(synthetic_tree, tmp_path, capsys):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    partial = tmp_path / f"prepared.partial-{dead}-abc123"
+    (partial / "train" / "benign").mkdir(parents=True)
+    (partial / "train" / "benign" / "x.png").write_bytes(b"half")
+    mine = tmp_path / f"prepared.partial-{os.getpid()}-alive"
+    mine.mkdir()
+    code, out, _ = run(prepare, [synthetic_tree, "--out", tmp_path / "prepared"], capsys)
+    assert code == 0
+    assert f"removed {partial}" in out and f"process {dead} is gone" in out
+    assert not partial.exists() and mine.exists(), "a live process's folder is left alone"
 
 
 # --------------------------------------------------------------------------------- bad inputs

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bc_keras import cli
+from bc_keras.prepare import normalize
 from bc_keras.prepare import prepare_split
 from bc_keras.stain import (
     METHOD_MACENKO,
@@ -43,7 +45,7 @@ def run(argv):
     """(exit code, stdout, stderr) of the tool's main."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = tool.main([str(a) for a in argv])
+        code = cli.run_script(tool.main, [str(a) for a in argv], interrupted=cli.NOTHING_WRITTEN)
     return code, out.getvalue(), err.getvalue()
 
 
@@ -177,6 +179,11 @@ def test_given_target_and_overwrite(split_dir, tmp_path):
     code, _, stderr = run([*argv, "--workers", 1])
     assert_one_line_error(code, stderr, "already exists and is not empty", "--overwrite")
     assert_nothing_left(tmp_path, ["out"])
+    code, _, stderr = run([*argv, "--workers", 1, "--overwrite"])
+    assert_one_line_error(code, stderr, "not a folder made by", "--overwrite will not delete it")
+    assert (out / "old.txt").read_text() == "old"
+    # A folder a data tool made (prepare.json) is replaced.
+    (out / "prepare.json").write_text("{}")
     code, stdout, stderr = run([*argv, "--workers", 1, "--overwrite"])
     assert code == 0, stderr
     assert "warning: --target is a val/test image" in stdout
@@ -206,17 +213,18 @@ def test_bad_split_dir_and_target(split_dir, tmp_path):
     Image.fromarray(np.full((16, 16, 3), 250, np.uint8)).save(tmp_path / "blank.png")
     code, _, stderr = run([split_dir, "--out", out, "--target", tmp_path / "blank.png"])
     assert_one_line_error(code, stderr, "no stained tissue", "choose a target")
-    code, _, stderr = run([split_dir, "--out", out, "--workers", 0])
-    assert_one_line_error(code, stderr, "--workers must be at least 1")
+    with pytest.raises(SystemExit) as stop:
+        run([split_dir, "--out", out, "--workers", 0])
+    assert stop.value.code == 2
     assert_nothing_left(tmp_path, ["empty", "note.png", "blank.png"])
 
 
 def test_out_overlapping_the_split_is_refused(split_dir, tmp_path):
     before = sorted(p.name for p in split_dir.parent.iterdir())
     for out, message in (
-        (split_dir, "is SPLIT_DIR or inside it"),
-        (split_dir / "normalized", "is SPLIT_DIR or inside it"),
-        (split_dir.parent, "contains SPLIT_DIR"),
+        (split_dir, "is the input"),
+        (split_dir / "normalized", "is the input"),
+        (split_dir.parent, "is or contains the input"),
     ):
         code, _, stderr = run([split_dir, "--out", out, "--overwrite"])
         assert_one_line_error(code, stderr, message)
@@ -245,10 +253,10 @@ def test_corrupt_image_and_interrupt_leave_nothing_behind(split_dir, tmp_path, m
     assert_one_line_error(code, stderr, "cannot read image", broken.rsplit("/", 1)[-1])
     assert_nothing_left(work)
 
-    monkeypatch.setattr(tool, "normalize_file", _interrupt_after(4))
+    monkeypatch.setattr(normalize, "normalize_file", _interrupt_after(4))
     argv = [split_dir, "--out", work / "out", "--method", METHOD_MACENKO, "--workers", 1]
     code, _, stderr = run(argv)
-    assert code == 130 and "interrupted; nothing was written" in stderr
+    assert code == 130 and "interrupted: nothing was written" in stderr
     assert_nothing_left(work)
 
 

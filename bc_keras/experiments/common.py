@@ -65,15 +65,29 @@ def start_run(config: RunConfig) -> Run:
 
 @dataclass
 class ClassifierData:
-    """The labelled data of a classifier run: training files, and un-augmented tf.data
-    validation, recalibration and test datasets."""
+    """The labelled data of a classifier run: the files of each subset, how they become model
+    inputs, and the un-augmented validation and recalibration datasets."""
 
-    train_files: data.SplitFiles
-    validation: data.ImageDataset
-    recalibration: object
-    test_files: data.SplitFiles
+    config: ClassifierConfig
     preprocess: str
     interpolation: str
+    train_files: data.SplitFiles
+    test_files: data.SplitFiles
+    validation: data.ImageDataset | None = None
+    recalibration: object = None
+
+    def dataset(self, subset: str, files: data.SplitFiles, **options) -> data.ImageDataset:
+        """A tf.data dataset of `files`, un-augmented and in order unless `options` say
+        otherwise (see `bc_keras.data.build_dataset`)."""
+        defaults = dict(
+            image_size=self.config.image_size,
+            batch_size=self.config.batch_size,
+            preprocess=self.preprocess,
+            interpolation=self.interpolation,
+            augment=False,
+            shuffle=False,
+        )
+        return data.build_dataset(self.config.data, subset, files=files, **{**defaults, **options})
 
 
 def classifier_data(
@@ -93,43 +107,27 @@ def classifier_data(
                 "needs both classes there: prepare the split again with more patients or other "
                 "--ratios"
             )
-    options = dict(
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        preprocess=preprocess,
-        interpolation=interpolation,
-        augment=False,
-        shuffle=False,
-    )
-    validation = data.build_dataset(config.data, data.SUBSET_VAL, files=validation_files, **options)
-    recalibration = None
+    sets = ClassifierData(config, preprocess, interpolation, train_files, test_files)
+    sets.validation = sets.dataset(data.SUBSET_VAL, validation_files)
     if config.recalibrate_bn:
-        recalibration = data.build_dataset(
-            config.data, data.SUBSET_TRAIN, files=train_files, **options
-        ).data
+        sets.recalibration = sets.dataset(data.SUBSET_TRAIN, train_files).data
     print(
         f"training on {len(train_files.paths)} images, validating on {len(validation_files.paths)}, "
         f"testing on {len(test_files.paths)}"
     )
-    return ClassifierData(
-        train_files, validation, recalibration, test_files, preprocess, interpolation
-    )
+    return sets
 
 
 def training_dataset(config: ClassifierConfig, sets: ClassifierData, phase: int, start_epoch: int):
     """The augmented training stream of one phase, starting at `start_epoch` (each phase draws
     its own shuffles and augmentations)."""
-    return data.build_dataset(
-        config.data,
+    return sets.dataset(
         data.SUBSET_TRAIN,
-        files=sets.train_files,
+        sets.train_files,
         pipeline=config.pipeline,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
         augment=config.augment,
+        shuffle=True,
         stain_strength=config.stain_augment or 0.0,
-        preprocess=sets.preprocess,
-        interpolation=sets.interpolation,
         seed=config.seed + 1000 * (phase - 1),
         epochs=None,
         start_epoch=start_epoch,
@@ -235,15 +233,7 @@ def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, tit
     }
     model_path = models.save_model(model, config.model_out, metadata)
     evaluation.plot_run_history(run.run_dir, title=title)
-    test = data.build_dataset(
-        config.data,
-        data.SUBSET_TEST,
-        files=sets.test_files,
-        image_size=config.image_size,
-        batch_size=config.batch_size,
-        preprocess=sets.preprocess,
-        interpolation=sets.interpolation,
-    )
+    test = sets.dataset(data.SUBSET_TEST, sets.test_files)
     result = evaluation.evaluate_classifier(
         model,
         test,

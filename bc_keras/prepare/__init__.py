@@ -16,13 +16,15 @@ from bc_keras.prepare.index import (
     is_archive,
     parse_magnifications,
 )
-from bc_keras.prepare.layout import PrepareResult, check_output_folder, prepare_split
+from bc_keras.prepare.layout import PrepareResult, prepare_split
 from bc_keras.prepare.manifest import (
     MANIFEST_COLUMNS,
     MANIFEST_NAME,
     SETTINGS_NAME,
     load_prepared,
+    load_records,
     manifest_path_of,
+    missing_files,
     patient_overlap,
     read_manifest,
     record_dict,
@@ -30,6 +32,7 @@ from bc_keras.prepare.manifest import (
     stats_report,
     write_manifest,
 )
+from bc_keras.prepare.output import check_output_folder, remove_stale_leftovers, staged_output
 from bc_keras.prepare.split import (
     DEFAULT_RATIOS,
     DEFAULT_SEED,
@@ -71,17 +74,21 @@ __all__ = [
     "index_tree",
     "is_archive",
     "load_prepared",
+    "load_records",
     "manifest_path_of",
+    "missing_files",
     "parse_magnifications",
     "patient_overlap",
     "prepare_split",
     "read_fold_file",
     "read_manifest",
     "record_dict",
+    "remove_stale_leftovers",
     "split_by_fold",
     "split_by_image",
     "split_by_patient",
     "split_summary",
+    "staged_output",
     "stats_report",
     "validate_ratios",
     "write_manifest",

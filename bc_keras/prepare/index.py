@@ -62,35 +62,28 @@ class IndexResult:
 
     def warnings(self) -> list[str]:
         """One line per kind of problem, listing a few names and the count."""
-        lines = []
-        if self.unparsable:
-            lines.append(
-                f"skipped {len(self.unparsable)} .png file(s) whose name does not follow "
-                f"SOB_<B|M>_<subtype>-<yy>-<slide>-<mag>-<seq>.png: {listed(self.unparsable)}"
-            )
-        if self.class_mismatch:
-            lines.append(
-                f"skipped {len(self.class_mismatch)} file(s) whose name disagrees with their "
-                f"benign/malignant folder: {listed(self.class_mismatch)}"
-            )
-        if self.duplicates:
-            lines.append(
-                f"skipped {len(self.duplicates)} duplicate file name(s) (first copy kept): "
-                f"{listed(self.duplicates)}"
-            )
-        if self.unreadable:
-            described = [f"{name} ({reason})" for name, reason in self.unreadable]
-            lines.append(
-                f"skipped {len(self.unreadable)} unreadable image(s): {listed(described)}; "
-                "re-extract or re-download them"
-            )
-        if self.converted:
-            described = [f"{name} ({mode})" for name, mode in self.converted]
-            lines.append(
-                f"kept {len(self.converted)} image(s) that are not RGB; they will be converted to "
-                f"RGB when loaded: {listed(described)}"
-            )
-        return lines
+        return problem_lines(
+            (self.unparsable, "skipped {count} .png file(s) whose name does not follow "
+             "SOB_<B|M>_<subtype>-<yy>-<slide>-<mag>-<seq>.png: {names}"),
+            (self.class_mismatch, "skipped {count} file(s) whose name disagrees with their "
+             "benign/malignant folder: {names}"),
+            (self.duplicates, "skipped {count} duplicate file name(s) (first copy kept): {names}"),
+            ([f"{name} ({reason})" for name, reason in self.unreadable],
+             "skipped {count} unreadable image(s): {names}; re-extract or re-download them"),
+            ([f"{name} ({mode})" for name, mode in self.converted],
+             "kept {count} image(s) that are not RGB; they will be converted to RGB when loaded: "
+             "{names}"),
+        )  # fmt: skip
+
+
+def problem_lines(*problems: tuple[Sequence[str], str]) -> list[str]:
+    """One warning per non-empty list of names: its template filled with the count and a few
+    of the names."""
+    return [
+        template.format(count=len(names), names=listed(names))
+        for names, template in problems
+        if names
+    ]
 
 
 def listed(names: Sequence[str]) -> str:

@@ -6,18 +6,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bc_keras.breakhis import CLASS_NAMES, MAGNIFICATIONS
 from bc_keras.errors import DataError
+from bc_keras.prepare import split as splitting
 from bc_keras.prepare.index import (
     PROGRESS_EVERY,
     ImageRecord,
     Log,
     filter_magnifications,
+    find_breast_root,
     index_source,
     is_archive,
     parse_magnifications,
@@ -30,21 +31,8 @@ from bc_keras.prepare.manifest import (
     split_summary,
     write_manifest,
 )
-from bc_keras.prepare.split import (
-    DEFAULT_RATIOS,
-    DEFAULT_SEED,
-    DEFAULT_TRIALS,
-    SPLIT_FOLD,
-    SPLIT_IMAGE,
-    SPLIT_MODES,
-    SPLIT_NAMES,
-    SPLIT_PATIENT,
-    read_fold_file,
-    split_by_fold,
-    split_by_image,
-    split_by_patient,
-    validate_ratios,
-)
+from bc_keras.prepare.output import check_output_folder, staged_output
+from bc_keras.prepare.split import DEFAULT_RATIOS, DEFAULT_SEED, DEFAULT_TRIALS, SPLIT_NAMES
 
 
 @dataclass
@@ -55,19 +43,6 @@ class PrepareResult:
     records: list[ImageRecord]
     settings: dict
     warnings: list[str]
-
-
-def check_output_folder(out: str | Path, overwrite: bool) -> Path:
-    """Refuses an existing non-empty `out` unless `overwrite`."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DataError(
-            f"--out {out} already exists and is not empty; pass --overwrite to replace it or "
-            "choose another --out"
-        )
-    return out
 
 
 def _materialize(records, staging: Path, source_kind: str, copy: bool, log: Log) -> None:
@@ -86,21 +61,10 @@ def _materialize(records, staging: Path, source_kind: str, copy: bool, log: Log)
             log(f"placed {count}/{len(records)} images ...")
 
 
-def _swap_into_place(staging: Path, out: Path) -> None:
-    """Renames the finished staging folder to `out`, replacing an old `out` if there is one."""
-    if out.exists() or out.is_symlink():
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-        os.rename(staging, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, out)
-
-
 def prepare_split(
     source: str | Path,
     out: str | Path,
-    split: str = SPLIT_PATIENT,
+    split: str = splitting.SPLIT_PATIENT,
     ratios: Sequence[float] = DEFAULT_RATIOS,
     seed: int = DEFAULT_SEED,
     magnifications: Sequence[int] = MAGNIFICATIONS,
@@ -117,13 +81,14 @@ def prepare_split(
     Args:
         source: a BreaKHis tar archive or a folder at any level of the tree.
         out: the prepared folder to write.
-        split: SPLIT_PATIENT, SPLIT_IMAGE or SPLIT_FOLD.
+        split: splitting.SPLIT_PATIENT, splitting.SPLIT_IMAGE or splitting.SPLIT_FOLD.
         ratios: train/val/test image fractions.
         seed: seeds the split.
         magnifications: the magnifications to keep.
-        fold_file: the official dsfoldN.txt for SPLIT_FOLD.
+        fold_file: the official dsfoldN.txt for splitting.SPLIT_FOLD.
         copy: copy images instead of linking them (archives are always extracted).
-        overwrite: replace a non-empty `out`.
+        overwrite: replace an existing `out` that a data tool made (never an unrelated
+            folder, never the source or a folder holding it).
         trials: random orderings the patient splitter tries.
         log: receives progress lines.
         warn: receives warnings.
@@ -131,32 +96,32 @@ def prepare_split(
     Returns:
         The written folder, its records, resolved settings and the warnings.
     """
-    if split not in SPLIT_MODES:
-        raise DataError(f"unknown --split {split!r}; choose one of {', '.join(SPLIT_MODES)}")
-    ratios = validate_ratios(ratios)
+    if split not in splitting.SPLIT_MODES:
+        raise DataError(
+            f"unknown --split {split!r}; choose one of {', '.join(splitting.SPLIT_MODES)}"
+        )
+    ratios = splitting.validate_ratios(ratios)
     magnifications = tuple(sorted(parse_magnifications(magnifications)))
     fold_groups = None
-    if split == SPLIT_FOLD:
+    if split == splitting.SPLIT_FOLD:
         if fold_file is None:
             raise DataError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
-        fold_groups = read_fold_file(fold_file)
+        fold_groups = splitting.read_fold_file(fold_file)
     source = Path(source)
     if not source.exists():
         raise DataError(
             f"source {source} does not exist; pass BreaKHis_v1.tar.gz or the folder it extracts to"
         )
-    out = check_output_folder(out, overwrite)
-    out.absolute().parent.mkdir(parents=True, exist_ok=True)
+    # The images read may not be touched; `out` may sit beside them inside SOURCE.
+    images = source if is_archive(source) else find_breast_root(source)
+    out = check_output_folder(out, sources=[images], holders=[source], overwrite=overwrite)
     warnings: list[str] = []
 
     def _warn(message: str) -> None:
         warnings.append(message)
         warn(message)
 
-    staging = Path(
-        tempfile.mkdtemp(prefix=f"{out.name}.partial-{os.getpid()}-", dir=out.absolute().parent)
-    )
-    try:
+    with staged_output(out, log) as staging:
         from_archive = is_archive(source)
         log(f"indexing {source} ...")
         index = index_source(
@@ -180,17 +145,19 @@ def prepare_split(
                 f"{' '.join(str(m) for m in magnifications)}; check SOURCE and --magnification"
             )
         fold_report = None
-        if split == SPLIT_PATIENT:
-            records = split_by_patient(records, ratios, seed, trials=trials)
-        elif split == SPLIT_IMAGE:
+        if split == splitting.SPLIT_PATIENT:
+            records = splitting.split_by_patient(records, ratios, seed, trials=trials)
+        elif split == splitting.SPLIT_IMAGE:
             _warn(
                 "WARNING: --split image splits by image, so the same patient's images land in "
                 "train, val and test (patient leakage inflates accuracy); use it only to "
                 "reproduce the report; the default --split patient is patient-disjoint"
             )
-            records = split_by_image(records, ratios, seed)
+            records = splitting.split_by_image(records, ratios, seed)
         else:
-            records, fold_report = split_by_fold(records, fold_groups, ratios, seed, trials)
+            records, fold_report = splitting.split_by_fold(
+                records, fold_groups, ratios, seed, trials
+            )
             for line in fold_report.warnings():
                 _warn(line)
         empty = [name for name in SPLIT_NAMES if not any(r.split == name for r in records)]
@@ -221,7 +188,7 @@ def prepare_split(
             "magnifications": list(magnifications),
             "fold_file": str(Path(fold_file).absolute()) if fold_file else None,
             "layout": "copies" if copy or from_archive else "symlinks",
-            "trials": trials if split != SPLIT_IMAGE else None,
+            "trials": trials if split != splitting.SPLIT_IMAGE else None,
             "counts": split_summary(records),
             "skipped": {
                 "unparsable": len(index.unparsable),
@@ -234,8 +201,4 @@ def prepare_split(
             "warnings": warnings,
         }
         (staging / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n")
-        _swap_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return PrepareResult(out=out, records=records, settings=settings, warnings=warnings)

@@ -4,6 +4,7 @@ statistics and leakage check."""
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -106,6 +107,33 @@ def load_prepared(directory: str | Path) -> list[ImageRecord]:
             "data_tools/prepare_breakhis.py"
         )
     return records
+
+
+def load_records(path: str | Path) -> tuple[list[ImageRecord], bool]:
+    """The records of any PATH the data tools accept (a BreaKHis tree or archive, a prepared
+    folder, a split.csv) and whether they carry splits."""
+    from bc_keras.prepare.index import index_source
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(
+            f"{path} does not exist; pass a BreaKHis tree, archive, prepared folder or split.csv"
+        )
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return read_manifest(path), True
+    if path.is_dir() and (
+        (path / MANIFEST_NAME).is_file() or any((path / s).is_dir() for s in SPLIT_NAMES)
+    ):
+        return load_prepared(path), True
+    index = index_source(path, check_images=False)
+    for line in index.warnings():
+        warnings.warn(line, stacklevel=2)
+    return index.records, False
+
+
+def missing_files(records: Iterable[ImageRecord]) -> list[str]:
+    """The image files a prepared split lists that no longer exist (broken links included)."""
+    return [record.source for record in records if not Path(record.source).exists()]
 
 
 def patient_overlap(records: Iterable[ImageRecord]) -> dict[str, dict[str, int]]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bc_keras.errors import DataError
-from bc_keras.prepare.index import ImageRecord, listed
+from bc_keras.prepare.index import ImageRecord, problem_lines
 
 SPLIT_PATIENT = "patient"
 SPLIT_IMAGE = "image"
@@ -20,6 +20,10 @@ SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_RATIOS = (0.70, 0.15, 0.15)
 DEFAULT_SEED = 42
 DEFAULT_TRIALS = 300
+NOT_IN_FOLD = "excluded {count} image(s) of the tree that the fold file does not list: {names}"
+NOT_IN_TREE = (
+    "{count} fold-file name(s) are not in the tree (or were filtered out or skipped): {names}"
+)
 
 
 def validate_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -215,18 +219,7 @@ class FoldReport:
     not_in_tree: list[str]
 
     def warnings(self) -> list[str]:
-        lines = []
-        if self.not_in_fold:
-            lines.append(
-                f"excluded {len(self.not_in_fold)} image(s) of the tree that the fold file does "
-                f"not list: {listed(self.not_in_fold)}"
-            )
-        if self.not_in_tree:
-            lines.append(
-                f"{len(self.not_in_tree)} fold-file name(s) are not in the tree (or were filtered "
-                f"out or skipped): {listed(self.not_in_tree)}"
-            )
-        return lines
+        return problem_lines((self.not_in_fold, NOT_IN_FOLD), (self.not_in_tree, NOT_IN_TREE))
 
 
 def split_by_fold(
