@@ -44,7 +44,7 @@ OFFICIAL_TOTAL_IMAGES = 7909
 # SOB_B_A-14-22549AB-100-001.png: procedure, class, subtype, year, slide, magnification, sequence.
 _NAME_PATTERN = re.compile(
     r"^SOB_(?P<cls>[BM])_(?P<subtype>[A-Z]{1,2})-(?P<year>\d{2})-(?P<slide>[0-9A-Za-z]+)"
-    r"-(?P<mag>\d+)-(?P<seq>\d+)\.png$"
+    r"-(?P<mag>\d+)-(?P<seq>\d+)\.(?i:png)$"
 )
 
 

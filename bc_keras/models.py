@@ -161,6 +161,10 @@ def save_model(model: keras.Model, path, metadata: dict) -> Path:
         model.save(temporary)
         with h5py.File(temporary, "a") as file:
             file.attrs[METADATA_ATTRIBUTE] = json.dumps(metadata)
+        # mkstemp makes 0600 files; a saved model gets the user's usual permissions.
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temporary, 0o666 & ~mask)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

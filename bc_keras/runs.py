@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 BACKUP_DIR = "backup"
+LOCK_FILE = "run.lock"
 
 
 def timestamp() -> str:
@@ -33,46 +35,126 @@ def has_backup(run_dir) -> bool:
 
 
 def resolve_run_dir(run_dir, name: str, resume: bool, runs_root="runs") -> Path:
-    """The run folder to use.
+    """The run folder to use (not yet checked; see `check_run_dir`).
 
-    A new run gets `runs_root/<name>/<timestamp>` unless `run_dir` is given. With `resume`,
-    `run_dir` (or, if None, the newest interrupted run of that name) must hold a backup.
-    Starting afresh in a folder that holds an interrupted run is refused, so that a forgotten
-    `--resume` never silently throws the backup away.
+    A new run gets `runs_root/<name>/<timestamp>` unless `run_dir` is given. With `resume` and
+    no `run_dir`, the newest interrupted run of that name.
     """
-    if resume:
-        if run_dir is None:
-            candidates = sorted(
-                (p for p in Path(runs_root, name).glob("*") if has_backup(p)),
-                key=lambda p: p.stat().st_mtime,
-            )
-            if not candidates:
-                raise RunError(
-                    f"--resume found no interrupted run under {Path(runs_root, name)}; pass "
-                    "--run-dir of the run to continue, or drop --resume."
-                )
-            return candidates[-1]
-        if not has_backup(run_dir):
-            raise RunError(
-                f"--resume: {run_dir} holds no backup of an interrupted run (it finished, or "
-                "never started); drop --resume to start a new run."
-            )
+    if run_dir is not None:
         return Path(run_dir)
-    path = Path(run_dir) if run_dir is not None else Path(runs_root, name, timestamp())
-    if has_backup(path):
+    if not resume:
+        return Path(runs_root, name, timestamp())
+    candidates = sorted(
+        (p for p in Path(runs_root, name).glob("*") if has_backup(p)),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not candidates:
+        raise RunError(
+            f"--resume found no interrupted run under {Path(runs_root, name)}; pass --run-dir of "
+            "the run to continue, or drop --resume."
+        )
+    return candidates[-1]
+
+
+def check_run_dir(path: Path, resume: bool) -> None:
+    """Refuses a folder that cannot be used as asked. Starting afresh in a folder holding an
+    interrupted run is refused, so that a forgotten `--resume` never throws its backup away."""
+    if resume and not has_backup(path):
+        raise RunError(
+            f"--resume: {path} holds no backup of an interrupted run (it finished, or never "
+            "started); drop --resume to start a new run."
+        )
+    if not resume and has_backup(path):
         raise RunError(
             f"{path} holds an interrupted run; pass --resume to continue it, or choose another "
             "--run-dir."
         )
-    if path.is_dir() and (path / METRICS_FILE).exists():
+    if not resume and (path / METRICS_FILE).exists():
         raise RunError(f"{path} already holds a finished run; choose another --run-dir.")
+
+
+class RunLock:
+    """An exclusive lock on a run folder: a lock file holding the owner's PID and host.
+
+    A second run on the same folder stops before writing anything; the lock of a process that
+    no longer exists is taken over with a note.
+    """
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        owner = f"{os.getpid()} {socket.gethostname()} {timestamp()}\n"
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            except OSError as error:
+                raise RunError(
+                    f"cannot write to the run folder {self.path.parent} ({error.strerror}); "
+                    "choose a writable --run-dir"
+                ) from error
+            with os.fdopen(descriptor, "w") as file:
+                file.write(owner)
+            self.held = True
+            return self
+        raise RunError(f"could not lock {self.path.parent}; try again")
+
+    def _take_over_if_stale(self) -> None:
+        try:
+            pid, host, started = (self.path.read_text().split() + ["?", "?", "?"])[:3]
+        except OSError:
+            return
+        alive = host != socket.gethostname() or _process_alive(int(pid) if pid.isdigit() else -1)
+        if alive:
+            raise RunError(
+                f"{self.path.parent} is in use by another run (process {pid} on {host}, started "
+                f"{started}); wait for it to finish or choose another --run-dir"
+            )
+        print(f"note: took over the lock of {self.path.parent} from process {pid}, which is gone")
+        self.path.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# Config keys a resumed run may change: they do not change what is trained.
+RESUMABLE_CHANGES = ("resume", "run_dir", "model_out", "tune_threshold", "_environment")
+
+
+def check_resume_config(run_dir, config) -> None:
+    """Refuses to resume with settings that change the run (data, sizes, model, learning rates,
+    recipe, ...), listing every difference; the run's config.json is left as it was."""
+    stored = read_config(run_dir)
+    current = json.loads(json.dumps(config_values(config), default=_json_default))
+    differences = [
+        f"{key} {stored.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(stored) | set(current))
+        if key not in RESUMABLE_CHANGES and stored.get(key) != current.get(key)
+    ]
+    if differences:
         raise RunError(
-            f"cannot create the run folder {path} ({error.strerror}); choose a writable --run-dir."
-        ) from error
-    return path
+            f"--resume with other settings than the interrupted run in {run_dir}: "
+            f"{'; '.join(differences)}; resume with the original flags (see its {CONFIG_FILE}) "
+            "or start a new run"
+        )
 
 
 def environment() -> dict:

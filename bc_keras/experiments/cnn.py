@@ -12,26 +12,26 @@ TITLE = "Baseline CNN"
 
 def run(config: CNNConfig) -> dict:
     """Trains, saves and evaluates the baseline CNN; returns the test metrics."""
-    run = common.start_run(config)
-    sets = common.classifier_data(config, PREPROCESS_RESCALE, DEFAULT_INTERPOLATION)
-    with run.scope():
-        model = models.build_baseline_cnn(
-            config.image_size, config.dense_units, config.dropout, config.batch_norm_momentum
-        )
-
-    def prepare():
+    with common.start_run(config) as run:
+        sets = common.classifier_data(config, PREPROCESS_RESCALE, DEFAULT_INTERPOLATION)
         with run.scope():
-            models.compile_classifier(model, config.learning_rate, config.jit_compile)
+            model = models.build_baseline_cnn(
+                config.image_size, config.dense_units, config.dropout, config.batch_norm_momentum
+            )
 
-    phase = common.Phase(1, config.epochs, config.learning_rate, prepare)
-    common.fit_phases(
-        model,
-        [phase],
-        run,
-        sets,
-        reduce_lr_patience=config.reduce_lr_patience,
-        reduce_lr_factor=config.reduce_lr_factor,
-        min_learning_rate=config.min_learning_rate,
-    )
-    metadata = {"architecture": "baseline_cnn"}
-    return common.finish_classifier(model, run, sets, metadata, TITLE)
+        def prepare():
+            with run.scope():
+                models.compile_classifier(model, config.learning_rate, config.jit_compile)
+
+        phase = common.Phase(1, config.epochs, config.learning_rate, prepare)
+        common.fit_phases(
+            model,
+            [phase],
+            run,
+            sets,
+            reduce_lr_patience=config.reduce_lr_patience,
+            reduce_lr_factor=config.reduce_lr_factor,
+            min_learning_rate=config.min_learning_rate,
+        )
+        metadata = {"architecture": "baseline_cnn"}
+        return common.finish_classifier(model, run, sets, metadata, TITLE)

@@ -13,7 +13,7 @@ import numpy as np
 
 from bc_keras import data, evaluation, models, runs, training
 from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig, RunConfig
-from bc_keras.errors import DataError
+from bc_keras.errors import DataError, RunError
 
 # Inside the run's backup folder: the weights and best validation value at the end of each
 # completed phase, so that an interrupted later phase resumes without training it again.
@@ -23,15 +23,23 @@ PHASE_STATE = "phase{number}_complete.json"
 
 @dataclass
 class Run:
-    """A started run: its config, folder and distribution strategy."""
+    """A started run: its config, folder, lock and distribution strategy. A context manager:
+    the folder stays locked until the block ends."""
 
     config: RunConfig
     run_dir: Path
     strategy: object
+    lock: runs.RunLock
 
     def scope(self):
         """The one place models are built and compiled (strategy + precision policy)."""
         return models.model_scope(self.strategy, self.config.mixed_precision)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.lock.release()
 
 
 @dataclass
@@ -51,16 +59,33 @@ def verbosity() -> int:
 
 
 def start_run(config: RunConfig) -> Run:
-    """Checks where the run will write, takes its folder, writes config.json, seeds."""
+    """Checks where the run will write, locks its folder, checks a resume against the
+    interrupted run's settings, writes config.json (before anything else can fail) and seeds.
+    Use it as `with start_run(config) as run:`."""
     models.check_model_out(config.model_out)
     run_dir = runs.resolve_run_dir(config.run_dir, config.run_name(), config.resume)
-    config.run_dir = str(run_dir)
-    runs.write_config(run_dir, config)
-    from bc_keras.cli import set_seed
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(
+            f"cannot create the run folder {run_dir} ({error.strerror}); choose a writable "
+            "--run-dir"
+        ) from error
+    lock = runs.RunLock(run_dir).acquire()
+    try:
+        runs.check_run_dir(run_dir, config.resume)
+        config.run_dir = str(run_dir)
+        if config.resume:
+            runs.check_resume_config(run_dir, config)
+        runs.write_config(run_dir, config)
+        from bc_keras.cli import set_seed
 
-    set_seed(config.seed)
-    print(f"run folder: {run_dir}")
-    return Run(config, run_dir, models.get_strategy(config.strategy))
+        set_seed(config.seed)
+        print(f"run folder: {run_dir}")
+        return Run(config, run_dir, models.get_strategy(config.strategy), lock)
+    except BaseException:
+        lock.release()
+        raise
 
 
 @dataclass
@@ -157,7 +182,8 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
     weights the earlier ones handed over, and gives them back if it never beats them).
 
     A completed phase leaves its weights and best value in the backup folder, so `--resume`
-    after an interruption skips it and continues the phase that was running.
+    after an interruption skips it and continues the phase that was running (or, once all are
+    done, goes straight to saving and evaluating).
     """
     config = run.config
     numbered = len(phases) > 1
@@ -167,7 +193,7 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
         backup_name = f"{runs.BACKUP_DIR}/phase{phase.number}" if numbered else runs.BACKUP_DIR
         marker = run.run_dir / runs.BACKUP_DIR / PHASE_WEIGHTS.format(number=phase.number)
         state = run.run_dir / runs.BACKUP_DIR / PHASE_STATE.format(number=phase.number)
-        if numbered and config.resume and marker.is_file() and state.is_file():
+        if config.resume and marker.is_file() and state.is_file():
             model.load_weights(marker)
             best_value = json.loads(state.read_text())["best"]
             best_weights = model.get_weights()
@@ -203,10 +229,10 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
         )
         stopping = training.early_stopping_of(callbacks)
         best_value, best_weights = stopping.best, model.get_weights()
-        if numbered:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            model.save_weights(marker)
-            runs.write_json(state, {"best": best_value})
+        # Kept until the model and metrics are written: a crash after training resumes here.
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        model.save_weights(marker)
+        runs.write_json(state, {"best": best_value})
 
 
 def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, title: str) -> dict:

@@ -27,6 +27,7 @@ KIND_ENCODER = "simclr_encoder"
 INTERPOLATION = "bilinear"
 INITIAL_VALIDATION_FILE = "initial_validation.json"
 LABELLED_FILES = "labelled_train_files.txt"
+PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 
 
 def pretrain(config: PretrainConfig) -> dict:
@@ -37,92 +38,100 @@ def pretrain(config: PretrainConfig) -> dict:
         jitter_strength=config.jitter_strength,
         blur_probability=config.blur_probability,
     )
-    run = common.start_run(config)
-    train_files = data.list_split_files(config.data, data.SUBSET_TRAIN)
-    validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
-    if len(train_files.paths) < config.batch_size:
-        raise DataError(
-            f"the train split has {len(train_files.paths)} images, fewer than one batch of "
-            f"{config.batch_size}; pass a smaller --batch-size"
+    with common.start_run(config) as run:
+        train_files = data.list_split_files(config.data, data.SUBSET_TRAIN)
+        validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
+        if len(train_files.paths) < config.batch_size:
+            raise DataError(
+                f"the train split has {len(train_files.paths)} images, fewer than one batch of "
+                f"{config.batch_size}; pass a smaller --batch-size"
+            )
+        # Every batch keeps the same size (drop_remainder), so the contrastive step compiles once;
+        # a small validation split gets one smaller batch instead of none.
+        validation_batch = min(config.batch_size, len(validation_files.paths))
+        if validation_batch < 2:
+            raise DataError(
+                f"the val split has {len(validation_files.paths)} image(s); NT-Xent needs at least 2"
+            )
+        options = dict(image_size=config.image_size, augmentation=augmentation, seed=config.seed)
+        train = data.simclr_dataset_from_files(
+            train_files.paths, batch_size=config.batch_size, shuffle=True, **options
         )
-    # Every batch keeps the same size (drop_remainder), so the contrastive step compiles once;
-    # a small validation split gets one smaller batch instead of none.
-    validation_batch = min(config.batch_size, len(validation_files.paths))
-    if validation_batch < 2:
-        raise DataError(
-            f"the val split has {len(validation_files.paths)} image(s); NT-Xent needs at least 2"
+        validation = data.simclr_dataset_from_files(
+            validation_files.paths, batch_size=validation_batch, shuffle=False, **options
         )
-    options = dict(image_size=config.image_size, augmentation=augmentation, seed=config.seed)
-    train = data.simclr_dataset_from_files(
-        train_files.paths, batch_size=config.batch_size, shuffle=True, **options
-    )
-    validation = data.simclr_dataset_from_files(
-        validation_files.paths, batch_size=validation_batch, shuffle=False, **options
-    )
-    print(
-        f"pretraining on {len(train_files.paths)} unlabelled images, validating NT-Xent on "
-        f"{len(validation_files.paths)}"
-    )
-    plots.plot_augmented_pairs(
-        *_first_views(train_files.paths[:4], config.image_size, augmentation, config.seed),
-        run.run_dir / "augmented_pairs.png",
-        title="SimCLR augmented pairs",
-    )
-    with run.scope():
-        encoder = build_resnet18(
-            config.image_size,
-            synchronized_batch_norm=run.strategy.num_replicas_in_sync > 1,
+        print(
+            f"pretraining on {len(train_files.paths)} unlabelled images, validating NT-Xent on "
+            f"{len(validation_files.paths)}"
         )
-        trainer = simclr.build_simclr_trainer(
-            encoder,
-            learning_rate=config.learning_rate,
-            temperature=config.temperature,
-            hidden_dim=config.projection_hidden_dim,
-            output_dim=config.projection_dim,
-            jit_compile=config.jit_compile,
+        plots.plot_augmented_pairs(
+            *_first_views(train_files.paths[:4], config.image_size, augmentation, config.seed),
+            run.run_dir / "augmented_pairs.png",
+            title="SimCLR augmented pairs",
         )
-    initial_file = run.run_dir / INITIAL_VALIDATION_FILE
-    if not initial_file.exists():
-        # The untrained encoder's validation NT-Xent: what pretraining has to improve on.
-        runs.write_json(initial_file, trainer.evaluate(validation, verbose=0, return_dict=True))
-    trainer.fit(
-        train,
-        validation_data=validation,
-        epochs=config.epochs,
-        callbacks=training.training_callbacks(
-            run.run_dir,
-            patience=config.patience,
-            learning_rate=config.learning_rate,
-            resume=config.resume,
-            collapse_warning=False,
-        ),
-        shuffle=False,  # the pipeline shuffles the training files itself
-        verbose=common.verbosity(),
-    )
-    models.check_finite_weights(trainer.encoder)
-    metadata = {
-        "kind": KIND_ENCODER,
-        "architecture": "resnet18",
-        "experiment": config.experiment,
-        "image_size": config.image_size,
-        "preprocess": PREPROCESS_RESCALE,
-        "interpolation": INTERPOLATION,
-        "run_dir": str(run.run_dir),
-    }
-    encoder_path = models.save_model(trainer.encoder, config.model_out, metadata)
-    evaluation.plot_run_history(run.run_dir, title="SimCLR pretraining NT-Xent")
-    summary = pretraining_summary(
-        runs.read_history(run.run_dir), json.loads(initial_file.read_text())
-    )
-    runs.write_json(run.run_dir / runs.METRICS_FILE, summary)
-    _plot_test_embeddings(trainer.encoder, config, run.run_dir)
-    runs.finish_backup(run.run_dir)
-    print(
-        f"\nvalidation NT-Xent: {summary['initial_val_loss']:.4f} untrained -> "
-        f"{summary['best_val_loss']:.4f} (epoch {summary['best_epoch']})"
-        f"\nencoder: {encoder_path}\nhistory and figures: {run.run_dir}"
-    )
-    return summary
+        with run.scope():
+            encoder = build_resnet18(
+                config.image_size,
+                synchronized_batch_norm=run.strategy.num_replicas_in_sync > 1,
+            )
+            trainer = simclr.build_simclr_trainer(
+                encoder,
+                learning_rate=config.learning_rate,
+                temperature=config.temperature,
+                hidden_dim=config.projection_hidden_dim,
+                output_dim=config.projection_dim,
+                jit_compile=config.jit_compile,
+            )
+        initial_file = run.run_dir / INITIAL_VALIDATION_FILE
+        if not initial_file.exists():
+            # The untrained encoder's validation NT-Xent: what pretraining has to improve on.
+            runs.write_json(initial_file, trainer.evaluate(validation, verbose=0, return_dict=True))
+        trained = run.run_dir / runs.BACKUP_DIR / PRETRAINED_WEIGHTS
+        if config.resume and trained.is_file():
+            print("pretraining finished before the interruption; going on")
+            trainer.load_weights(trained)
+        else:
+            trainer.fit(
+                train,
+                validation_data=validation,
+                epochs=config.epochs,
+                callbacks=training.training_callbacks(
+                    run.run_dir,
+                    patience=config.patience,
+                    learning_rate=config.learning_rate,
+                    resume=config.resume,
+                    collapse_warning=False,
+                ),
+                shuffle=False,  # the pipeline shuffles the training files itself
+                verbose=common.verbosity(),
+            )
+            # Kept until the encoder and summary are written: a crash now resumes here.
+            trained.parent.mkdir(parents=True, exist_ok=True)
+            trainer.save_weights(trained)
+        models.check_finite_weights(trainer.encoder)
+        metadata = {
+            "kind": KIND_ENCODER,
+            "architecture": "resnet18",
+            "experiment": config.experiment,
+            "image_size": config.image_size,
+            "preprocess": PREPROCESS_RESCALE,
+            "interpolation": INTERPOLATION,
+            "run_dir": str(run.run_dir),
+        }
+        encoder_path = models.save_model(trainer.encoder, config.model_out, metadata)
+        evaluation.plot_run_history(run.run_dir, title="SimCLR pretraining NT-Xent")
+        summary = pretraining_summary(
+            runs.read_history(run.run_dir), json.loads(initial_file.read_text())
+        )
+        runs.write_json(run.run_dir / runs.METRICS_FILE, summary)
+        _plot_test_embeddings(trainer.encoder, config, run.run_dir)
+        runs.finish_backup(run.run_dir)
+        print(
+            f"\nvalidation NT-Xent: {summary['initial_val_loss']:.4f} untrained -> "
+            f"{summary['best_val_loss']:.4f} (epoch {summary['best_epoch']})"
+            f"\nencoder: {encoder_path}\nhistory and figures: {run.run_dir}"
+        )
+        return summary
 
 
 def _plot_test_embeddings(encoder, config: PretrainConfig, run_dir: Path) -> None:
@@ -216,52 +225,55 @@ def labelled_files(config: LinearConfig, run_dir: Path) -> data.SplitFiles:
 def train_classifier(config: LinearConfig | FinetuneConfig) -> dict:
     """Linear evaluation (encoder frozen throughout) or fine-tuning (an optional frozen phase,
     then the encoder trains); saves and evaluates the classifier."""
-    run = common.start_run(config)
-    sets = common.classifier_data(
-        config, PREPROCESS_RESCALE, INTERPOLATION, train_files=labelled_files(config, run.run_dir)
-    )
-    print(f"encoder: {config.encoder}")
-    with run.scope():
-        model = simclr.build_classifier(load_encoder(config), config.image_size)
+    with common.start_run(config) as run:
+        sets = common.classifier_data(
+            config,
+            PREPROCESS_RESCALE,
+            INTERPOLATION,
+            train_files=labelled_files(config, run.run_dir),
+        )
+        print(f"encoder: {config.encoder}")
+        with run.scope():
+            model = simclr.build_classifier(load_encoder(config), config.image_size)
 
-    def prepare(encoder_trainable: bool, learning_rate: float):
-        def compile_phase():
-            with run.scope():
-                simclr.set_encoder_trainable(model, encoder_trainable)
-                models.compile_classifier(model, learning_rate, config.jit_compile)
+        def prepare(encoder_trainable: bool, learning_rate: float):
+            def compile_phase():
+                with run.scope():
+                    simclr.set_encoder_trainable(model, encoder_trainable)
+                    models.compile_classifier(model, learning_rate, config.jit_compile)
 
-        return compile_phase
+            return compile_phase
 
-    if isinstance(config, FinetuneConfig):
-        phases = [
-            common.Phase(
-                2, config.epochs, config.finetune_learning_rate,
-                prepare(True, config.finetune_learning_rate), "encoder fine-tuned",
-            )
-        ]  # fmt: skip
-        if config.freeze_epochs > 0:
-            frozen = common.Phase(
-                1, config.freeze_epochs, config.learning_rate,
-                prepare(False, config.learning_rate), "encoder frozen",
-            )  # fmt: skip
-            phases.insert(0, frozen)
-        title = "SimCLR fine-tuned"
-    else:
-        phases = [
-            common.Phase(
-                1, config.epochs, config.learning_rate, prepare(False, config.learning_rate)
-            )
-        ]
-        title = "SimCLR linear evaluation"
-    if len(phases) == 1:
-        phases[0].number = 1
-    common.fit_phases(model, phases, run, sets)
-    metadata = {
-        "architecture": "simclr_resnet18",
-        "mode": config.experiment.removeprefix("simclr_"),
-        "encoder": config.encoder,
-        "label_fraction": config.label_fraction,
-        "labelled_images": int(len(sets.train_files.paths)),
-        "labelled_benign_share": float(np.mean(sets.train_files.labels == 0)),
-    }
-    return common.finish_classifier(model, run, sets, metadata, title)
+        if isinstance(config, FinetuneConfig):
+            phases = [
+                common.Phase(
+                    2, config.epochs, config.finetune_learning_rate,
+                    prepare(True, config.finetune_learning_rate), "encoder fine-tuned",
+                )
+            ]  # fmt: skip
+            if config.freeze_epochs > 0:
+                frozen = common.Phase(
+                    1, config.freeze_epochs, config.learning_rate,
+                    prepare(False, config.learning_rate), "encoder frozen",
+                )  # fmt: skip
+                phases.insert(0, frozen)
+            title = "SimCLR fine-tuned"
+        else:
+            phases = [
+                common.Phase(
+                    1, config.epochs, config.learning_rate, prepare(False, config.learning_rate)
+                )
+            ]
+            title = "SimCLR linear evaluation"
+        if len(phases) == 1:
+            phases[0].number = 1
+        common.fit_phases(model, phases, run, sets)
+        metadata = {
+            "architecture": "simclr_resnet18",
+            "mode": config.experiment.removeprefix("simclr_"),
+            "encoder": config.encoder,
+            "label_fraction": config.label_fraction,
+            "labelled_images": int(len(sets.train_files.paths)),
+            "labelled_benign_share": float(np.mean(sets.train_files.labels == 0)),
+        }
+        return common.finish_classifier(model, run, sets, metadata, title)

@@ -12,59 +12,59 @@ DISPLAY_NAMES = {"resnet50": "ResNet50", "vgg16": "VGG16", "mobilenet": "MobileN
 
 def run(config: TransferConfig) -> dict:
     """Trains both phases, keeps the best model over them, saves and evaluates it."""
-    run = common.start_run(config)
-    sets = common.classifier_data(config, config.preprocess, DEFAULT_INTERPOLATION)
-    phase1_done = (
-        config.resume
-        and (run.run_dir / runs.BACKUP_DIR / common.PHASE_WEIGHTS.format(number=1)).is_file()
-    )
-    with run.scope():
-        model = transfer.build_transfer_model(
-            config.backbone,
-            config.image_size,
-            # Resuming after phase 1 takes every weight from its checkpoint.
-            weights=None if phase1_done else config.weights,
-            alpha=config.alpha,
-            dense_units=config.dense_units,
+    with common.start_run(config) as run:
+        sets = common.classifier_data(config, config.preprocess, DEFAULT_INTERPOLATION)
+        phase1_done = (
+            config.resume
+            and (run.run_dir / runs.BACKUP_DIR / common.PHASE_WEIGHTS.format(number=1)).is_file()
         )
-
-    def prepare(phase: int, learning_rate: float):
-        def compile_phase():
-            transfer.start_phase(
-                model,
-                phase,
-                learning_rate,
-                freeze_batchnorm=config.freeze_batchnorm,
-                strategy=run.strategy,
-                mixed_precision=config.mixed_precision,
-                jit_compile=config.jit_compile,
+        with run.scope():
+            model = transfer.build_transfer_model(
+                config.backbone,
+                config.image_size,
+                # Resuming after phase 1 takes every weight from its checkpoint.
+                weights=None if phase1_done else config.weights,
+                alpha=config.alpha,
+                dense_units=config.dense_units,
             )
 
-        return compile_phase
+        def prepare(phase: int, learning_rate: float):
+            def compile_phase():
+                transfer.start_phase(
+                    model,
+                    phase,
+                    learning_rate,
+                    freeze_batchnorm=config.freeze_batchnorm,
+                    strategy=run.strategy,
+                    mixed_precision=config.mixed_precision,
+                    jit_compile=config.jit_compile,
+                )
 
-    phases = [
-        common.Phase(
-            transfer.PHASE_FROZEN,
-            config.phase1_epochs,
-            config.learning_rate,
-            prepare(transfer.PHASE_FROZEN, config.learning_rate),
-            "frozen backbone",
-        ),
-        common.Phase(
-            transfer.PHASE_FINE_TUNE,
-            config.phase2_epochs,
-            config.finetune_learning_rate,
-            prepare(transfer.PHASE_FINE_TUNE, config.finetune_learning_rate),
-            "fine-tuning",
-        ),
-    ]
-    common.fit_phases(model, phases, run, sets)
-    metadata = {
-        "architecture": f"transfer_{config.backbone}",
-        "backbone": config.backbone,
-        "alpha": config.alpha,
-        "weights": config.weights,
-    }
-    return common.finish_classifier(
-        model, run, sets, metadata, f"Transfer {DISPLAY_NAMES[config.backbone]}"
-    )
+            return compile_phase
+
+        phases = [
+            common.Phase(
+                transfer.PHASE_FROZEN,
+                config.phase1_epochs,
+                config.learning_rate,
+                prepare(transfer.PHASE_FROZEN, config.learning_rate),
+                "frozen backbone",
+            ),
+            common.Phase(
+                transfer.PHASE_FINE_TUNE,
+                config.phase2_epochs,
+                config.finetune_learning_rate,
+                prepare(transfer.PHASE_FINE_TUNE, config.finetune_learning_rate),
+                "fine-tuning",
+            ),
+        ]
+        common.fit_phases(model, phases, run, sets)
+        metadata = {
+            "architecture": f"transfer_{config.backbone}",
+            "backbone": config.backbone,
+            "alpha": config.alpha,
+            "weights": config.weights,
+        }
+        return common.finish_classifier(
+            model, run, sets, metadata, f"Transfer {DISPLAY_NAMES[config.backbone]}"
+        )
