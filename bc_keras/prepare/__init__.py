@@ -1,10 +1,20 @@
 """Preparing BreaKHis for training, without TensorFlow: index a tree or archive, split it
-(patient, image, official fold), and write train/val/test folders with a split.csv manifest.
+(patient, image, official fold, or K folds for cross-validation), and write train/val/test
+folders with a split.csv manifest.
 
 `index` finds and checks the images, `split` assigns them to splits, `manifest` reads and
-writes split.csv and summarises prepared folders, `layout` writes a prepared folder safely.
+writes split.csv and summarises prepared folders, `layout` writes a prepared folder safely,
+`folds` writes one prepared folder per cross-validation fold around a shared image store.
 """
 
+from bc_keras.prepare.folds import (
+    FOLD_KIND_KFOLD,
+    FOLD_KIND_OFFICIAL,
+    IMAGE_STORE,
+    FoldsResult,
+    fold_folder_name,
+    prepare_folds,
+)
 from bc_keras.prepare.index import (
     ImageRecord,
     IndexResult,
@@ -37,8 +47,11 @@ from bc_keras.prepare.split import (
     DEFAULT_RATIOS,
     DEFAULT_SEED,
     DEFAULT_TRIALS,
+    DEFAULT_VAL_SHARE,
+    MIN_KFOLD_PATIENTS,
     SPLIT_FOLD,
     SPLIT_IMAGE,
+    SPLIT_KFOLD,
     SPLIT_MODES,
     SPLIT_NAMES,
     SPLIT_PATIENT,
@@ -47,6 +60,7 @@ from bc_keras.prepare.split import (
     split_by_fold,
     split_by_image,
     split_by_patient,
+    split_kfold_by_patient,
     validate_ratios,
 )
 
@@ -54,21 +68,29 @@ __all__ = [
     "DEFAULT_RATIOS",
     "DEFAULT_SEED",
     "DEFAULT_TRIALS",
+    "DEFAULT_VAL_SHARE",
+    "FOLD_KIND_KFOLD",
+    "FOLD_KIND_OFFICIAL",
+    "IMAGE_STORE",
     "MANIFEST_COLUMNS",
     "MANIFEST_NAME",
+    "MIN_KFOLD_PATIENTS",
     "SETTINGS_NAME",
     "SPLIT_FOLD",
     "SPLIT_IMAGE",
+    "SPLIT_KFOLD",
     "SPLIT_MODES",
     "SPLIT_NAMES",
     "SPLIT_PATIENT",
     "FoldReport",
+    "FoldsResult",
     "ImageRecord",
     "IndexResult",
     "PrepareResult",
     "check_output_folder",
     "filter_magnifications",
     "find_breast_root",
+    "fold_folder_name",
     "index_archive",
     "index_source",
     "index_tree",
@@ -79,6 +101,7 @@ __all__ = [
     "missing_files",
     "parse_magnifications",
     "patient_overlap",
+    "prepare_folds",
     "prepare_split",
     "read_fold_file",
     "read_manifest",
@@ -87,6 +110,7 @@ __all__ = [
     "split_by_fold",
     "split_by_image",
     "split_by_patient",
+    "split_kfold_by_patient",
     "split_summary",
     "staged_output",
     "stats_report",

@@ -16,6 +16,7 @@ from bc_keras.prepare import split as splitting
 from bc_keras.prepare.index import (
     PROGRESS_EVERY,
     ImageRecord,
+    IndexResult,
     Log,
     filter_magnifications,
     find_breast_root,
@@ -33,6 +34,9 @@ from bc_keras.prepare.manifest import (
 )
 from bc_keras.prepare.output import check_output_folder, staged_output
 from bc_keras.prepare.split import DEFAULT_RATIOS, DEFAULT_SEED, DEFAULT_TRIALS, SPLIT_NAMES
+
+# Where an archive's images are extracted inside the staging folder, before they are placed.
+EXTRACTED = ".extracted"
 
 
 @dataclass
@@ -59,6 +63,72 @@ def _materialize(records, staging: Path, source_kind: str, copy: bool, log: Log)
             os.symlink(record.source, destination)
         if count % PROGRESS_EVERY == 0:
             log(f"placed {count}/{len(records)} images ...")
+
+
+def checked_source_and_out(source, out, overwrite: bool) -> tuple[Path, Path]:
+    """`source` and `out` as Paths, once `source` exists and `out` may be written."""
+    source = Path(source)
+    if not source.exists():
+        raise DataError(
+            f"source {source} does not exist; pass BreaKHis_v1.tar.gz or the folder it extracts to"
+        )
+    # The images read may not be touched; `out` may sit beside them inside SOURCE.
+    images = source if is_archive(source) else find_breast_root(source)
+    out = check_output_folder(out, sources=[images], holders=[source], overwrite=overwrite)
+    return source, out
+
+
+def index_for_prepare(
+    source: Path, staging: Path, magnifications: Sequence[int], copy: bool, log: Log, warn: Log
+) -> tuple[IndexResult, list[ImageRecord]]:
+    """Indexes `source` (an archive is extracted into `staging/.extracted`), warns about what
+    was skipped, and keeps the images at `magnifications`; refuses when none is left."""
+    from_archive = is_archive(source)
+    log(f"indexing {source} ...")
+    index = index_source(source, extract_to=staging / EXTRACTED if from_archive else None, log=log)
+    if from_archive and not copy:
+        warn(
+            "images are extracted from the archive into place (symbolic links are "
+            "impossible from a tar archive)"
+        )
+    for line in index.warnings():
+        warn(line)
+    records = filter_magnifications(index.records, magnifications)
+    log(
+        f"indexed {len(index.records)} images; {len(records)} at magnification(s) "
+        f"{', '.join(f'{m}x' for m in magnifications)}"
+    )
+    if not records:
+        raise DataError(
+            f"no usable image in {source} at magnification(s) "
+            f"{' '.join(str(m) for m in magnifications)}; check SOURCE and --magnification"
+        )
+    return index, records
+
+
+def skip_counts(index: IndexResult, not_in_fold: int) -> dict:
+    """prepare.json's "skipped": how many images were left out, per reason."""
+    return {
+        "unparsable": len(index.unparsable),
+        "class_mismatch": len(index.class_mismatch),
+        "duplicates": len(index.duplicates),
+        "unreadable": len(index.unreadable),
+        "not_in_fold": not_in_fold,
+    }
+
+
+def class_gaps(records: Sequence[ImageRecord]) -> list[str]:
+    """One warning per split that lacks a class."""
+    gaps = []
+    for name in SPLIT_NAMES:
+        missing = [
+            label
+            for label in CLASS_NAMES
+            if not any(r.split == name and r.label == label for r in records)
+        ]
+        if missing:
+            gaps.append(f"split {name} has no {' or '.join(missing)} image")
+    return gaps
 
 
 def prepare_split(
@@ -107,14 +177,7 @@ def prepare_split(
         if fold_file is None:
             raise DataError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
         fold_groups = splitting.read_fold_file(fold_file)
-    source = Path(source)
-    if not source.exists():
-        raise DataError(
-            f"source {source} does not exist; pass BreaKHis_v1.tar.gz or the folder it extracts to"
-        )
-    # The images read may not be touched; `out` may sit beside them inside SOURCE.
-    images = source if is_archive(source) else find_breast_root(source)
-    out = check_output_folder(out, sources=[images], holders=[source], overwrite=overwrite)
+    source, out = checked_source_and_out(source, out, overwrite)
     warnings: list[str] = []
 
     def _warn(message: str) -> None:
@@ -123,27 +186,7 @@ def prepare_split(
 
     with staged_output(out, log) as staging:
         from_archive = is_archive(source)
-        log(f"indexing {source} ...")
-        index = index_source(
-            source, extract_to=staging / ".extracted" if from_archive else None, log=log
-        )
-        if from_archive and not copy:
-            _warn(
-                "images are extracted from the archive into place (symbolic links are "
-                "impossible from a tar archive)"
-            )
-        for line in index.warnings():
-            _warn(line)
-        records = filter_magnifications(index.records, magnifications)
-        log(
-            f"indexed {len(index.records)} images; {len(records)} at magnification(s) "
-            f"{', '.join(f'{m}x' for m in magnifications)}"
-        )
-        if not records:
-            raise DataError(
-                f"no usable image in {source} at magnification(s) "
-                f"{' '.join(str(m) for m in magnifications)}; check SOURCE and --magnification"
-            )
+        index, records = index_for_prepare(source, staging, magnifications, copy, log, _warn)
         fold_report = None
         if split == splitting.SPLIT_PATIENT:
             records = splitting.split_by_patient(records, ratios, seed, trials=trials)
@@ -166,16 +209,10 @@ def prepare_split(
                 f"split {', '.join(empty)} would be empty ({len(records)} images, "
                 f"{len({r.patient for r in records})} patients); use --split image or more data"
             )
-        for name in SPLIT_NAMES:
-            missing = [
-                label
-                for label in CLASS_NAMES
-                if not any(r.split == name and r.label == label for r in records)
-            ]
-            if missing:
-                _warn(f"split {name} has no {' or '.join(missing)} image")
+        for line in class_gaps(records):
+            _warn(line)
         _materialize(records, staging, index.source_kind, copy, log)
-        shutil.rmtree(staging / ".extracted", ignore_errors=True)
+        shutil.rmtree(staging / EXTRACTED, ignore_errors=True)
         records = [replace(r, source=str(out.absolute() / manifest_path_of(r))) for r in records]
         write_manifest(records, staging / MANIFEST_NAME)
         settings = {
@@ -190,13 +227,7 @@ def prepare_split(
             "layout": "copies" if copy or from_archive else "symlinks",
             "trials": trials if split != splitting.SPLIT_IMAGE else None,
             "counts": split_summary(records),
-            "skipped": {
-                "unparsable": len(index.unparsable),
-                "class_mismatch": len(index.class_mismatch),
-                "duplicates": len(index.duplicates),
-                "unreadable": len(index.unreadable),
-                "not_in_fold": len(fold_report.not_in_fold) if fold_report else 0,
-            },
+            "skipped": skip_counts(index, len(fold_report.not_in_fold) if fold_report else 0),
             "converted_to_rgb": len(index.converted),
             "warnings": warnings,
         }

@@ -1,4 +1,5 @@
-"""Splitting indexed images: patient-disjoint, by image (the report's, leaky) or an official fold."""
+"""Splitting indexed images: patient-disjoint, by image (the report's, leaky), an official fold,
+or patient-grouped K folds for cross-validation."""
 
 from __future__ import annotations
 
@@ -16,10 +17,16 @@ SPLIT_PATIENT = "patient"
 SPLIT_IMAGE = "image"
 SPLIT_FOLD = "fold"
 SPLIT_MODES = (SPLIT_PATIENT, SPLIT_IMAGE, SPLIT_FOLD)
+# Patient-grouped K-fold cross-validation (`--folds K`); not a `--split` choice.
+SPLIT_KFOLD = "kfold"
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_RATIOS = (0.70, 0.15, 0.15)
 DEFAULT_SEED = 42
 DEFAULT_TRIALS = 300
+# The share of a fold's non-test images that validation takes: 0.15 / 0.85, as in a 70/15/15 split.
+DEFAULT_VAL_SHARE = DEFAULT_RATIOS[1] / (DEFAULT_RATIOS[0] + DEFAULT_RATIOS[1])
+# The fewest patients per class that leave one for train and one for val beside every test fold.
+MIN_KFOLD_PATIENTS = 3
 NOT_IN_FOLD = "excluded {count} image(s) of the tree that the fold file does not list: {names}"
 NOT_IN_TREE = (
     "{count} fold-file name(s) are not in the tree (or were filtered out or skipped): {names}"
@@ -272,3 +279,101 @@ def split_by_fold(
     order = {r.filename: i for i, r in enumerate(records)}
     result = sorted(carved + test, key=lambda r: order[r.filename])
     return result, report
+
+
+def _fold_patient_error(label: str, patients: int, folds: int, problem: str) -> DataError:
+    if patients >= MIN_KFOLD_PATIENTS:
+        fix = f"use --folds {MIN_KFOLD_PATIENTS} to {patients}, or more data"
+    else:
+        fix = f"cross-validation needs at least {MIN_KFOLD_PATIENTS} patients per class: add data"
+    return DataError(
+        f"too few patients for {folds}-fold cross-validation: class {label} has {patients} "
+        f"patient(s) and {problem}; {fix}"
+    )
+
+
+def split_kfold_by_patient(
+    records: Sequence[ImageRecord],
+    folds: int,
+    seed: int = DEFAULT_SEED,
+    val_ratio: float = DEFAULT_VAL_SHARE,
+    trials: int = DEFAULT_TRIALS,
+) -> list[list[ImageRecord]]:
+    """Patient-grouped, class-stratified K folds, each with train/val/test set.
+
+    Each class's patients are dealt to `folds` groups balanced by image count (and spread over
+    subtypes where they have enough patients), as `split_by_patient` deals them to splits; the
+    classes' groups are then paired so the folds' totals balance too. Fold k tests on group k;
+    its validation set is carved by patient from the other groups, as `split_by_fold` does.
+
+    Args:
+        records: the images to split.
+        folds: K, 2 or more; every patient is in exactly one fold's test set.
+        seed: seeds the assignment to folds and every fold's validation carve.
+        val_ratio: the share of each fold's non-test images that validation takes.
+        trials: how many seeded orderings each assignment tries (the best is kept).
+
+    Returns:
+        K lists, one per fold, each holding every record (in input order) with `split` set.
+
+    Raises:
+        DataError: if a class has too few patients for `folds` folds.
+    """
+    if folds < 2:
+        raise ValueError(f"folds must be 2 or more. Received: folds={folds}")
+    if not 0.0 < val_ratio < 1.0:
+        raise ValueError(f"val_ratio must be between 0 and 1. Received: val_ratio={val_ratio}")
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        by_class[record.label][record.patient].append(record)
+    for label in sorted(by_class):
+        if len(by_class[label]) < folds:
+            raise _fold_patient_error(
+                label,
+                len(by_class[label]),
+                folds,
+                f"each of the {folds} test folds needs at least one",
+            )
+    fold_of: dict[str, int] = {}
+    totals = np.zeros(folds)
+    for label in sorted(by_class):
+        patients = by_class[label]
+        summary = [(p, len(images), images[0].subtype) for p, images in sorted(patients.items())]
+        groups = _assign_patients(summary, [1.0 / folds] * folds, rng, trials)
+        sizes = np.zeros(folds)
+        for patient, group in groups.items():
+            sizes[group] += len(patients[patient])
+        # This class's largest group joins the fold with the fewest images so far.
+        by_size = sorted(range(folds), key=lambda g: (-sizes[g], g))
+        by_total = sorted(range(folds), key=lambda k: (totals[k], k))
+        fold_of_group = dict(zip(by_size, by_total, strict=True))
+        for group in range(folds):
+            totals[fold_of_group[group]] += sizes[group]
+        for patient, group in groups.items():
+            fold_of[patient] = fold_of_group[group]
+        for fold in range(folds):
+            rest = sum(1 for p in patients if fold_of[p] != fold)
+            if rest < 2:
+                raise _fold_patient_error(
+                    label,
+                    len(patients),
+                    folds,
+                    f"fold {fold + 1} would leave {rest} outside its test set, but train and val "
+                    "need one each",
+                )
+    result = []
+    for fold in range(folds):
+        rest = [i for i, r in enumerate(records) if fold_of[r.patient] != fold]
+        carved = split_by_patient(
+            [records[i] for i in rest],
+            ratios=(1.0 - val_ratio, val_ratio),
+            seed=seed,
+            split_names=("train", "val"),
+            trials=trials,
+        )
+        splits = ["test"] * len(records)
+        for i, record in zip(rest, carved, strict=True):
+            splits[i] = record.split
+        result.append([replace(r, split=s) for r, s in zip(records, splits, strict=True)])
+    return result
