@@ -79,7 +79,7 @@ def list_split_files(split_dir, subset: str, check: bool = True) -> SplitFiles:
     """Lists `split_dir/subset/{benign,malignant}` in the order flow_from_directory uses.
 
     Args:
-        split_dir: a folder prepared by `data_tools/prepare_breakhis.py`.
+        split_dir: a folder prepared by `data_tools/prepare_breakhis.py`, or its TFRecords.
         subset: "train", "val" or "test".
         check: verify every image and skip unreadable ones (with a warning).
 
@@ -88,6 +88,8 @@ def list_split_files(split_dir, subset: str, check: bool = True) -> SplitFiles:
     """
     if subset not in SUBSETS:
         raise ValueError(f"subset must be one of {SUBSETS}. Received: subset={subset!r}")
+    if records := _tfrecords_of(split_dir):  # a TFRecord folder: the names its shards hold
+        return records.list_record_files(split_dir, subset)
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise DataError(
@@ -152,7 +154,8 @@ def apply_preprocess(images, preprocess: str):
     return function(images)
 
 
-def _check_interpolation(interpolation: str) -> None:
+def check_interpolation(interpolation: str) -> None:
+    """Refuses an interpolation the pipelines cannot reproduce exactly."""
     if interpolation not in INTERPOLATIONS:
         raise ValueError(
             f"interpolation must be one of {INTERPOLATIONS}. Received: interpolation="
@@ -163,7 +166,7 @@ def _check_interpolation(interpolation: str) -> None:
 def decoded_dataset(paths, labels, image_size: int, interpolation: str, cache=True):
     """Parallel decode and resize (uint8, as PIL would) of `(path, label)` pairs, cached:
     True caches in memory, a path prefix on disk, False not at all."""
-    _check_interpolation(interpolation)
+    check_interpolation(interpolation)
     dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.float32)))
     dataset = dataset.map(
         lambda path, label: (decode_and_resize(path, image_size, interpolation), label),
@@ -213,8 +216,16 @@ def tfdata_from_files(paths, labels, options: PipelineOptions, *, cache=True, ep
         A `tf.data.Dataset` of `(images float32 [b, size, size, 3], labels float32 [b])`.
     """
     decoded = decoded_dataset(paths, labels, options.image_size, options.interpolation, cache)
+    return epochs_from_decoded(decoded, len(paths), options, epochs=epochs)
+
+
+def epochs_from_decoded(decoded, count: int, options: PipelineOptions, *, epochs=1):
+    """The per-epoch part of the tf.data pipeline on an already decoded (and cached) dataset of
+    `count` `(uint8 image, label)` pairs, from image files or TFRecord shards alike: shuffle ->
+    batch -> augment (one fused affine warp, and the stain perturbation, per batch) ->
+    preprocess -> prefetch, every epoch a function of (seed, epoch, batch)."""
     function = preprocess_function(options.preprocess)
-    count, seed, stain_strength = len(paths), options.seed, options.stain_strength
+    seed, stain_strength = options.seed, options.stain_strength
 
     def to_inputs(images):
         images = tf.cast(images, tf.float32)
@@ -316,7 +327,7 @@ def generator_from_files(
     `flow_from_dataframe` with the same generator; wrapped in `EpochSeededIterator`."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
-    _check_interpolation(options.interpolation)
+    check_interpolation(options.interpolation)
     function = preprocess_function(options.preprocess)
     transforms = options.augmentation.generator_kwargs() if options.augment else {}
     stain = None
@@ -383,7 +394,8 @@ def build_dataset(
     validation too; SPEC deviation).
 
     Args:
-        split_dir: folder with train/, val/, test/ each holding benign/ and malignant/.
+        split_dir: folder with train/, val/, test/ each holding benign/ and malignant/, or
+            a TFRecord folder of one (data_tools/export_tfrecords.py; "tfdata" only).
         subset: "train", "val" or "test".
         pipeline: "tfdata" (fast) or "generator" (the report's ImageDataGenerator).
         image_size: side of the square model input.
@@ -407,6 +419,9 @@ def build_dataset(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
     preprocess_function(preprocess)  # validates the name early
+    records = _tfrecords_of(split_dir)
+    if records:
+        records.check_pipeline(split_dir, pipeline)
     augment = subset == SUBSET_TRAIN if augment is None else augment
     shuffle = subset == SUBSET_TRAIN if shuffle is None else shuffle
     complete = files is None
@@ -423,7 +438,11 @@ def build_dataset(
         interpolation=interpolation,
         start_epoch=start_epoch,
     )
-    if pipeline == PIPELINE_TFDATA:
+    if records:
+        data = records.tfdata_from_records(
+            split_dir, subset, files, options, cache=cache, epochs=epochs
+        )
+    elif pipeline == PIPELINE_TFDATA:
         data = tfdata_from_files(files.paths, files.labels, options, cache=cache, epochs=epochs)
     else:
         directory = Path(split_dir) / subset if complete and not files.skipped else None
@@ -432,31 +451,42 @@ def build_dataset(
     return ImageDataset(data, files.paths, files.labels, steps, pipeline, image_size, preprocess)
 
 
-def simclr_dataset_from_files(
-    paths,
+def simclr_views(
+    images,
+    count: int,
     *,
     image_size: int = 224,
     batch_size: int = 96,
     augmentation: SimCLRAugmentation | None = None,
     shuffle: bool = True,
     seed: int = 42,
-    cache=True,
     drop_remainder: bool = True,
 ):
-    """Two independent SimCLR views of every image, batched: `(views_a, views_b)` in [0, 1].
-
-    Images are decoded and resized once (bilinear, as PIL) and cached; views are cropped from
-    that. `drop_remainder` keeps every batch the same size, so the contrastive step compiles
-    once.
-    """
+    """Two independent SimCLR views of every uint8 image of the dataset `images` (`count` of
+    them), batched: `(views_a, views_b)` in [0, 1]. `drop_remainder` keeps every batch the same
+    size, so the contrastive step compiles once."""
     augmentation = augmentation or SimCLRAugmentation()
-    dataset = decoded_dataset(paths, np.zeros(len(paths)), image_size, "bilinear", cache)
-    dataset = dataset.map(lambda image, _: image)
     if shuffle:
-        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+        images = images.shuffle(count, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-    dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+    dataset = tf.data.Dataset.zip((images, seeds)).map(
         lambda image, view_seed: simclr_pair(image, view_seed, image_size, augmentation),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def simclr_dataset_from_files(paths, *, image_size: int = 224, cache=True, **options):
+    """`simclr_views` of image files, decoded and resized once (bilinear, as PIL) and cached;
+    views are cropped from that."""
+    images = decoded_dataset(paths, np.zeros(len(paths)), image_size, "bilinear", cache)
+    images = images.map(lambda image, _: image)
+    return simclr_views(images, len(paths), image_size=image_size, **options)
+
+
+def _tfrecords_of(split_dir):
+    """`bc_keras.tfrecords` when `split_dir` is a TFRecord folder (see
+    data_tools/export_tfrecords.py), else None."""
+    from bc_keras import tfrecords  # it builds on this module
+
+    return tfrecords if tfrecords.is_tfrecord_folder(split_dir) else None

@@ -145,7 +145,12 @@ def resize_nearest_like_pil(image, image_size: int):
 def decode_and_resize(path, image_size: int, interpolation: str = DEFAULT_INTERPOLATION):
     """Reads an image file into a uint8 `[size, size, 3]` tensor, converting grayscale,
     palette and RGBA images to RGB as PIL's `convert("RGB")` does (alpha dropped)."""
-    raw = tf.io.read_file(path)
+    return decode_bytes_and_resize(tf.io.read_file(path), image_size, interpolation)
+
+
+def decode_bytes_and_resize(raw, image_size: int, interpolation: str = DEFAULT_INTERPOLATION):
+    """`decode_and_resize` on an encoded image already in memory (e.g. a TFRecord's bytes):
+    the same pixels as decoding the file they came from."""
     image = tf.io.decode_image(raw, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return resize_like_pil(image, image_size, interpolation)

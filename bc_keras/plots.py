@@ -111,9 +111,18 @@ def _label(name: str, score: str) -> str:
 
 
 def plot_sample_predictions(
-    paths, labels, probabilities, path, *, threshold: float = 0.5, count: int = 12, seed: int = 0
+    paths,
+    labels,
+    probabilities,
+    path,
+    *,
+    threshold: float = 0.5,
+    count: int = 12,
+    seed: int = 0,
+    read_image=Image.open,
 ) -> Path:
-    """A grid of test images titled with true label, predicted label and probability."""
+    """A grid of test images titled with true label, predicted label and probability;
+    `read_image(path)` opens one as a PIL image (e.g. from a TFRecord shard)."""
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
     columns = 4
@@ -122,7 +131,7 @@ def plot_sample_predictions(
     for axis in axes.ravel():
         axis.axis("off")
     for axis, index in zip(axes.ravel(), chosen, strict=False):
-        with Image.open(paths[index]) as image:
+        with read_image(paths[index]) as image:
             axis.imshow(image.convert("RGB"))
         predicted = int(probabilities[index] >= threshold)
         correct = predicted == int(labels[index])
