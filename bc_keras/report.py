@@ -1,0 +1,346 @@
+"""The study report from saved run folders alone (it never trains): `python -m bc_keras.report
+RUNS_DIR... --out DIR` -> DIR/REPORT.md, DIR/results.csv, DIR/figures/; same runs, same bytes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from bc_keras import cli
+from bc_keras.errors import DataError, RunError
+from bc_keras.report_claims import (
+    comparison_lines,
+    label_efficiency_lines,
+    leak_lines,
+    linear_lines,
+    published_reference,
+)
+from bc_keras.report_figures import (
+    CLASSIFIER_FIGURES,
+    FIGURES_DIR,
+    PRETRAIN_FIGURES,
+    Figures,
+    gradcam_panel,
+    overlays,
+    reliability,
+)
+from bc_keras.report_runs import KIND_PRETRAIN, Run, find_runs
+from bc_keras.report_sets import EvaluationSet, Model, evaluation_sets
+from bc_keras.report_tables import (
+    CALIBRATION_BINS,
+    calibration_table,
+    classification_report_text,
+    cross_validation_table,
+    magnification_table,
+    number,
+    published_table,
+    results_table,
+    write_results_csv,
+)
+
+REPORT_FILE = "REPORT.md"
+RESULTS_FILE = "results.csv"
+OUTPUTS = (REPORT_FILE, RESULTS_FILE, FIGURES_DIR)
+STAGING = ".report-staging"
+SUMMARY_METRICS = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("specificity", "specificity"),
+    ("recall", "recall"),
+    ("f1", "F1"),
+    ("auc_roc", "AUC"),
+    ("patient_recognition_rate", "patient recognition rate"),
+)
+PRETRAIN_SUMMARY = (
+    ("initial_val_loss", "validation NT-Xent, untrained encoder"),
+    ("best_val_loss", "best validation NT-Xent"),
+    ("best_epoch", "best epoch"),
+    ("best_val_contrastive_accuracy", "validation contrastive accuracy at the best epoch"),
+    ("epochs_run", "epochs run"),
+)
+
+
+def _images(links) -> list[str]:
+    return [f"![{caption}]({link})" for caption, link in links]
+
+
+def _run_header(run: Run) -> list[str]:
+    """What the run was and its headline scores, one paragraph each."""
+    metrics = run.metrics
+    fold = f", fold {run.fold.index} of {run.fold.count}" if run.fold else ""
+    first = f"Run folder `{run.name}`; split `{run.data}` ({run.protocol} split{fold})."
+    paragraphs = [first]
+    if run.kind != KIND_PRETRAIN:
+        method = metrics.get("threshold_method", "fixed")
+        tta = ", test-time augmentation" if metrics.get("tta") else ""
+        paragraphs[0] += f" Threshold {number(metrics.get('threshold'), 4)} ({method}){tta}."
+        scores = ", ".join(f"{title} {number(metrics.get(key))}" for key, title in SUMMARY_METRICS)
+        paragraphs.append(f"Test scores: {scores}.")
+        if metrics.get("flags"):
+            paragraphs.append(f"**⚠ Flagged: {'; '.join(metrics['flags'])}.**")
+    paragraphs += [f"Note: {note}." for note in run.notes]
+    return [line for paragraph in paragraphs for line in (paragraph, "")]
+
+
+def _classifier_details(run: Run) -> list[str]:
+    lines = []
+    report = run.metrics.get("classification_report")
+    if isinstance(report, dict):
+        try:
+            text = classification_report_text(report)
+        except (KeyError, TypeError, ValueError):
+            text = None
+        if text:
+            threshold = number(run.metrics.get("threshold"), 4)
+            lines += [
+                f"Classification report on the test set (threshold {threshold}):",
+                "",
+                "```text",
+                text.rstrip("\n"),
+                "```",
+                "",
+            ]
+    table = magnification_table(run)
+    if table:
+        lines += ["Per magnification:", "", table, ""]
+    return lines
+
+
+def _gradcam_lines(figures: Figures, run: Run) -> tuple[list[str], bool]:
+    link, caption = gradcam_panel(figures, run)
+    if link is None:
+        return [f"Grad-CAM skipped: {caption}.", ""], False
+    return [f"{caption}:", "", f"![Grad-CAM]({link})", ""], True
+
+
+def _run_section(figures: Figures, run: Run) -> list[str]:
+    lines = _run_header(run)
+    figure_set = PRETRAIN_FIGURES if run.kind == KIND_PRETRAIN else CLASSIFIER_FIGURES
+    links, notes = figures.run_figures(run, figure_set)
+    lines += [*_images(links), ""] if links else []
+    lines += [f"Figure {note}." for note in notes] + ([""] if notes else [])
+    if run.kind == KIND_PRETRAIN:
+        rows = [f"| {title} | {_value(run.metrics.get(key))} |" for key, title in PRETRAIN_SUMMARY]
+        lines += ["| pretraining | value |", "|---|---|", *rows, ""]
+    else:
+        lines += _classifier_details(run)
+    return lines
+
+
+def _value(value) -> str:
+    return str(value) if isinstance(value, int) or value is None else number(value, 4)
+
+
+def _model_section(figures: Figures, model: Model, slug: str) -> list[str]:
+    """A model's section: its run's figures, report and Grad-CAM; for a cross-validated model
+    each fold's, with Grad-CAM of the first fold whose saved model is still its own."""
+    if not model.cross_validation:
+        run = model.runs[0]
+        lines = [f"### {model.label}: `{run.name}`", "", *_run_section(figures, run)]
+        return lines + _gradcam_lines(figures, run)[0]
+    count = model.runs[0].fold.count
+    lines = [f"### {model.label}: {count}-fold cross-validation ({slug})", ""]
+    lines += [f"Note: {note}." for note in model.notes] + ([""] if model.notes else [])
+    panel, reasons = None, {}
+    for run in model.runs:
+        link, caption = gradcam_panel(figures, run)
+        if link is not None:
+            panel = (run, link, caption)
+            break
+        reasons.setdefault(caption, []).append(str(run.fold.index))
+    if panel is None:
+        why = "; ".join(f"fold {', '.join(folds)}: {reason}" for reason, folds in reasons.items())
+        lines += [f"Grad-CAM skipped ({why}).", ""]
+    for run in model.runs:
+        lines += [f"#### Fold {run.fold.index}: `{run.name}`", "", *_run_section(figures, run)]
+        if panel is not None and panel[0] is run:
+            lines += [f"{panel[2]}:", "", f"![Grad-CAM]({panel[1]})", ""]
+    return lines
+
+
+def _set_sections(figures: Figures, sets: list[EvaluationSet]) -> tuple[list[str], list[str]]:
+    """The comparison section (curves and tests per evaluation set) and the calibration
+    section (reliability diagram, Brier and ECE per evaluation set)."""
+    comparison, calibration = [], []
+    for each in sets:
+        comparison += [f"### {each.title}", ""]
+        if each.cross_validation:
+            comparison += [
+                "Mean ± sd over folds; pooled AUC: the AUC of the out-of-fold "
+                "predictions of all folds together.",
+                "",
+                cross_validation_table(each),
+                "",
+            ]
+        notes = [f"{model.label}: {note}" for model in each.models for note in model.notes]
+        links, skipped = overlays(figures, each)
+        comparison += _images(links) + ([""] if links else [])
+        notes += [f"left out of the curves: {note}" for note in skipped]
+        comparison += [f"Note: {note}." for note in notes] + ([""] if notes else [])
+        comparison += comparison_lines(each)
+        calibration += [f"### {each.title}", ""]
+        link = reliability(figures, each)
+        calibration += [f"![reliability diagram]({link})", ""] if link else []
+        calibration += [calibration_table(each), ""]
+    return comparison, calibration
+
+
+def report_markdown(
+    runs: list[Run], sets: list[EvaluationSet], left_out: list[str], figures: Figures
+) -> str:
+    """REPORT.md, writing its figures through `figures` on the way."""
+    classifiers = sum(len(model.runs) for each in sets for model in each.models)
+    pretraining = [run for run in runs if run.kind == KIND_PRETRAIN]
+    lines = [
+        "# BreaKHis benign vs malignant: the study report",
+        "",
+        f"Regenerated by `python -m bc_keras.report` from {len(runs)} run folder(s): "
+        f"{classifiers} classifier(s) and {len(pretraining)} SimCLR pretraining run(s); "
+        f"{len(left_out)} left out (listed at the end). Every score below is read from the "
+        "runs' metrics.json; calibration and significance tests from their predictions.csv.",
+        "",
+        "## Results",
+        "",
+        "Test-set scores with their 95% patient-bootstrap intervals (metrics.json), three "
+        "decimals. Split: how the run's data were split (an image split puts one patient's "
+        "images in train and test). ⚠ marks a run whose predictions are degenerate.",
+        "",
+    ]
+    lines += [results_table(sets) if sets else "No finished classifier run.", ""]
+    lines += [
+        "The report's published numbers:",
+        "",
+        published_table(),
+        "",
+        published_reference(),
+        "",
+    ]
+    comparison, calibration = _set_sections(figures, sets)
+    lines += [
+        "## Model comparison",
+        "",
+        "Models evaluated on the same test images (or the same cross-validation folds), "
+        "their curves in one figure and the tests of their differences.",
+        "",
+        *(comparison or ["No finished classifier run.", ""]),
+    ]
+    lines += [
+        "## Calibration",
+        "",
+        f"Brier score (lower is better) and expected calibration error over "
+        f"{CALIBRATION_BINS} equal-width bins, from the test predictions (pooled over "
+        "folds for cross-validation).",
+        "",
+        *(calibration or ["No finished classifier run.", ""]),
+    ]
+    lines += [
+        "## The report's claims",
+        "",
+        "### 1. The patient leak",
+        "",
+        *leak_lines(runs),
+        "### 2. Linear evaluation: SimCLR encoder vs random encoder",
+        "",
+        *linear_lines(sets),
+        "### 3. Label efficiency: accuracy with 10%-100% of the labels",
+        "",
+        *label_efficiency_lines(sets, figures),
+    ]
+    lines += ["## Models", ""]
+    for each in sets:
+        for model in each.models:
+            lines += _model_section(figures, model, each.slug)
+    for run in pretraining:
+        lines += [f"### SimCLR pretraining: `{run.name}`", "", *_run_section(figures, run)]
+    lines += ["## Left out", ""]
+    lines += [f"- {note}" for note in left_out] or ["Nothing."]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file; pass a folder for the report")
+    if (out / FIGURES_DIR).exists() and not (out / REPORT_FILE).exists():
+        raise RunError(
+            f"--out {out} holds a {FIGURES_DIR} folder that no report wrote; choose a new or "
+            "empty --out folder"
+        )
+
+
+def build_report(runs_dirs, out) -> Path:
+    """Writes REPORT.md, results.csv and figures/ into `out` from the runs under `runs_dirs`.
+
+    Everything is written to a staging folder inside `out` first and moved into place at the
+    end, replacing an earlier report's files; an interrupted report leaves those untouched.
+
+    Returns:
+        The path of REPORT.md.
+
+    Raises:
+        DataError: if a RUNS_DIR is missing or holds no run folder.
+        RunError: if `out` cannot take the report.
+    """
+    runs, left_out = find_runs(runs_dirs)
+    if not runs and not left_out:
+        raise DataError(
+            f"no run folder (a folder with config.json) under {', '.join(map(str, runs_dirs))}; "
+            "pass the folder your training runs were written to"
+        )
+    out = Path(out)
+    _check_out(out)
+    created = not out.exists()
+    staging = out / STAGING
+    try:
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        except OSError as error:
+            raise RunError(
+                f"cannot write to --out {out} ({error.strerror}); choose a writable folder"
+            ) from error
+        sets = evaluation_sets(runs)
+        text = report_markdown(runs, sets, left_out, Figures(staging))
+        (staging / REPORT_FILE).write_text(text)
+        write_results_csv(sets, staging / RESULTS_FILE)
+        for name in OUTPUTS:
+            old = out / name
+            if old.is_dir():
+                shutil.rmtree(old)
+            elif old.exists():
+                old.unlink()
+            if (staging / name).exists():
+                os.replace(staging / name, old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return out / REPORT_FILE
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bc_keras.report",
+        description="Regenerate the study report (REPORT.md with figures, and results.csv) from "
+        "saved run folders alone: per-model figures, the results table with patient-bootstrap "
+        "intervals and the report's published numbers, ROC/PR overlays, calibration, "
+        "significance tests, cross-validation, the report's claims and Grad-CAM panels.",
+    )
+    parser.add_argument(
+        "runs_dirs", nargs="+", metavar="RUNS_DIR", help="folders searched for run folders"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for REPORT.md, results.csv, figures/"
+    )
+    args = parser.parse_args(argv)
+    path = build_report(args.runs_dirs, args.out)
+    print(f"wrote {path}, {Path(args.out) / RESULTS_FILE} and {Path(args.out) / FIGURES_DIR}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_script(main, interrupted=cli.NOTHING_WRITTEN))

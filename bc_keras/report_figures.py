@@ -1,0 +1,252 @@
+"""The study report's figures: each run's own figures copied beside REPORT.md, ROC/PR overlays,
+reliability diagrams, label-efficiency curves and Grad-CAM panels of saved models."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from bc_keras import plots
+from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.errors import UserError, one_line
+from bc_keras.report_runs import Run, locate, same_folder
+from bc_keras.report_sets import EvaluationSet
+from bc_keras.runs import HISTORY_FILE, read_history
+
+FIGURES_DIR = "figures"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TRAINING_CURVES = "training_curves.png"
+# A run's own figures, in the report's order, with their captions.
+CLASSIFIER_FIGURES = (
+    (TRAINING_CURVES, "training and validation accuracy and loss (phases marked)"),
+    ("precision_recall_curve.png", "precision-recall curve"),
+    ("roc_curve.png", "ROC curve"),
+    ("confusion_matrix.png", "confusion matrix"),
+    ("sample_predictions.png", "sample predictions"),
+)
+PRETRAIN_FIGURES = (
+    (TRAINING_CURVES, "training and validation NT-Xent loss"),
+    ("tsne_test_embeddings.png", "t-SNE of the test images' embeddings (clustering)"),
+    ("augmented_pairs.png", "augmented pairs"),
+)
+GRADCAM_PER_KIND = 4
+
+
+def is_png(path) -> bool:
+    """Whether `path` is a non-empty file starting with the PNG signature."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE
+    except OSError:
+        return False
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a run name: `cnn/2025-01` -> `cnn__2025-01`."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("/", "__")).strip("._") or "run"
+
+
+class Figures:
+    """Writes figures under `<out>/figures/` and hands back their links relative to `out`."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.folders: dict[str, str] = {}
+
+    def folder(self, name: str) -> Path:
+        """The figure folder of a run or evaluation set (unique even if two slugs collide)."""
+        if name not in self.folders:
+            base = slug(name)
+            candidate, number = base, 2
+            while candidate in self.folders.values():
+                candidate, number = f"{base}-{number}", number + 1
+            self.folders[name] = candidate
+        return self.out / FIGURES_DIR / self.folders[name]
+
+    def link(self, path: Path) -> str:
+        return Path(path).relative_to(self.out).as_posix()
+
+    def run_figures(self, run: Run, figures) -> tuple[list[tuple[str, str]], list[str]]:
+        """Copies a run's figures. Returns `[(caption, link)]` and notes on missing ones; the
+        training curves are redrawn from history.csv when their PNG is missing or broken."""
+        links, notes = [], []
+        for filename, caption in figures:
+            source = run.run_dir / filename
+            target = self.folder(run.name) / filename
+            if is_png(source):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, target)
+            elif filename == TRAINING_CURVES and (run.run_dir / HISTORY_FILE).is_file():
+                try:
+                    plots.plot_history(read_history(run.run_dir), target, title=run.name)
+                except (OSError, ValueError, KeyError) as error:
+                    notes.append(
+                        f"{filename}: missing, and {HISTORY_FILE} cannot be drawn "
+                        f"({one_line(error)[:80]})"
+                    )
+                    continue
+                notes.append(f"{filename} was missing: redrawn from {HISTORY_FILE}")
+            else:
+                notes.append(f"{filename}: {'not a PNG' if source.exists() else 'missing'}")
+                continue
+            links.append((caption, self.link(target)))
+        return links, notes
+
+
+def _curves(each: EvaluationSet, both_classes: bool) -> tuple[dict, list[str]]:
+    curves, notes = {}, []
+    for model in each.models:
+        if model.pooled is None:
+            continue  # the model's own notes say why
+        if both_classes and len(set(model.pooled["label"].tolist())) < 2:
+            notes.append(f"{model.label}: its test images hold one class only")
+        else:
+            curves[model.label] = (model.pooled["label"], model.pooled["probability"])
+    return curves, notes
+
+
+def overlays(figures: Figures, each: EvaluationSet) -> tuple[list[tuple[str, str]], list[str]]:
+    """The ROC and precision-recall curves of every model of the set in one figure each."""
+    curves, notes = _curves(each, both_classes=True)
+    if not curves:
+        return [], notes
+    folder = figures.folder(each.slug)
+    pooled = "pooled out-of-fold " if each.cross_validation else ""
+    roc = plots.plot_roc_overlay(curves, folder / "roc_overlay.png", f"{pooled}ROC curves")
+    pr = plots.plot_precision_recall_overlay(
+        curves, folder / "precision_recall_overlay.png", f"{pooled}precision-recall curves"
+    )
+    links = [
+        (f"{pooled}ROC curves", figures.link(roc)),
+        (f"{pooled}precision-recall curves", figures.link(pr)),
+    ]
+    return links, notes
+
+
+def reliability(figures: Figures, each: EvaluationSet) -> str | None:
+    """One reliability diagram of every model of the set with predictions (its link)."""
+    curves, _ = _curves(each, both_classes=False)
+    if not curves:
+        return None
+    path = plots.plot_reliability_diagram(
+        curves, figures.folder(each.slug) / "reliability_diagram.png", "Reliability diagram"
+    )
+    return figures.link(path)
+
+
+def label_efficiency(figures: Figures, each: EvaluationSet, series: dict, metric: str) -> str:
+    """`series`: model name -> [(fraction, value, low, high)]; returns the figure's link."""
+    path = figures.folder(each.slug) / f"label_efficiency_{metric}.png"
+    name = metric.replace("_", " ")
+    plots.plot_metric_vs_fraction(series, path, name, f"Label efficiency: {name}")
+    return figures.link(path)
+
+
+def _choose(candidates, labels, confidence, filenames, count: int) -> list[int]:
+    """Up to `count` of `candidates`, most confident first, alternating benign and malignant."""
+    by_class = {
+        label: sorted(
+            (i for i in candidates if labels[i] == label),
+            key=lambda i: (-confidence[i], filenames[i]),
+        )
+        for label in (0, 1)
+    }
+    chosen = []
+    while len(chosen) < count and any(by_class.values()):
+        for label in (0, 1):
+            if by_class[label] and len(chosen) < count:
+                chosen.append(by_class[label].pop(0))
+    return chosen
+
+
+def gradcam_images(run: Run, per_kind: int = GRADCAM_PER_KIND) -> list[tuple[Path, int, float]]:
+    """`(path, label, probability)` of up to `per_kind` correct and `per_kind` wrong test
+    images of the run (the most confident of each), found under `<data>/test/<class>/`."""
+    predictions = run.predictions
+    labels, probabilities = predictions["label"], predictions["probability"]
+    threshold = float(run.metrics.get("threshold", 0.5))
+    correct = (probabilities >= threshold).astype(int) == labels
+    confidence = np.abs(probabilities - threshold)
+    filenames = predictions["filename"]
+    chosen = []
+    for wanted in (True, False):
+        indices = [i for i in range(len(labels)) if correct[i] == wanted]
+        chosen += _choose(indices, labels, confidence, filenames, per_kind)
+    images = []
+    for index in chosen:
+        path = run.data_dir / "test" / CLASS_NAMES[labels[index]] / filenames[index]
+        if path.is_file():
+            images.append((path, int(labels[index]), float(probabilities[index])))
+    return images
+
+
+def model_file_problem(run: Run) -> str | None:
+    """Why the run's saved model cannot be used for Grad-CAM, or None when it can."""
+    model_out = run.config.get("model_out")
+    if not model_out:
+        return "config.json names no model file"
+    path = locate(str(model_out), run.run_dir)
+    if not path.is_file():
+        return f"its model file `{model_out}` no longer exists"
+    from bc_keras import models  # imports TensorFlow: only once a model file is there
+
+    try:
+        metadata = models.read_metadata(path)
+    except UserError as error:
+        return f"its model file cannot be read ({one_line(error)[:120]})"
+    owner = metadata.get("run_dir")
+    if metadata.get("kind") != "classifier":
+        return f"`{model_out}` holds a {metadata.get('kind', 'unknown')} model, not a classifier"
+    if not owner or not same_folder(locate(str(owner), run.run_dir), run.run_dir):
+        return f"`{model_out}` now holds the model of another run (`{owner}`)"
+    if run.predictions is None or run.data_dir is None:
+        return "no test predictions to choose images from"
+    return None
+
+
+def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
+    """A Grad-CAM panel of correct and wrong test images of the run's saved model.
+
+    Returns:
+        `(link, caption)`, or `(None, why it was skipped)`.
+    """
+    problem = model_file_problem(run)
+    if problem:
+        return None, problem
+    images = gradcam_images(run)
+    if not images:
+        return None, f"its test images are no longer under `{run.data}/test/`"
+    import keras
+    import tensorflow as tf
+
+    from bc_keras import data, decode, gradcam, models
+
+    path = figures.folder(run.name) / "gradcam.png"
+    try:
+        model, metadata = models.load_model(locate(str(run.config["model_out"]), run.run_dir))
+        size = int(metadata["image_size"])
+        interpolation = metadata.get("interpolation", decode.DEFAULT_INTERPOLATION)
+        shown = np.stack(
+            [decode.decode_and_resize(str(p), size, interpolation).numpy() for p, _, _ in images]
+        )
+        inputs = data.apply_preprocess(shown.astype(np.float32), metadata["preprocess"])
+        heatmaps = gradcam.gradcam(model, np.asarray(inputs))
+    except (UserError, ValueError, KeyError, OSError, tf.errors.OpError) as error:
+        return None, f"Grad-CAM failed ({one_line(error)[:160]})"
+    finally:
+        keras.backend.clear_session()
+    threshold = float(run.metrics.get("threshold", 0.5))
+    titles = []
+    for _, label, probability in images:
+        verdict = "correct" if int(probability >= threshold) == label else "WRONG"
+        titles.append(f"{verdict}: {CLASS_NAMES[label]}\np(malignant)={probability:.2f}")
+    gradcam.plot_gradcam_panel(shown, heatmaps, titles, path)
+    correct = sum(title.startswith("correct") for title in titles)
+    caption = (
+        f"Grad-CAM (malignant evidence) of {correct} correct and {len(titles) - correct} wrong "
+        "test images, the most confident of each; p is the run's recorded test probability"
+    )
+    return figures.link(path), caption

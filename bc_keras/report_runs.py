@@ -1,0 +1,346 @@
+"""Run folders as the study report reads them: found once under several folders, each with its
+config, scores, predictions, split protocol, fold and model key."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePath
+
+import numpy as np
+
+from bc_keras.config import ENCODER_NONE
+from bc_keras.errors import DataError, one_line
+from bc_keras.prepare.manifest import SETTINGS_NAME
+from bc_keras.runs import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
+
+# The scores the report shows from metrics.json (numbers, or null where undefined).
+SCORES = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc_roc",
+          "patient_recognition_rate", "threshold", "initial_val_loss", "best_val_loss",
+          "best_val_contrastive_accuracy")  # fmt: skip
+KIND_CLASSIFIER = "classifier"
+KIND_PRETRAIN = "pretrain"
+PROTOCOL_UNKNOWN = "unknown"
+ENCODER_PRETRAINED = "SimCLR encoder"
+ENCODER_RANDOM = "random encoder"
+EXPERIMENTS = ("cnn", "transfer", "simclr_linear", "simclr_finetune", "simclr_pretrain")
+_BASE_NAMES = {
+    "cnn": "baseline CNN",
+    "simclr_linear": "ResNet-18 linear",
+    "simclr_finetune": "ResNet-18 fine-tuned",
+    "simclr_pretrain": "SimCLR pretraining",
+}
+
+
+@dataclass(frozen=True)
+class Fold:
+    """A run's place in a cross-validation set: fold `index` (1-based) of `count`."""
+
+    index: int
+    count: int
+    kind: str
+
+
+@dataclass(frozen=True, order=True)
+class ModelKey:
+    """What makes two runs the same model: experiment, backbone (and its start), recipe,
+    encoder (SimCLR-pretrained or random) and the share of training labels."""
+
+    experiment: str
+    backbone: str = ""
+    weights: str = ""
+    recipe: str = "report"
+    encoder: str = ""
+    label_fraction: float = 1.0
+
+    def name(self) -> str:
+        """E.g. "baseline CNN (report recipe, 10% labels)"."""
+        if self.experiment == "transfer":
+            base = f"{self.backbone} transfer"
+            base += f" ({self.weights})" if self.weights else ""
+        else:
+            base = _BASE_NAMES.get(self.experiment, self.experiment)
+        if self.encoder:
+            base += f", {self.encoder}"
+        details = [f"{self.recipe} recipe"]
+        if self.label_fraction < 1.0:
+            details.append(f"{self.label_fraction * 100:g}% labels")
+        return f"{base} ({', '.join(details)})"
+
+    def family(self) -> ModelKey:
+        """The same model with all the training labels (label-efficiency series)."""
+        return replace(self, label_fraction=1.0)
+
+    def order(self) -> tuple:
+        """Report order: CNN, transfer, linear, fine-tuned; SimCLR encoder before random."""
+        rank = EXPERIMENTS.index(self.experiment) if self.experiment in EXPERIMENTS else 99
+        return (
+            rank,
+            self.experiment,
+            self.backbone,
+            self.weights,
+            self.recipe,
+            self.encoder != ENCODER_PRETRAINED,
+            -self.label_fraction,
+        )
+
+
+@dataclass
+class Run:
+    """One finished run folder: its config, metrics.json, the prepare.json of the split it
+    used, its test predictions (None when unreadable) and notes on what could not be read."""
+
+    name: str
+    run_dir: Path
+    config: dict
+    metrics: dict
+    prepare: dict = field(default_factory=dict)
+    predictions: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return KIND_CLASSIFIER if "accuracy" in self.metrics else KIND_PRETRAIN
+
+    @property
+    def experiment(self) -> str:
+        return str(self.config.get("experiment") or "unknown")
+
+    @property
+    def recipe(self) -> str:
+        return str(self.config.get("recipe") or "report")
+
+    @property
+    def label_fraction(self) -> float:
+        value = self.config.get("label_fraction")
+        return float(value) if isinstance(value, int | float) and 0 < value <= 1 else 1.0
+
+    @property
+    def encoder(self) -> str:
+        """SimCLR runs: whether the encoder was pretrained or randomly initialised."""
+        if self.experiment not in ("simclr_linear", "simclr_finetune"):
+            return ""
+        encoder = str(self.config.get("encoder") or ENCODER_NONE)
+        return ENCODER_RANDOM if encoder.lower() == ENCODER_NONE else ENCODER_PRETRAINED
+
+    @property
+    def model_key(self) -> ModelKey:
+        backbone, weights = "", ""
+        if self.experiment == "transfer":
+            backbone = str(self.config.get("backbone") or "?")
+            start = str(self.config.get("weights") or "imagenet")
+            weights = (
+                ""
+                if start == "imagenet"
+                else ("random init" if start.lower() == "none" else "weights file")
+            )
+        return ModelKey(
+            self.experiment, backbone, weights, self.recipe, self.encoder, self.label_fraction
+        )
+
+    @property
+    def protocol(self) -> str:
+        """The split the run used: "patient", "image", "fold", "kfold" or "unknown"."""
+        split = self.prepare.get("split")
+        return split if isinstance(split, str) and split else PROTOCOL_UNKNOWN
+
+    @property
+    def fold(self) -> Fold | None:
+        fold = self.prepare.get("fold")
+        if not isinstance(fold, dict):
+            return None
+        index, count = fold.get("index"), fold.get("count")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)):
+            return None
+        if not 1 <= index <= count:
+            return None
+        return Fold(index, count, str(fold.get("kind") or self.protocol))
+
+    @property
+    def data(self) -> str:
+        """The prepared split folder as written in config.json."""
+        return str(self.config.get("data") or "")
+
+    @property
+    def data_dir(self) -> Path | None:
+        return locate(self.data, self.run_dir) if self.data else None
+
+    @property
+    def count(self) -> dict:
+        return self.metrics.get("counts") or {}
+
+
+def resolve_path(text: str) -> Path:
+    """A path made absolute (relative to the current folder) without requiring it to exist."""
+    return Path(os.path.abspath(Path(text).expanduser()))
+
+
+def locate(text: str, run_dir: Path) -> Path:
+    """A path from a run's config. A relative one is relative to where the training script
+    ran: the current folder when it exists there, else the nearest folder above the run
+    folder that holds it (e.g. the project holding runs/ and data/)."""
+    path = Path(text).expanduser()
+    if path.is_absolute() or path.exists():
+        return resolve_path(text)
+    for folder in run_dir.parents:
+        if (folder / path).exists():
+            return Path(os.path.abspath(folder / path))
+    return resolve_path(text)
+
+
+def same_folder(a, b) -> bool:
+    """Whether two paths name the same folder, links resolved."""
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; ValueError/OSError naming the problem otherwise."""
+    value = json.loads(path.read_text())
+    if not isinstance(value, dict):
+        raise ValueError(f"holds a {type(value).__name__}, not an object")
+    return value
+
+
+def read_predictions(path) -> dict:
+    """predictions.csv as arrays (filename, patient, magnification, label, probability).
+
+    The same columns as `bc_keras.evaluation.read_predictions`, read without importing
+    TensorFlow, and checked: a malformed row raises ValueError naming it.
+    """
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        missing = {"filename", "label", "probability"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"no {', '.join(sorted(missing))} column")
+        rows = list(reader)
+    labels, probabilities = [], []
+    for number, row in enumerate(rows, start=2):
+        try:
+            label, probability = int(row["label"]), float(row["probability"])
+        except (TypeError, ValueError):
+            raise ValueError(f"line {number} has no numeric label/probability") from None
+        if label not in (0, 1) or not math.isfinite(probability):
+            raise ValueError(f"line {number}: label {label}, probability {probability}")
+        labels.append(label)
+        probabilities.append(probability)
+    if not rows:
+        raise ValueError("no predictions")
+    return {
+        "filename": [row["filename"] for row in rows],
+        "patient": [row.get("patient") or "" for row in rows],
+        "magnification": [row.get("magnification") or "" for row in rows],
+        "label": np.array(labels, dtype=int),
+        "probability": np.array(probabilities, dtype=float),
+    }
+
+
+def _run_name(run_dir: Path, common: Path) -> str:
+    relative = run_dir.relative_to(common) if run_dir != common else PurePath(run_dir.name)
+    return relative.as_posix()
+
+
+def find_runs(roots) -> tuple[list[Run], list[str]]:
+    """Every run folder (a folder with config.json) under `roots`, each once.
+
+    A run is named by its path relative to the folder all `roots` share, so it keeps its name
+    whichever root found it and in whatever order the roots come; a folder found twice (under
+    two roots, or through a link) is read once, under the first of its names in sort order.
+
+    Returns:
+        `(runs, left_out)`: the finished runs sorted by name, and one "name: reason" line per
+        folder left out (unfinished, unreadable or of an unknown kind).
+
+    Raises:
+        DataError: if a root is not a folder.
+    """
+    resolved = []
+    for root in roots:
+        path = resolve_path(str(root))
+        if not path.is_dir():
+            raise DataError(
+                f"{root} does not exist or is not a folder; pass the folder(s) your training "
+                "runs were written to"
+            )
+        resolved.append(path)
+    common = Path(os.path.commonpath([str(root) for root in resolved]))
+    found: dict[str, tuple[str, Path]] = {}
+    for root in resolved:
+        for config in root.rglob(CONFIG_FILE):
+            name = _run_name(config.parent, common)
+            key = os.path.realpath(config.parent)
+            found[key] = min(found.get(key, (name, config.parent)), (name, config.parent))
+    runs, left_out = [], []
+    for name, run_dir in sorted(found.values()):
+        run = read_run(run_dir, name)
+        if isinstance(run, str):
+            left_out.append(f"{name}: {run}")
+        else:
+            runs.append(run)
+    return runs, left_out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _malformed(metrics: dict) -> str | None:
+    """What makes a metrics.json unusable for the tables, or None."""
+    for key in SCORES:
+        if metrics.get(key) is not None and not _is_number(metrics[key]):
+            return f"{key} is {metrics[key]!r}, not a number"
+    intervals = metrics.get("bootstrap_95ci_by_patient", {})
+    if not isinstance(intervals, dict) or not all(
+        isinstance(pair, list) and len(pair) == 2 and all(map(_is_number, pair))
+        for pair in intervals.values()
+    ):
+        return "bootstrap_95ci_by_patient is not {metric: [low, high]}"
+    for key in ("counts", "per_magnification", "classification_report"):
+        if not isinstance(metrics.get(key, {}), dict):
+            return f"{key} is not an object"
+    if not isinstance(metrics.get("flags", []), list):
+        return "flags is not a list"
+    return None
+
+
+def read_run(run_dir: Path, name: str) -> Run | str:
+    """A finished run, or the reason it is left out."""
+    try:
+        config = read_json(run_dir / CONFIG_FILE)
+    except (OSError, ValueError) as error:
+        return f"unreadable {CONFIG_FILE} ({one_line(error)[:100]})"
+    if not (run_dir / METRICS_FILE).is_file():
+        return f"unfinished (no {METRICS_FILE})"
+    try:
+        metrics = read_json(run_dir / METRICS_FILE)
+    except (OSError, ValueError) as error:
+        return f"unreadable {METRICS_FILE} ({one_line(error)[:100]})"
+    if "accuracy" not in metrics and "best_val_loss" not in metrics:
+        return f"{METRICS_FILE} holds neither classifier scores nor a pretraining summary"
+    problem = _malformed(metrics)
+    if problem:
+        return f"malformed {METRICS_FILE} ({problem})"
+    run = Run(name, run_dir, config, metrics)
+    if run.data_dir is not None and (run.data_dir / SETTINGS_NAME).is_file():
+        try:
+            run.prepare = read_json(run.data_dir / SETTINGS_NAME)
+        except (OSError, ValueError) as error:
+            run.notes.append(f"unreadable {run.data}/{SETTINGS_NAME} ({one_line(error)[:80]})")
+    if run.kind == KIND_CLASSIFIER:
+        path = run_dir / PREDICTIONS_FILE
+        try:
+            run.predictions = read_predictions(path)
+        except FileNotFoundError:
+            run.notes.append(f"no {PREDICTIONS_FILE}")
+        except (OSError, ValueError, csv.Error) as error:
+            run.notes.append(f"unreadable {PREDICTIONS_FILE} ({one_line(error)[:80]})")
+        images = run.count.get("images")
+        if run.predictions is not None and images not in (None, len(run.predictions["label"])):
+            run.notes.append(
+                f"{PREDICTIONS_FILE} holds {len(run.predictions['label'])} rows but "
+                f"{METRICS_FILE} counts {images} images"
+            )
+            run.predictions = None
+    return run
