@@ -164,6 +164,13 @@ class ClassifierConfig(RunConfig):
         GROUP_DATA,
         action="store_false",
     )
+    label_fraction: float = option(
+        1.0,
+        "--label-fraction",
+        "train on this share of the training labels, drawn per class and by whole patients "
+        "(e.g. 0.1 for the report's 10% labels)",
+        GROUP_DATA,
+    )
     class_weight: str | None = recipe_option(
         "--class-weight",
         "'balanced' weights each class by n / (2 n_class) on the training split",
@@ -317,6 +324,16 @@ class PretrainConfig(RunConfig):
     model_out: str = "models/simclr_resnet18_encoder.h5"
     batch_size: int = 96
     patience: int = 15
+    unlabeled: list[str] | None = option(
+        None,
+        "--unlabeled",
+        "pretrain on these images instead of the train split's: image folders (searched "
+        "recursively), prepared splits (their train images) or TFRecord folders; validation "
+        "NT-Xent stays on the --data split's val images",
+        GROUP_DATA,
+        nargs="+",
+        metavar="PATH",
+    )
     temperature: float = option(0.5, "--temperature", "NT-Xent temperature")
     projection_hidden_dim: int = option(
         256, "--projection-hidden-dim", "projection MLP width", GROUP_MODEL
@@ -342,13 +359,6 @@ class LinearConfig(ClassifierConfig):
         f"pretrained encoder .h5 from `train_simclr.py pretrain`, or '{ENCODER_NONE}' for a "
         "randomly initialised encoder (the no-pretraining comparison)",
         GROUP_MODEL,
-    )
-    label_fraction: float = option(
-        1.0,
-        "--label-fraction",
-        "train on this share of the training labels, drawn per class and by whole patients "
-        "(e.g. 0.1 for the report's 10% labels)",
-        GROUP_DATA,
     )
 
 

@@ -66,33 +66,33 @@ class CallbackStateBackup(keras.callbacks.Callback):
 
     STATE_KEYS = ("wait", "best", "best_epoch", "stopped_epoch", "cooldown_counter")
 
-    def __init__(self, state_dir, callbacks):
+    def __init__(self, state_dir, callbacks, restore_dir=None):
         super().__init__()
         self.state_dir = Path(state_dir)
+        self.restore_dir = Path(restore_dir or state_dir)
         self.watched = [
             c
             for c in callbacks
             if isinstance(c, (keras.callbacks.EarlyStopping, keras.callbacks.ReduceLROnPlateau))
         ]
 
-    @property
-    def _state_file(self) -> Path:
-        return self.state_dir / "callback_state.json"
+    STATE_FILE = "callback_state.json"
 
     def _seed_states(self) -> list:
         return [v for v in self.model.variables if "seed_generator_state" in v.path]
 
     def on_train_begin(self, logs=None):
-        if not self._state_file.exists():
+        state_file = self.restore_dir / self.STATE_FILE
+        if not state_file.exists():
             return
-        states = json.loads(self._state_file.read_text())
+        states = json.loads(state_file.read_text())
         for index, callback in enumerate(self.watched):
             state = states.get(str(index), {})
             for key in self.STATE_KEYS:
                 if key in state:
                     setattr(callback, key, state[key])
             if state.get("has_best_weights"):
-                with np.load(self.state_dir / f"best_weights_{index}.npz") as stored:
+                with np.load(self.restore_dir / f"best_weights_{index}.npz") as stored:
                     callback.best_weights = [stored[f"w{i}"] for i in range(len(stored.files))]
         for variable, value in zip(self._seed_states(), states.get("seeds", []), strict=False):
             variable.assign(np.asarray(value, dtype=variable.dtype))
@@ -113,7 +113,7 @@ class CallbackStateBackup(keras.callbacks.Callback):
                 )
             states[str(index)] = state
         states["seeds"] = [v.numpy().tolist() for v in self._seed_states()]
-        write_json(self._state_file, states)
+        write_json(self.state_dir / self.STATE_FILE, states)
 
 
 def _plain(value):
@@ -181,6 +181,31 @@ class CollapseWarning(keras.callbacks.Callback):
                 "balanced --recalibrate-bn",
                 stacklevel=2,
             )
+
+
+class SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that writes its backups to `backup_dir` but restores from
+    `restore_dir`: every worker of a multi-worker run resumes from the chief's backup (on a
+    shared folder) while only the chief writes there."""
+
+    def __init__(self, backup_dir, restore_dir=None, **kwargs):
+        super().__init__(str(backup_dir), **kwargs)
+        self.restore_dir = str(restore_dir or backup_dir)
+
+    def on_train_begin(self, logs=None):
+        names = ("_weights_path", "_training_metadata_path")
+        own = {name: getattr(self, name) for name in names}
+        for name, path in own.items():
+            setattr(self, name, path.replace(self.backup_dir, self.restore_dir, 1))
+        self._prev_weights_path = f"{self._weights_path}.bkp"
+        self._prev_training_metadata_path = f"{self._training_metadata_path}.bkp"
+        try:
+            super().on_train_begin(logs)
+        finally:
+            for name, path in own.items():
+                setattr(self, name, path)
+            self._prev_weights_path = f"{self._weights_path}.bkp"
+            self._prev_training_metadata_path = f"{self._training_metadata_path}.bkp"
 
 
 def trainable_batchnorm_layers(model) -> list:
@@ -266,6 +291,7 @@ def training_callbacks(
     initial_weights=None,
     recalibration_data=None,
     collapse_warning: bool = True,
+    restore_dir=None,
 ) -> list:
     """The report's callbacks plus what a long, trustworthy run needs.
 
@@ -311,8 +337,9 @@ def training_callbacks(
     if collapse_warning:
         callbacks.append(CollapseWarning())
     backup = run_dir / backup_name
-    callbacks.append(CallbackStateBackup(backup / "callbacks", watched))
-    callbacks.append(keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=True))
+    restore = Path(restore_dir or run_dir) / backup_name
+    callbacks.append(CallbackStateBackup(backup / "callbacks", watched, restore / "callbacks"))
+    callbacks.append(SharedBackupAndRestore(backup, restore, delete_checkpoint=True))
     return callbacks
 
 

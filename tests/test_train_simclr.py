@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from bc_keras import models, runs, training
-from bc_keras.experiments import simclr as experiment
+from bc_keras.experiments import common
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +126,7 @@ def test_finetune_with_label_fraction_then_predict(pretrained, synthetic_split, 
     assert train_simclr.main(argv) == 0
     history = runs.read_history(out)
     assert history["phase"] == [1.0, 2.0]
-    labelled = (out / experiment.LABELLED_FILES).read_text().split()
+    labelled = (out / common.LABELLED_FILES).read_text().split()
     train_images = list((synthetic_split / "train").rglob("*.png"))
     assert 0.15 * len(train_images) <= len(labelled) <= 0.45 * len(train_images)
     with open(out / runs.PREDICTIONS_FILE, newline="") as file:

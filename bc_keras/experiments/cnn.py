@@ -13,10 +13,19 @@ TITLE = "Baseline CNN"
 def run(config: CNNConfig) -> dict:
     """Trains, saves and evaluates the baseline CNN; returns the test metrics."""
     with common.start_run(config) as run:
-        sets = common.classifier_data(config, PREPROCESS_RESCALE, DEFAULT_INTERPOLATION)
+        sets = common.classifier_data(
+            config,
+            PREPROCESS_RESCALE,
+            DEFAULT_INTERPOLATION,
+            train_files=common.labelled_files(config, run.write_dir),
+        )
         with run.scope():
             model = models.build_baseline_cnn(
-                config.image_size, config.dense_units, config.dropout, config.batch_norm_momentum
+                config.image_size,
+                config.dense_units,
+                config.dropout,
+                config.batch_norm_momentum,
+                synchronized_batch_norm=run.replicas() > 1,
             )
 
         def prepare():

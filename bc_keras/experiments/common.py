@@ -4,17 +4,21 @@ keeping the best model over all of them, then save, evaluate and draw."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bc_keras import data, evaluation, models, runs, training
+from bc_keras import data, distribute, evaluation, models, runs, training
 from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig, RunConfig
-from bc_keras.errors import DataError, RunError
+from bc_keras.errors import ConfigError, DataError, RunError
+from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
 
+LABELLED_FILES = "labelled_train_files.txt"
 # Inside the run's backup folder: the weights and best validation value at the end of each
 # completed phase, so that an interrupted later phase resumes without training it again.
 PHASE_WEIGHTS = "phase{number}_complete.weights.h5"
@@ -24,22 +28,38 @@ PHASE_STATE = "phase{number}_complete.json"
 @dataclass
 class Run:
     """A started run: its config, folder, lock and distribution strategy. A context manager:
-    the folder stays locked until the block ends."""
+    the folder stays locked until the block ends.
+
+    Only the chief writes to `run_dir`; another worker of a multi-worker run writes its logs
+    and backups to a private `write_dir` (removed at the end) and reads the chief's backup
+    from `run_dir` (a shared folder) when resuming.
+    """
 
     config: RunConfig
     run_dir: Path
     strategy: object
-    lock: runs.RunLock
+    lock: runs.RunLock | None
+    chief: bool = True
+    write_dir: Path | None = None
+
+    def __post_init__(self):
+        self.write_dir = self.write_dir or self.run_dir
 
     def scope(self):
         """The one place models are built and compiled (strategy + precision policy)."""
         return models.model_scope(self.strategy, self.config.mixed_precision)
 
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        self.lock.release()
+        if self.lock is not None:
+            self.lock.release()
+        if not self.chief:
+            shutil.rmtree(self.write_dir, ignore_errors=True)
 
 
 @dataclass
@@ -59,9 +79,22 @@ def verbosity() -> int:
 
 
 def start_run(config: RunConfig) -> Run:
-    """Checks where the run will write, locks its folder, checks a resume against the
-    interrupted run's settings, writes config.json (before anything else can fail) and seeds.
-    Use it as `with start_run(config) as run:`."""
+    """Creates the distribution strategy (first: a multi-worker one must precede any other
+    TensorFlow work), then, on the chief, checks where the run will write, locks its folder,
+    checks a resume against the interrupted run's settings, writes config.json (before
+    anything else can fail), and seeds. Use it as `with start_run(config) as run:`."""
+    strategy = distribute.get_strategy(config.strategy)
+    if distribute.is_multi_worker(strategy) and config.run_dir is None:
+        raise ConfigError(
+            "--strategy multiworker needs --run-dir, the same shared folder on every worker"
+        )
+    from bc_keras.cli import set_seed
+
+    if not distribute.is_chief(strategy):
+        set_seed(config.seed)
+        write_dir = Path(tempfile.mkdtemp(prefix="bc_keras_worker_"))
+        print(f"worker of a multi-worker run: the chief writes {config.run_dir}")
+        return Run(config, Path(config.run_dir), strategy, None, False, write_dir)
     models.check_model_out(config.model_out)
     run_dir = runs.resolve_run_dir(config.run_dir, config.run_name(), config.resume)
     try:
@@ -78,11 +111,9 @@ def start_run(config: RunConfig) -> Run:
         if config.resume:
             runs.check_resume_config(run_dir, config)
         runs.write_config(run_dir, config)
-        from bc_keras.cli import set_seed
-
         set_seed(config.seed)
         print(f"run folder: {run_dir}")
-        return Run(config, run_dir, models.get_strategy(config.strategy), lock)
+        return Run(config, run_dir, strategy, lock)
     except BaseException:
         lock.release()
         raise
@@ -115,11 +146,32 @@ class ClassifierData:
         return data.build_dataset(self.config.data, subset, files=files, **{**defaults, **options})
 
 
+def labelled_files(config: ClassifierConfig, run_dir: Path) -> data.SplitFiles:
+    """The training files whose labels are used: all, or --label-fraction of them drawn by
+    whole patients per class (listed in the run folder)."""
+    files = data.list_split_files(config.data, data.SUBSET_TRAIN)
+    if config.label_fraction == 1.0:
+        return files
+    patients = patients_of_paths(files.paths)
+    keep = label_fraction_indices(files.labels, patients, config.label_fraction, seed=config.seed)
+    chosen = data.SplitFiles([files.paths[i] for i in keep], files.labels[keep])
+    (run_dir / LABELLED_FILES).write_text("".join(f"{path}\n" for path in chosen.paths))
+    print(
+        f"label fraction {config.label_fraction}: {len(chosen.paths)} of {len(files.paths)} "
+        f"training images ({'whole patients' if patients else 'single images'}, per class)"
+    )
+    return chosen
+
+
 def classifier_data(
     config: ClassifierConfig, preprocess: str, interpolation: str, train_files=None
 ) -> ClassifierData:
     """Lists and checks the three subsets before any training: a subset with one class or
     none stops the run here, not after hours of training."""
+    if config.pipeline == data.PIPELINE_GENERATOR:
+        from bc_keras import tfrecords
+
+        tfrecords.check_pipeline(config.data, config.pipeline)
     train_files = train_files or data.list_split_files(config.data, data.SUBSET_TRAIN)
     validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
     test_files = data.list_split_files(config.data, data.SUBSET_TEST)
@@ -205,7 +257,8 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
         start_epoch = _resumed_epoch(run.run_dir / backup_name) if config.resume else 0
         train = training_dataset(config, sets, phase.number, start_epoch)
         callbacks = training.training_callbacks(
-            run.run_dir,
+            run.write_dir,
+            restore_dir=run.run_dir,
             patience=config.patience,
             monitor=config.monitor,
             learning_rate=phase.learning_rate,
@@ -217,22 +270,24 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
             recalibration_data=sets.recalibration,
             **callback_options,
         )
-        model.fit(
-            train.data,
-            validation_data=sets.validation.data,
-            epochs=phase.epochs,
-            steps_per_epoch=train.steps,
-            class_weight=weights,
-            callbacks=callbacks,
-            shuffle=False,  # both pipelines shuffle each epoch themselves
-            verbose=verbosity(),
-        )
+        with distribute.fit_scope(model, run.strategy):
+            model.fit(
+                train.data,
+                validation_data=sets.validation.data,
+                epochs=phase.epochs,
+                steps_per_epoch=train.steps,
+                class_weight=weights,
+                callbacks=callbacks,
+                shuffle=False,  # both pipelines shuffle each epoch themselves
+                verbose=verbosity(),
+            )
         stopping = training.early_stopping_of(callbacks)
         best_value, best_weights = stopping.best, model.get_weights()
         # Kept until the model and metrics are written: a crash after training resumes here.
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        model.save_weights(marker)
-        runs.write_json(state, {"best": best_value})
+        if run.chief:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            model.save_weights(marker)
+            runs.write_json(state, {"best": best_value})
 
 
 def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, title: str) -> dict:
@@ -240,6 +295,8 @@ def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, tit
     asked), the threshold fixed or chosen on validation and stored in the model, then the
     test predictions, metrics and figures. The backup goes only once all is written."""
     config = run.config
+    if not run.chief:
+        return {}
     if sets.recalibration is not None:
         training.recalibrate_batch_norm(model, sets.recalibration)
     models.check_finite_weights(model)

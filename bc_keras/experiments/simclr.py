@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras import data, evaluation, models, plots, runs, simclr, training
+from bc_keras import data, distribute, evaluation, models, plots, runs, simclr, training
 from bc_keras.augment import SimCLRAugmentation
 from bc_keras.config import (
     ENCODER_NONE,
@@ -19,61 +19,87 @@ from bc_keras.config import (
 )
 from bc_keras.errors import ConfigError, DataError, ModelFileError
 from bc_keras.experiments import common
-from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
 from bc_keras.resnet import build_resnet18
 
 KIND_ENCODER = "simclr_encoder"
 # Pretraining decodes with bilinear resizing; the classifier is fed the same way.
 INTERPOLATION = "bilinear"
 INITIAL_VALIDATION_FILE = "initial_validation.json"
-LABELLED_FILES = "labelled_train_files.txt"
 PRETRAINED_WEIGHTS = "pretrained.weights.h5"
 
 
+# Decoded images are cached in memory below this size; larger collections are decoded afresh
+# each epoch (a cache of 100,000 images at 224 px would take 15 GB).
+MEMORY_CACHE_BYTES = 4 << 30
+
+
+def pretraining_images(config: PretrainConfig):
+    """The unlabelled training images (the split's train images, or --unlabeled sources) and
+    the split's validation images, decoded as uint8: `((train, count), (val, count))`."""
+    from bc_keras import tfrecords
+
+    sources = config.unlabeled or [config.data]
+    train, train_count = tfrecords.unlabeled_images(sources, config.image_size)
+    validation, validation_count = tfrecords.unlabeled_images(
+        [config.data], config.image_size, subsets=(data.SUBSET_VAL,), cache=True
+    )
+    if train_count * config.image_size**2 * 3 <= MEMORY_CACHE_BYTES:
+        train = train.cache()
+    if train_count < config.batch_size:
+        raise DataError(
+            f"pretraining has {train_count} images, fewer than one batch of {config.batch_size}; "
+            "pass a smaller --batch-size or more images"
+        )
+    if validation_count < 2:
+        raise DataError(
+            f"the val split of {config.data} has {validation_count} image(s); NT-Xent needs at "
+            "least 2"
+        )
+    return (train, train_count), (validation, validation_count)
+
+
 def pretrain(config: PretrainConfig) -> dict:
-    """Contrastive pretraining on the train split's images (labels unused); validation
-    NT-Xent on the val split; saves the encoder. Returns the pretraining summary."""
+    """Contrastive pretraining on unlabelled images (labels unused); validation NT-Xent on the
+    val split; saves the encoder. Returns the pretraining summary."""
     augmentation = SimCLRAugmentation(
         crop_scale=(config.crop_scale_min, 1.0),
         jitter_strength=config.jitter_strength,
         blur_probability=config.blur_probability,
     )
     with common.start_run(config) as run:
-        train_files = data.list_split_files(config.data, data.SUBSET_TRAIN)
-        validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
-        if len(train_files.paths) < config.batch_size:
-            raise DataError(
-                f"the train split has {len(train_files.paths)} images, fewer than one batch of "
-                f"{config.batch_size}; pass a smaller --batch-size"
-            )
-        # Every batch keeps the same size (drop_remainder), so the contrastive step compiles once;
-        # a small validation split gets one smaller batch instead of none.
-        validation_batch = min(config.batch_size, len(validation_files.paths))
-        if validation_batch < 2:
-            raise DataError(
-                f"the val split has {len(validation_files.paths)} image(s); NT-Xent needs at least 2"
-            )
-        options = dict(image_size=config.image_size, augmentation=augmentation, seed=config.seed)
-        train = data.simclr_dataset_from_files(
-            train_files.paths, batch_size=config.batch_size, shuffle=True, **options
+        (train_images, train_count), (validation_images, validation_count) = pretraining_images(
+            config
         )
-        validation = data.simclr_dataset_from_files(
-            validation_files.paths, batch_size=validation_batch, shuffle=False, **options
+        options = dict(image_size=config.image_size, augmentation=augmentation, seed=config.seed)
+        train = data.simclr_views(
+            train_images, train_count, batch_size=config.batch_size, shuffle=True, **options
+        )
+        # Every batch keeps the same size, so the contrastive step compiles once; a small
+        # validation split gets one smaller batch instead of none.
+        validation = data.simclr_views(
+            validation_images,
+            validation_count,
+            batch_size=min(config.batch_size, validation_count),
+            shuffle=False,
+            **options,
         )
         print(
-            f"pretraining on {len(train_files.paths)} unlabelled images, validating NT-Xent on "
-            f"{len(validation_files.paths)}"
+            f"pretraining on {train_count} unlabelled images, validating NT-Xent on "
+            f"{validation_count}"
         )
-        plots.plot_augmented_pairs(
-            *_first_views(train_files.paths[:4], config.image_size, augmentation, config.seed),
-            run.run_dir / "augmented_pairs.png",
-            title="SimCLR augmented pairs",
-        )
-        with run.scope():
-            encoder = build_resnet18(
-                config.image_size,
-                synchronized_batch_norm=run.strategy.num_replicas_in_sync > 1,
+        if run.chief:
+            pairs = data.simclr_views(
+                train_images.take(4), 4, batch_size=4, shuffle=False, **options
             )
+            views_a, views_b = next(iter(pairs))
+            plots.plot_augmented_pairs(
+                views_a.numpy(),
+                views_b.numpy(),
+                run.run_dir / "augmented_pairs.png",
+                title="SimCLR augmented pairs",
+            )
+        with run.scope():
+            encoder = build_resnet18(config.image_size, synchronized_batch_norm=run.replicas() > 1)
             trainer = simclr.build_simclr_trainer(
                 encoder,
                 learning_rate=config.learning_rate,
@@ -83,55 +109,68 @@ def pretrain(config: PretrainConfig) -> dict:
                 jit_compile=config.jit_compile,
             )
         initial_file = run.run_dir / INITIAL_VALIDATION_FILE
-        if not initial_file.exists():
+        # Every worker takes the same branches (a distributed evaluate or fit needs them all).
+        if not (config.resume and initial_file.exists()):
             # The untrained encoder's validation NT-Xent: what pretraining has to improve on.
-            runs.write_json(initial_file, trainer.evaluate(validation, verbose=0, return_dict=True))
+            with distribute.fit_scope(trainer, run.strategy):
+                initial = trainer.evaluate(validation, verbose=0, return_dict=True)
+            if run.chief:
+                runs.write_json(initial_file, initial)
         trained = run.run_dir / runs.BACKUP_DIR / PRETRAINED_WEIGHTS
         if config.resume and trained.is_file():
             print("pretraining finished before the interruption; going on")
             trainer.load_weights(trained)
         else:
-            trainer.fit(
-                train,
-                validation_data=validation,
-                epochs=config.epochs,
-                callbacks=training.training_callbacks(
-                    run.run_dir,
-                    patience=config.patience,
-                    learning_rate=config.learning_rate,
-                    resume=config.resume,
-                    collapse_warning=False,
-                ),
-                shuffle=False,  # the pipeline shuffles the training files itself
-                verbose=common.verbosity(),
-            )
-            # Kept until the encoder and summary are written: a crash now resumes here.
-            trained.parent.mkdir(parents=True, exist_ok=True)
-            trainer.save_weights(trained)
-        models.check_finite_weights(trainer.encoder)
-        metadata = {
-            "kind": KIND_ENCODER,
-            "architecture": "resnet18",
-            "experiment": config.experiment,
-            "image_size": config.image_size,
-            "preprocess": PREPROCESS_RESCALE,
-            "interpolation": INTERPOLATION,
-            "run_dir": str(run.run_dir),
-        }
-        encoder_path = models.save_model(trainer.encoder, config.model_out, metadata)
-        evaluation.plot_run_history(run.run_dir, title="SimCLR pretraining NT-Xent")
-        summary = pretraining_summary(
-            runs.read_history(run.run_dir), json.loads(initial_file.read_text())
-        )
-        runs.write_json(run.run_dir / runs.METRICS_FILE, summary)
-        _plot_test_embeddings(trainer.encoder, config, run.run_dir)
-        runs.finish_backup(run.run_dir)
-        print(
-            f"\nvalidation NT-Xent: {summary['initial_val_loss']:.4f} untrained -> "
-            f"{summary['best_val_loss']:.4f} (epoch {summary['best_epoch']})"
-            f"\nencoder: {encoder_path}\nhistory and figures: {run.run_dir}"
-        )
-        return summary
+            with distribute.fit_scope(trainer, run.strategy):
+                trainer.fit(
+                    train,
+                    validation_data=validation,
+                    epochs=config.epochs,
+                    callbacks=training.training_callbacks(
+                        run.write_dir,
+                        restore_dir=run.run_dir,
+                        patience=config.patience,
+                        learning_rate=config.learning_rate,
+                        resume=config.resume,
+                        collapse_warning=False,
+                    ),
+                    shuffle=False,  # the pipeline shuffles the images itself
+                    verbose=common.verbosity(),
+                )
+            if run.chief:
+                # Kept until the encoder and summary are written: a crash now resumes here.
+                trained.parent.mkdir(parents=True, exist_ok=True)
+                trainer.save_weights(trained)
+        if not run.chief:
+            return {}
+        return _finish_pretraining(trainer, config, run, initial_file)
+
+
+def _finish_pretraining(trainer, config: PretrainConfig, run, initial_file: Path) -> dict:
+    models.check_finite_weights(trainer.encoder)
+    metadata = {
+        "kind": KIND_ENCODER,
+        "architecture": "resnet18",
+        "experiment": config.experiment,
+        "image_size": config.image_size,
+        "preprocess": PREPROCESS_RESCALE,
+        "interpolation": INTERPOLATION,
+        "run_dir": str(run.run_dir),
+    }
+    encoder_path = models.save_model(trainer.encoder, config.model_out, metadata)
+    evaluation.plot_run_history(run.run_dir, title="SimCLR pretraining NT-Xent")
+    summary = pretraining_summary(
+        runs.read_history(run.run_dir), json.loads(initial_file.read_text())
+    )
+    runs.write_json(run.run_dir / runs.METRICS_FILE, summary)
+    _plot_test_embeddings(trainer.encoder, config, run.run_dir)
+    runs.finish_backup(run.run_dir)
+    print(
+        f"\nvalidation NT-Xent: {summary['initial_val_loss']:.4f} untrained -> "
+        f"{summary['best_val_loss']:.4f} (epoch {summary['best_epoch']})"
+        f"\nencoder: {encoder_path}\nhistory and figures: {run.run_dir}"
+    )
+    return summary
 
 
 def _plot_test_embeddings(encoder, config: PretrainConfig, run_dir: Path) -> None:
@@ -151,21 +190,6 @@ def _plot_test_embeddings(encoder, config: PretrainConfig, run_dir: Path) -> Non
             seed=config.seed,
             title="t-SNE of test-set SimCLR embeddings",
         )
-
-
-def _first_views(paths, image_size, augmentation, seed):
-    """Two views of each of `paths`, as NumPy arrays, for the augmented-pairs figure."""
-    pairs = data.simclr_dataset_from_files(
-        paths,
-        image_size=image_size,
-        batch_size=len(paths),
-        augmentation=augmentation,
-        shuffle=False,
-        seed=seed,
-        cache=False,
-    )
-    views_a, views_b = next(iter(pairs))
-    return views_a.numpy(), views_b.numpy()
 
 
 def pretraining_summary(history: dict, initial: dict) -> dict:
@@ -205,23 +229,6 @@ def load_encoder(config: LinearConfig):
     return encoder
 
 
-def labelled_files(config: LinearConfig, run_dir: Path) -> data.SplitFiles:
-    """The training files whose labels are used: all, or --label-fraction of them drawn by
-    whole patients per class (listed in the run folder)."""
-    files = data.list_split_files(config.data, data.SUBSET_TRAIN)
-    if config.label_fraction == 1.0:
-        return files
-    patients = patients_of_paths(files.paths)
-    keep = label_fraction_indices(files.labels, patients, config.label_fraction, seed=config.seed)
-    chosen = data.SplitFiles([files.paths[i] for i in keep], files.labels[keep])
-    (run_dir / LABELLED_FILES).write_text("".join(f"{path}\n" for path in chosen.paths))
-    print(
-        f"label fraction {config.label_fraction}: {len(chosen.paths)} of {len(files.paths)} "
-        f"training images ({'whole patients' if patients else 'single images'}, per class)"
-    )
-    return chosen
-
-
 def train_classifier(config: LinearConfig | FinetuneConfig) -> dict:
     """Linear evaluation (encoder frozen throughout) or fine-tuning (an optional frozen phase,
     then the encoder trains); saves and evaluates the classifier."""
@@ -230,7 +237,7 @@ def train_classifier(config: LinearConfig | FinetuneConfig) -> dict:
             config,
             PREPROCESS_RESCALE,
             INTERPOLATION,
-            train_files=labelled_files(config, run.run_dir),
+            train_files=common.labelled_files(config, run.write_dir),
         )
         print(f"encoder: {config.encoder}")
         with run.scope():
