@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint study clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	bash scripts/demo.sh "$(PY)" "$(DEMO_DIR)"
+
+# The report regenerated: make study DATA=BreaKHis_v1.tar.gz [PROFILE=quick|full] [OUT=study]
+PROFILE ?= quick
+OUT ?= study
+study: $(STAMP)
+	@test -n "$(DATA)" || { echo "error: pass DATA=<BreaKHis_v1.tar.gz or its folder>" >&2; exit 2; }
+	$(PY) -m bc_keras.study "$(DATA)" --profile "$(PROFILE)" --out "$(OUT)" $(STUDY_FLAGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) runs .pytest_cache

@@ -36,6 +36,12 @@ def parse_args(argv=None):
         help="malignant at or above this probability (default: the one stored in the model)",
     )
     parser.add_argument(
+        "--gradcam",
+        metavar="DIR",
+        default=None,
+        help="also write a Grad-CAM overlay of each image (where the malignant evidence is) to DIR",
+    )
+    parser.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -88,6 +94,16 @@ def main(argv=None) -> int:
     )
     if patients:
         print(f"wrote {len(patients)} patient summaries to {patient_out}")
+    if args.gradcam:
+        good = [row["path"] for row in rows]
+        try:
+            overlays = inference.write_gradcam_overlays(model, metadata, good, args.gradcam)
+        except OSError as error:
+            raise RunError(
+                f"cannot write Grad-CAM overlays to {args.gradcam} ({error.strerror}); choose a "
+                "writable --gradcam DIR"
+            ) from error
+        print(f"wrote {len(overlays)} Grad-CAM overlays to {args.gradcam}")
     return 0
 
 

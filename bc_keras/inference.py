@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from bc_keras.breakhis import CLASS_NAMES, UNKNOWN, describe_files
 from bc_keras.data import DEFAULT_INTERPOLATION, PREPROCESS_RESCALE, files_dataset
@@ -159,3 +160,32 @@ def write_csv(path, columns, rows) -> Path:
         if temporary.exists():
             temporary.unlink()
     return path
+
+
+def write_gradcam_overlays(model, metadata: dict, files, out_dir, batch_size: int = 32) -> list:
+    """Grad-CAM of the malignant class for every image, written as `<name>_gradcam.png`
+    overlays (the image at the model's input size under its heat map) in `out_dir`."""
+    from bc_keras import gradcam
+    from bc_keras.decode import decode_and_resize
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = int(metadata["image_size"])
+    interpolation = metadata.get("interpolation", DEFAULT_INTERPOLATION)
+    dataset = files_dataset(
+        files,
+        image_size=size,
+        batch_size=batch_size,
+        preprocess=metadata.get("preprocess", PREPROCESS_RESCALE),
+        interpolation=interpolation,
+    )
+    written, start = [], 0
+    for inputs, _ in dataset:
+        heatmaps = gradcam.gradcam(model, inputs.numpy())
+        for heatmap, path in zip(heatmaps, files[start : start + len(heatmaps)], strict=True):
+            image = decode_and_resize(path, size, interpolation).numpy()
+            target = out_dir / f"{Path(path).stem}_gradcam.png"
+            Image.fromarray(gradcam.overlay(image, heatmap)).save(target)
+            written.append(target)
+        start += len(heatmaps)
+    return written

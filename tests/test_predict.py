@@ -1,0 +1,57 @@
+"""predict.py --gradcam on every kind of saved classifier (flat CNN, nested backbone, nested
+SimCLR encoder): one overlay per image, where the maps come from the model's Grad-CAM."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from helpers import load_script
+from PIL import Image
+
+from bc_keras import cli, gradcam, models, simclr, transfer
+from bc_keras.decode import decode_and_resize
+from bc_keras.resnet import build_resnet18
+
+predict = load_script("predict")
+SIZE = 32
+
+
+def _builders():
+    return {
+        "cnn": lambda: models.build_baseline_cnn(SIZE, dense_units=4),
+        "mobilenet": lambda: transfer.build_transfer_model(
+            "mobilenet", SIZE, weights=None, alpha=0.25
+        ),
+        "simclr": lambda: simclr.build_classifier(build_resnet18(SIZE), SIZE),
+    }
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mobilenet", "simclr"])
+def test_gradcam_overlays_for_every_classifier(kind, tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    model = _builders()[kind]()
+    metadata = {"kind": "classifier", "image_size": SIZE, "preprocess": "rescale",
+                "interpolation": "nearest", "threshold": 0.5}  # fmt: skip
+    path = models.save_model(model, tmp_path / f"{kind}.h5", metadata)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    names = [f"SOB_M_DC-14-2523-40-{index:03d}.png" for index in range(1, 4)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (46, 70, 3), dtype=np.uint8)).save(images / name)
+    out = tmp_path / "cams"
+    argv = [str(path), str(images), "--out", str(tmp_path / "p.csv"), "--gradcam", str(out)]
+    assert cli.run_script(predict.main, argv) == 0
+    assert "wrote 3 Grad-CAM overlays" in capsys.readouterr().out
+    written = sorted(out.glob("*.png"))
+    assert [p.name for p in written] == sorted(n.replace(".png", "_gradcam.png") for n in names)
+    # Each overlay is the model-sized image under its Grad-CAM map (a batch of 3 and one of 1
+    # round the last bits of the map differently).
+    loaded, _ = models.load_model(path)
+    first = decode_and_resize(str(images / names[0]), SIZE, "nearest").numpy()
+    heatmap = gradcam.gradcam(loaded, first[None].astype("float32") / 255.0)[0]
+    expected = gradcam.overlay(first, heatmap)
+    with Image.open(written[0]) as image:
+        difference = np.abs(np.asarray(image).astype(int) - expected.astype(int))
+        assert difference.max() <= 3 and difference.mean() < 0.1
