@@ -213,8 +213,10 @@ def quiet_start() -> bool:
     user_chose = "TF_CPP_MIN_LOG_LEVEL" in os.environ
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     warnings.showwarning = _show_warning
-    # Users asked for .h5 files: Keras' advice (an absl log record) to prefer .keras is noise.
+    # Users asked for .h5 files: Keras' advice (an absl log record) to prefer .keras is noise;
+    # so are TensorFlow's Python-side retracing hints on a console.
     logging.getLogger("absl").addFilter(_not_hdf5_advice)
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     return not user_chose
 
 

@@ -140,11 +140,37 @@ def check_finite_weights(model: keras.Model) -> None:
         )
 
 
+def _float32_policies(value):
+    """A model config with every layer's dtype policy set to float32."""
+    if isinstance(value, dict):
+        if value.get("class_name") in ("DTypePolicy", "FloatDTypePolicy"):
+            return {**value, "config": {**value.get("config", {}), "name": "float32"}}
+        return {key: _float32_policies(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_float32_policies(item) for item in value]
+    return value
+
+
+def float32_copy(model: keras.Model) -> keras.Model:
+    """The model computing in float32 (the weights of a mixed-precision model are float32
+    already), so a saved model predicts in float32 on any machine; the model itself if it
+    computes in float32 anyway."""
+    if model.dtype_policy.name == "float32" and all(
+        layer.dtype_policy.name == "float32" for layer in model._flatten_layers()
+    ):
+        return model
+    config = _float32_policies(json.loads(model.to_json()))
+    copy = keras.models.model_from_json(json.dumps(config))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model(model: keras.Model, path, metadata: dict) -> Path:
     """Saves `model` as .h5 with `metadata` (JSON) inside the file, atomically.
 
     The metadata says how inputs were prepared (image size, preprocessing) so that
-    `predict.py` never has to be told. The file appears only once it is complete.
+    `predict.py` never has to be told. A mixed-precision model is saved computing in float32.
+    The file appears only once it is complete.
     """
     import h5py
 
@@ -153,7 +179,7 @@ def save_model(model: keras.Model, path, metadata: dict) -> Path:
     handle, temporary = tempfile.mkstemp(suffix=".h5", dir=path.parent, prefix=f".{path.stem}.")
     os.close(handle)
     try:
-        model.save(temporary)
+        float32_copy(model).save(temporary)
         with h5py.File(temporary, "a") as file:
             file.attrs[METADATA_ATTRIBUTE] = json.dumps(metadata)
         # mkstemp makes 0600 files; a saved model gets the user's usual permissions.

@@ -118,5 +118,6 @@ def build_resnet18(
                 name=f"stage{stage}_block{block + 1}",
                 synchronized_batch_norm=synchronized_batch_norm,
             )
-    outputs = keras.layers.GlobalAveragePooling2D(name="average_pool")(x)
+    # float32 embeddings under mixed precision too (as every bc_keras model outputs).
+    outputs = keras.layers.GlobalAveragePooling2D(name="average_pool", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -15,8 +15,7 @@ import pytest
 from PIL import Image
 
 from bc_keras import cli
-from bc_keras.prepare import normalize
-from bc_keras.prepare import prepare_split
+from bc_keras.prepare import normalize, prepare_split
 from bc_keras.stain import (
     METHOD_MACENKO,
     METHOD_REINHARD,
