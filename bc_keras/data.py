@@ -182,6 +182,22 @@ def _epoch_seed(seed: int, epoch):
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
+def _shuffled(data, count: int, seed):
+    """`data` in an order drawn from the tensor `seed` alone.
+
+    `Dataset.shuffle` pairs its seed with the global one (`tf.random.set_seed`), so the order
+    would depend on it, and with global seed 0 a tensor seed fails to trace (`get_seed`
+    compares it with 0 in Python). Clearing the seed of the graph being traced (the
+    function `flat_map` builds) leaves `seed` the only source of the order.
+    """
+    graph = tf.compat.v1.get_default_graph()
+    saved, graph.seed = graph.seed, None
+    try:
+        return data.shuffle(count, seed=seed, reshuffle_each_iteration=False)
+    finally:
+        graph.seed = saved
+
+
 @dataclass(frozen=True)
 class PipelineOptions:
     """How image files become model inputs, the same in both pipelines."""
@@ -246,7 +262,7 @@ def epochs_from_decoded(decoded, count: int, options: PipelineOptions, *, epochs
         epoch_seed = _epoch_seed(seed, epoch)
         data = decoded
         if options.shuffle:
-            data = data.shuffle(count, seed=epoch_seed, reshuffle_each_iteration=False)
+            data = _shuffled(data, count, epoch_seed)
         data = data.batch(options.batch_size)
         if options.augment:
             return data.enumerate().map(
