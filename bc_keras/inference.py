@@ -43,15 +43,20 @@ def predict_probabilities(model, dataset, tta: bool = False) -> np.ndarray:
     `images` or `(images, labels)` batches, in order; with `tta`, the mean over the 8
     dihedral views."""
     views = range(DIHEDRAL_VIEWS) if tta else range(1)
-    total = None
-    for index in views:
-
-        def view(*batch, index=index):
-            return dihedral_view(batch[0], index)
-
-        outputs = model.predict(dataset.map(view), verbose=0)
-        outputs = np.asarray(outputs, dtype=np.float64).reshape(-1)
-        total = outputs if total is None else total + outputs
+    # One pass over the data: every batch is decoded once and all its views are scored
+    # while the next batch is decoded in the background (`model.predict` per view would
+    # decode every image once per view).
+    images = dataset.map(lambda *batch: batch[0]).prefetch(tf.data.AUTOTUNE)
+    chunks = []
+    for batch in images:
+        total = 0.0
+        for index in views:
+            outputs = model.predict_on_batch(dihedral_view(batch, index))
+            total = total + np.asarray(outputs, dtype=np.float64).reshape(-1)
+        chunks.append(total)
+    if not chunks:
+        return np.zeros(0, dtype=np.float64)
+    total = np.concatenate(chunks)
     probabilities = total / len(views)
     if not np.all(np.isfinite(probabilities)):
         raise ModelFileError(
