@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 
 from bc_keras import statistics
+from bc_keras.metrics import BOOTSTRAP_METRICS
 from bc_keras.prepare.split import SPLIT_IMAGE
 from bc_keras.report_runs import ENCODER_PRETRAINED, ModelKey, Run
 from bc_keras.report_sets import EvaluationSet
@@ -272,16 +273,7 @@ def magnification_table(run: Run) -> str:
     per_magnification = run.metrics.get("per_magnification") or {}
     if not per_magnification:
         return ""
-    metrics = (
-        "accuracy",
-        "balanced_accuracy",
-        "precision",
-        "recall",
-        "specificity",
-        "f1",
-        "auc_roc",
-        "patient_recognition_rate",
-    )
+    metrics = (*BOOTSTRAP_METRICS, "patient_recognition_rate")
     header = ["magnification", "images", *(m.replace("_", " ") for m in metrics)]
 
     def order(name):

@@ -15,6 +15,7 @@ import numpy as np
 
 from bc_keras.config import config_values
 from bc_keras.errors import RunError
+from bc_keras.prepare.output import process_alive
 
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
@@ -108,7 +109,7 @@ class RunLock:
             pid, host, started = (self.path.read_text().split() + ["?", "?", "?"])[:3]
         except OSError:
             return
-        alive = host != socket.gethostname() or _process_alive(int(pid) if pid.isdigit() else -1)
+        alive = host != socket.gethostname() or process_alive(int(pid) if pid.isdigit() else -1)
         if alive:
             raise RunError(
                 f"{self.path.parent} is in use by another run (process {pid} on {host}, started "
@@ -121,18 +122,6 @@ class RunLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # Config keys a resumed run may change: they do not change what is trained.

@@ -45,26 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_paths(split_dir: Path, out: Path, overwrite: bool):
     """The split's split.csv records after refusing a missing split and a dangerous --out."""
-    from bc_keras.prepare.manifest import MANIFEST_NAME, read_manifest
-    from bc_keras.prepare.output import check_output_folder
+    from bc_keras.prepare.output import split_records_and_out
     from bc_keras.tfrecords import is_tfrecord_folder
 
-    if not split_dir.is_dir():
-        raise DataError(
-            f"SPLIT_DIR {split_dir} does not exist or is not a folder; pass a folder made by "
-            "data_tools/prepare_breakhis.py"
-        )
     if is_tfrecord_folder(split_dir):
         raise DataError(f"{split_dir} already holds TFRecords; pass the prepared image folder")
-    if not (split_dir / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"{split_dir} is not a prepared split (no {MANIFEST_NAME}); make one with "
-            "data_tools/prepare_breakhis.py"
-        )
-    records = read_manifest(split_dir / MANIFEST_NAME)
-    sources = {split_dir, *(Path(r.source).resolve().parent for r in records)}
-    check_output_folder(out, sources=sources, overwrite=overwrite)
-    return records
+    return split_records_and_out(split_dir, out, overwrite)
 
 
 def shard_count(paths, shards: int | None) -> int:

@@ -12,13 +12,7 @@ TITLE = "Baseline CNN"
 
 def run(config: CNNConfig) -> dict:
     """Trains, saves and evaluates the baseline CNN; returns the test metrics."""
-    with common.start_run(config) as run:
-        sets = common.classifier_data(
-            config,
-            PREPROCESS_RESCALE,
-            DEFAULT_INTERPOLATION,
-            train_files=common.labelled_files(config, run.write_dir),
-        )
+    with common.classifier_run(config, PREPROCESS_RESCALE, DEFAULT_INTERPOLATION) as (run, sets):
         with run.scope():
             model = models.build_baseline_cnn(
                 config.image_size,

@@ -3,6 +3,7 @@ keeping the best model over all of them, then save, evaluate and draw."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -51,6 +52,18 @@ class Run:
 
     def replicas(self) -> int:
         return self.strategy.num_replicas_in_sync
+
+    def callbacks(self, learning_rate: float, **options) -> list:
+        """`training.training_callbacks` of this run: written to its `write_dir`, restored
+        from its run folder, with the config's patience and resume."""
+        return training.training_callbacks(
+            self.write_dir,
+            restore_dir=self.run_dir,
+            patience=self.config.patience,
+            resume=self.config.resume,
+            learning_rate=learning_rate,
+            **options,
+        )
 
     def __enter__(self) -> Run:
         return self
@@ -144,6 +157,15 @@ class ClassifierData:
             shuffle=False,
         )
         return data.build_dataset(self.config.data, subset, files=files, **{**defaults, **options})
+
+
+@contextlib.contextmanager
+def classifier_run(config: ClassifierConfig, preprocess: str, interpolation: str):
+    """`start_run` and `classifier_data` (on the labelled training files) of a classifier:
+    `with classifier_run(config, preprocess, interpolation) as (run, sets):`."""
+    with start_run(config) as run:
+        train_files = labelled_files(config, run.write_dir)
+        yield run, classifier_data(config, preprocess, interpolation, train_files=train_files)
 
 
 def labelled_files(config: ClassifierConfig, run_dir: Path) -> data.SplitFiles:
@@ -256,13 +278,9 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
         phase.prepare()
         start_epoch = _resumed_epoch(run.run_dir / backup_name) if config.resume else 0
         train = training_dataset(config, sets, phase.number, start_epoch)
-        callbacks = training.training_callbacks(
-            run.write_dir,
-            restore_dir=run.run_dir,
-            patience=config.patience,
+        callbacks = run.callbacks(
+            phase.learning_rate,
             monitor=config.monitor,
-            learning_rate=phase.learning_rate,
-            resume=config.resume,
             phase=phase.number if numbered else None,
             backup_name=backup_name,
             initial_best=best_value,

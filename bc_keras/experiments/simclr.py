@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras import data, distribute, evaluation, models, plots, runs, simclr, training
+from bc_keras import data, distribute, evaluation, models, plots, runs, simclr
 from bc_keras.augment import SimCLRAugmentation
 from bc_keras.config import (
     ENCODER_NONE,
@@ -126,14 +126,7 @@ def pretrain(config: PretrainConfig) -> dict:
                     train,
                     validation_data=validation,
                     epochs=config.epochs,
-                    callbacks=training.training_callbacks(
-                        run.write_dir,
-                        restore_dir=run.run_dir,
-                        patience=config.patience,
-                        learning_rate=config.learning_rate,
-                        resume=config.resume,
-                        collapse_warning=False,
-                    ),
+                    callbacks=run.callbacks(config.learning_rate, collapse_warning=False),
                     shuffle=False,  # the pipeline shuffles the images itself
                     verbose=common.verbosity(),
                 )
@@ -232,13 +225,7 @@ def load_encoder(config: LinearConfig):
 def train_classifier(config: LinearConfig | FinetuneConfig) -> dict:
     """Linear evaluation (encoder frozen throughout) or fine-tuning (an optional frozen phase,
     then the encoder trains); saves and evaluates the classifier."""
-    with common.start_run(config) as run:
-        sets = common.classifier_data(
-            config,
-            PREPROCESS_RESCALE,
-            INTERPOLATION,
-            train_files=common.labelled_files(config, run.write_dir),
-        )
+    with common.classifier_run(config, PREPROCESS_RESCALE, INTERPOLATION) as (run, sets):
         print(f"encoder: {config.encoder}")
         with run.scope():
             model = simclr.build_classifier(load_encoder(config), config.image_size)

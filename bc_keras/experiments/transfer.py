@@ -12,13 +12,7 @@ DISPLAY_NAMES = {"resnet50": "ResNet50", "vgg16": "VGG16", "mobilenet": "MobileN
 
 def run(config: TransferConfig) -> dict:
     """Trains both phases, keeps the best model over them, saves and evaluates it."""
-    with common.start_run(config) as run:
-        sets = common.classifier_data(
-            config,
-            config.preprocess,
-            DEFAULT_INTERPOLATION,
-            train_files=common.labelled_files(config, run.write_dir),
-        )
+    with common.classifier_run(config, config.preprocess, DEFAULT_INTERPOLATION) as (run, sets):
         phase1_done = (
             config.resume
             and (run.run_dir / runs.BACKUP_DIR / common.PHASE_WEIGHTS.format(number=1)).is_file()

@@ -27,6 +27,7 @@ from bc_keras.prepare.layout import (
     checked_source_and_out,
     class_gaps,
     index_for_prepare,
+    place_image,
     skip_counts,
 )
 from bc_keras.prepare.manifest import (
@@ -68,13 +69,7 @@ class FoldsResult:
 def _fill_store(records, store: Path, source_kind: str, copy: bool, log: Log) -> None:
     store.mkdir()
     for count, record in enumerate(records, start=1):
-        destination = store / record.filename
-        if source_kind == "archive":
-            os.replace(record.source, destination)
-        elif copy:
-            shutil.copyfile(record.source, destination)
-        else:
-            os.symlink(record.source, destination)
+        place_image(record.source, store / record.filename, source_kind, copy)
         if count % PROGRESS_EVERY == 0:
             log(f"stored {count}/{len(records)} images ...")
 

@@ -54,15 +54,20 @@ def _materialize(records, staging: Path, source_kind: str, copy: bool, log: Log)
         for label in CLASS_NAMES:
             (staging / split / label).mkdir(parents=True, exist_ok=True)
     for count, record in enumerate(records, start=1):
-        destination = staging / manifest_path_of(record)
-        if source_kind == "archive":
-            os.replace(record.source, destination)
-        elif copy:
-            shutil.copyfile(record.source, destination)
-        else:
-            os.symlink(record.source, destination)
+        place_image(record.source, staging / manifest_path_of(record), source_kind, copy)
         if count % PROGRESS_EVERY == 0:
             log(f"placed {count}/{len(records)} images ...")
+
+
+def place_image(source, destination: Path, source_kind: str, copy: bool) -> None:
+    """Puts an image in a prepared folder: moved (extracted from an archive), copied, or an
+    absolute symbolic link to the source."""
+    if source_kind == "archive":
+        os.replace(source, destination)
+    elif copy:
+        shutil.copyfile(source, destination)
+    else:
+        os.symlink(source, destination)
 
 
 def checked_source_and_out(source, out, overwrite: bool) -> tuple[Path, Path]:

@@ -20,10 +20,9 @@ from bc_keras.prepare.manifest import (
     MANIFEST_NAME,
     SETTINGS_NAME,
     manifest_path_of,
-    read_manifest,
     write_manifest,
 )
-from bc_keras.prepare.output import check_output_folder, staged_output
+from bc_keras.prepare.output import split_records_and_out, staged_output
 from bc_keras.prepare.split import SPLIT_NAMES
 from bc_keras.stain import (
     METHOD_MACENKO,
@@ -72,26 +71,6 @@ def run_tasks(executor, function, tasks: list[tuple], progress: Progress) -> lis
         results[futures[future]] = future.result()
         progress.update(done)
     return results
-
-
-def check_paths(split_dir: Path, out: Path, overwrite: bool):
-    """The split's records after refusing a missing split and an unusable or dangerous --out."""
-    if not split_dir.is_dir():
-        raise DataError(
-            f"SPLIT_DIR {split_dir} does not exist or is not a folder; pass a folder made by "
-            "data_tools/prepare_breakhis.py"
-        )
-    if not (split_dir / MANIFEST_NAME).is_file():
-        raise DataError(
-            f"{split_dir} is not a prepared split (no {MANIFEST_NAME}); make one with "
-            "data_tools/prepare_breakhis.py"
-        )
-    records = read_manifest(split_dir / MANIFEST_NAME)
-    if not records:
-        raise DataError(f"{split_dir / MANIFEST_NAME} lists no image; prepare the split again")
-    sources = {split_dir, *(Path(r.source).resolve().parent for r in records)}
-    check_output_folder(out, sources=sources, overwrite=overwrite)
-    return records
 
 
 def choose_target(records, executor, log, tty):
@@ -151,7 +130,7 @@ def normalize_split(
     split_dir, out = Path(split_dir), Path(out)
     if workers < 1:
         raise DataError(f"--workers must be at least 1 (got {workers})")
-    records = check_paths(split_dir, out, overwrite)
+    records = split_records_and_out(split_dir, out, overwrite)
     executor = None
     try:
         with staged_output(out, log) as staging:

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bc_keras.errors import DataError
-from bc_keras.prepare.manifest import SETTINGS_NAME
+from bc_keras.prepare.manifest import MANIFEST_NAME, SETTINGS_NAME, read_manifest
 
 # A folder holding prepare.json was made by a bc_keras data tool (prepare or normalize).
 MADE_BY_TOOL = SETTINGS_NAME
@@ -72,7 +72,32 @@ def check_output_folder(
     return out
 
 
-def _alive(pid: int) -> bool:
+def split_records_and_out(split_dir, out, overwrite: bool = False) -> list:
+    """The records of a prepared split, after refusing a missing or empty split and an --out
+    that would destroy it or the images it links to."""
+    split_dir, out = Path(split_dir), Path(out)
+    if not split_dir.is_dir():
+        raise DataError(
+            f"SPLIT_DIR {split_dir} does not exist or is not a folder; pass a folder made by "
+            "data_tools/prepare_breakhis.py"
+        )
+    if not (split_dir / MANIFEST_NAME).is_file():
+        raise DataError(
+            f"{split_dir} is not a prepared split (no {MANIFEST_NAME}); make one with "
+            "data_tools/prepare_breakhis.py"
+        )
+    records = read_manifest(split_dir / MANIFEST_NAME)
+    if not records:
+        raise DataError(f"{split_dir / MANIFEST_NAME} lists no image; prepare the split again")
+    sources = {split_dir, *(Path(r.source).resolve().parent for r in records)}
+    check_output_folder(out, sources=sources, overwrite=overwrite)
+    return records
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this machine."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -91,7 +116,7 @@ def remove_stale_leftovers(out: Path, log=print) -> list[Path]:
         return removed
     for path in sorted(parent.iterdir()):
         match = _LEFTOVER.match(path.name)
-        if match is None or match["name"] != out.name or _alive(int(match["pid"])):
+        if match is None or match["name"] != out.name or process_alive(int(match["pid"])):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
