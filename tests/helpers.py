@@ -1,4 +1,5 @@
-"""Test helpers: loading the top-level scripts, and callbacks that capture or interrupt a run."""
+"""Test helpers: loading the top-level scripts and data tools, running a tool and checking its
+one-line errors, BreaKHis-named records, and callbacks that capture or interrupt a run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from bc_keras import training
+from bc_keras import cli, training
+from bc_keras.breakhis import SUBTYPES, parse_filename
+from bc_keras.prepare import ImageRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The unpatched builder: probes replace each other instead of piling up.
@@ -23,6 +26,46 @@ def load_script(name: str):
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
+
+
+def load_tool(name: str):
+    """Imports a data tool (data_tools/NAME.py) by path."""
+    path = REPO_ROOT / "data_tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"data_tools_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_tool(tool, argv, capsys):
+    """(exit code, stdout, stderr) of a tool's `main`, run as its script runs it."""
+    code = cli.run_script(tool.main, [str(a) for a in argv], interrupted=cli.NOTHING_WRITTEN)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    """Exit code 2 and one `error: ` line, the last one (warnings may come first), naming
+    every fragment."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
+    for fragment in fragments:
+        assert fragment in lines[-1], err
+
+
+def make_records(sizes_by_subtype):
+    """Records for patients of the given image counts, e.g. {"A": [10, 50], "DC": [5]}."""
+    records = []
+    for subtype, sizes in sizes_by_subtype.items():
+        label = SUBTYPES[subtype][0]
+        code = "B" if label == "benign" else "M"
+        for number, size in enumerate(sizes):
+            for sequence in range(size):
+                name = f"SOB_{code}_{subtype}-14-{1000 + number}-40-{sequence + 1:03d}.png"
+                parsed = parse_filename(name)
+                records.append(ImageRecord(name, name, label, subtype, parsed.patient, 40))
+    return records
 
 
 def training_state(model, callbacks) -> dict:

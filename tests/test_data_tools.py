@@ -1,7 +1,6 @@
 """End-to-end tests of the data_tools scripts on synthetic, archived, broken and real data."""
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -13,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_one_line_error, load_tool
+from helpers import run_tool as run
 from PIL import Image
 
-from bc_keras import cli
 from bc_keras.breakhis import archive_relative_path, parse_filename
 from bc_keras.prepare import layout, read_fold_file
 from bc_keras.synthetic import write_synthetic_tree
@@ -33,23 +33,10 @@ SPEC_TABLE = """\
 | Total | 2480 | 5429 | 7909 |"""
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"data_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 prepare = load_tool("prepare_breakhis")
 stats = load_tool("dataset_stats")
 audit = load_tool("audit_split")
 make_synthetic = load_tool("make_synthetic_breakhis")
-
-
-def run(tool, argv, capsys):
-    code = cli.run_script(tool.main, [str(a) for a in argv], interrupted=cli.NOTHING_WRITTEN)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def read_split_csv(directory):
@@ -403,15 +390,6 @@ def test_leftovers_of_a_killed_prepare_are_removed_and_reported(synthetic_tree, 
 
 
 # --------------------------------------------------------------------------------- bad inputs
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2
-    # Warnings may come first; the error itself is the last line and a single line.
-    lines = err.strip().splitlines()
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_missing_source(tmp_path, capsys):

@@ -1,7 +1,6 @@
 """Tests of cross-validation folds: patient-grouped K folds, official fold files, the shared image
 store with relative links, and the command line's checks."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -10,13 +9,13 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error, load_tool, make_records, run_tool
 from PIL import Image
 
 from bc_keras import cli
 from bc_keras.breakhis import CLASS_NAMES, SUBTYPES, parse_filename
 from bc_keras.errors import DataError
 from bc_keras.prepare import (
-    ImageRecord,
     folds,
     index_tree,
     patient_overlap,
@@ -76,28 +75,11 @@ TOP_KEYS = {
 }
 
 
-def load_tool(name):
-    spec = importlib.util.spec_from_file_location(f"data_tools_{name}", TOOLS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 prepare = load_tool("prepare_breakhis")
 
 
 def run(argv, capsys):
-    code = cli.run_script(prepare.main, [str(a) for a in argv], interrupted=cli.NOTHING_WRITTEN)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
-    for fragment in fragments:
-        assert fragment in lines[-1], err
+    return run_tool(prepare, argv, capsys)
 
 
 def fold_records(out, count=K):
@@ -135,20 +117,6 @@ def kfold_out(tree, tmp_path_factory):
     code = cli.run_script(prepare.main, [str(tree), "--out", str(out), "--folds", str(K)])
     assert code == 0
     return out
-
-
-def make_records(sizes_by_subtype):
-    """Records for patients of the given image counts, e.g. {"A": [10, 50], "DC": [5]}."""
-    records = []
-    for subtype, sizes in sizes_by_subtype.items():
-        label = SUBTYPES[subtype][0]
-        code = "B" if label == "benign" else "M"
-        for number, size in enumerate(sizes):
-            for sequence in range(size):
-                name = f"SOB_{code}_{subtype}-14-{1000 + number}-40-{sequence + 1:03d}.png"
-                parsed = parse_filename(name)
-                records.append(ImageRecord(name, name, label, subtype, parsed.patient, 40))
-    return records
 
 
 # ------------------------------------------------------------------------- the fold algorithm

@@ -2,7 +2,6 @@
 
 import contextlib
 import csv
-import importlib.util
 import io
 import json
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_tool
 from PIL import Image
 
 from bc_keras import cli
@@ -30,14 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL_PATH = REPO_ROOT / "data_tools" / "normalize_stains.py"
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("data_tools_normalize_stains", TOOL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+tool = load_tool("normalize_stains")
 
 
 def run(argv):

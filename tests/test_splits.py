@@ -5,17 +5,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import make_records
 from PIL import Image
 
 from bc_keras.breakhis import (
     MAGNIFICATIONS,
     OFFICIAL_PATIENT_COUNTS,
-    SUBTYPES,
     parse_filename,
 )
 from bc_keras.errors import DataError
 from bc_keras.prepare import (
-    ImageRecord,
     find_breast_root,
     index_tree,
     parse_magnifications,
@@ -29,20 +28,6 @@ from bc_keras.prepare import (
     write_manifest,
 )
 from bc_keras.synthetic import write_synthetic_tree
-
-
-def make_records(sizes_by_subtype, seed=0):
-    """Records for patients of the given image counts, e.g. {"A": [10, 50], "DC": [5]}."""
-    records = []
-    for subtype, sizes in sizes_by_subtype.items():
-        label = SUBTYPES[subtype][0]
-        code = "B" if label == "benign" else "M"
-        for number, size in enumerate(sizes):
-            for sequence in range(size):
-                filename = f"SOB_{code}_{subtype}-14-{1000 + number}-40-{sequence + 1:03d}.png"
-                parsed = parse_filename(filename)
-                records.append(ImageRecord(filename, filename, label, subtype, parsed.patient, 40))
-    return records
 
 
 def fractions(records):

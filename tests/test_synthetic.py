@@ -1,13 +1,12 @@
 """Tests of bc_keras.synthetic: the plan of names, determinism and the class signal."""
 
 import hashlib
-import importlib.util
 import time
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_tool
 from PIL import Image
 from scipy import ndimage
 from sklearn.linear_model import LogisticRegression
@@ -105,10 +104,7 @@ def test_synthetic_rejects_bad_modes():
 
 
 def test_make_synthetic_breakhis_difficulty_and_class_balance_flags(tmp_path, capsys):
-    path = Path(__file__).parents[1] / "data_tools" / "make_synthetic_breakhis.py"
-    spec = importlib.util.spec_from_file_location("make_synthetic_breakhis", path)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("make_synthetic_breakhis")
     common = ["--size", "8", "8", "--patients-per-subtype", "1", "--images-per-patient", "4"]
     assert tool.main(["--out", str(tmp_path / "default"), *common]) == 0
     assert "Wrote 96 synthetic images" in capsys.readouterr().out  # 32 benign + 64 malignant

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import assert_one_line_error, load_tool, run_tool
 
 from bc_keras import cli, data, tfrecords
 from bc_keras.breakhis import CLASS_NAMES
@@ -26,28 +26,11 @@ TOOL_PATH = REPO_ROOT / "data_tools" / "export_tfrecords.py"
 SHARDS = 3
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("data_tools_export_tfrecords", TOOL_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-export_tool = _load_tool()
+export_tool = load_tool("export_tfrecords")
 
 
 def run_export(argv, capsys):
-    code = cli.run_script(export_tool.main, [str(a) for a in argv], interrupted=cli.NOTHING_WRITTEN)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def assert_one_line_error(code, err, *fragments):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
-    for fragment in fragments:
-        assert fragment in lines[-1], err
+    return run_tool(export_tool, argv, capsys)
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from helpers import load_script
 
 from bc_keras import models, runs, training
 from bc_keras.experiments import common
@@ -18,18 +17,8 @@ from bc_keras.experiments import common
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_script(name: str):
-    """Imports a top-level script (not a package module) by path."""
-    spec = importlib.util.spec_from_file_location(f"script_{name}", REPO_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: dataclasses look their module up in sys.modules.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-train_simclr = _load_script("train_simclr")
-predict = _load_script("predict")
+train_simclr = load_script("train_simclr")
+predict = load_script("predict")
 
 # Tiny and quick, with views gentle enough that a few epochs of pretraining measurably help.
 PRETRAIN_FLAGS = [
