@@ -24,12 +24,12 @@ from bc_keras.data import (
     PipelineOptions,
     SplitFiles,
     files_dataset,
-    generator_from_files,
     list_split_files,
     simclr_dataset_from_files,
     tfdata_from_files,
 )
 from bc_keras.errors import ConfigError, DataError, UserError, one_line
+from bc_keras.generator import generator_from_files
 from bc_keras.inference import predict_files
 from bc_keras.models import build_baseline_cnn, compile_classifier, model_scope
 from bc_keras.resnet import build_resnet18
