@@ -23,6 +23,12 @@ CLASS_WEIGHTS = CLASS_WEIGHT_NONE, CLASS_WEIGHT_BALANCED = ("none", "balanced")
 MONITORS = MONITOR_LOSS, MONITOR_AUC = ("val_loss", "val_auc")
 THRESHOLD_METHODS = THRESHOLD_YOUDEN, THRESHOLD_BALANCED_ACCURACY = ("youden", "balanced_accuracy")
 PREPROCESS_RESCALE, PREPROCESS_BACKBONE, ENCODER_NONE = "rescale", "backbone", "none"
+# The keras.applications backbones of transfer learning (SPEC 4).
+BACKBONE_RESNET50, BACKBONE_VGG16, BACKBONE_MOBILENET = BACKBONES = (
+    "resnet50",
+    "vgg16",
+    "mobilenet",
+)
 GROUP_DATA, GROUP_MODEL, GROUP_TRAINING, GROUP_ROBUST = "data", "model", "training", "robust"
 GROUP_OUTPUTS, GROUP_EVALUATION = "outputs", "evaluation"
 
@@ -262,7 +268,12 @@ class TransferConfig(DenseHeadConfig, TwoPhaseConfig):
     model_out: str = "models/transfer_model_<backbone>_breast_cancer.h5"
     patience: int = 15
     backbone: str = option(
-        dataclasses.MISSING, "--backbone", "the ImageNet backbone", GROUP_MODEL, required=True
+        dataclasses.MISSING,
+        "--backbone",
+        "the ImageNet backbone",
+        GROUP_MODEL,
+        required=True,
+        choices=BACKBONES,
     )
     alpha: float = option(
         1.0,
@@ -296,6 +307,10 @@ class TransferConfig(DenseHeadConfig, TwoPhaseConfig):
         self.model_out = self.model_out.replace("<backbone>", self.backbone)
         self.phase1_epochs = self.phase1_epochs or self.epochs
         self.phase2_epochs = self.phase2_epochs or self.epochs
+        if self.backbone not in BACKBONES:
+            raise ConfigError(
+                f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}"
+            )
         if self.backbone != "mobilenet" and self.alpha != 1.0:
             raise ConfigError(
                 f"--alpha (the width multiplier) applies to mobilenet only; drop it for "

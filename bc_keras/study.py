@@ -20,7 +20,7 @@ from bc_keras.errors import ConfigError, UserError, one_line
 from bc_keras.prepare import SETTINGS_NAME, prepare_folds, prepare_split
 
 PROFILE_QUICK, PROFILE_FULL = PROFILES = ("quick", "full")
-BACKBONES = ("resnet50", "vgg16", "mobilenet")
+BACKBONES = configs.BACKBONES
 LABEL_FRACTIONS = (0.1, 0.25, 0.5)
 # Per profile: flags of every classifier, the two-phase and SimCLR settings, and the folds.
 SETTINGS = {

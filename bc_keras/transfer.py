@@ -10,13 +10,10 @@ from pathlib import Path
 
 import keras
 
+from bc_keras.config import BACKBONE_MOBILENET, BACKBONE_RESNET50, BACKBONE_VGG16, BACKBONES
 from bc_keras.errors import WeightsError
 from bc_keras.models import compile_classifier, model_scope, sigmoid_output
 
-BACKBONE_RESNET50 = "resnet50"
-BACKBONE_VGG16 = "vgg16"
-BACKBONE_MOBILENET = "mobilenet"
-BACKBONES = (BACKBONE_RESNET50, BACKBONE_VGG16, BACKBONE_MOBILENET)
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
 # The name of the backbone sub-model inside a transfer model.

@@ -9,6 +9,8 @@ import pytest
 from helpers import load_script, probe_callbacks
 
 from bc_keras import cli, models, runs, transfer
+from bc_keras.config import TransferConfig
+from bc_keras.errors import ConfigError
 from bc_keras.prepare import prepare_split
 from bc_keras.synthetic import write_synthetic_tree
 
@@ -74,6 +76,18 @@ def test_flags_resolve_phases_model_out_and_preprocess():
     )
     assert config.preprocess == "resnet50" and config.weights == "none"
     assert not config.freeze_batchnorm
+
+
+def test_an_unknown_backbone_is_one_line_before_anything_is_written(tmp_path, capsys):
+    argv = ["--backbone", "resnet99", "--data", str(tmp_path), "--run-dir", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as exited:
+        train_transfer.main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "invalid choice: 'resnet99'" in error and "'mobilenet'" in error
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet99'; choose one of resnet50"):
+        TransferConfig(backbone="resnet99", data="d")
 
 
 def test_offline_imagenet_weights_give_one_clear_error(tiny_split, tmp_path, monkeypatch, capsys):
