@@ -232,6 +232,9 @@ def _weights_argument(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(
             f"expected BACKBONE=PATH with BACKBONE one of {', '.join(BACKBONES)}, got {text}"
         )
+    if not Path(path).is_file():
+        # Refused now: a typo would otherwise cost the backbone's runs of a long study.
+        raise argparse.ArgumentTypeError(f"{path} (weights for {backbone}) does not exist")
     return backbone, path
 
 

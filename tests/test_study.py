@@ -1,0 +1,162 @@
+"""The study's orchestration (`python -m bc_keras.study`): its plan of runs, the skip lines for
+weights it cannot have, and idempotent, resumable execution. The runs themselves are the
+experiments' tests' business; here each step is a stand-in that records how it was called."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bc_keras import runs, study, transfer
+from bc_keras.config import CNNConfig, FinetuneConfig, PretrainConfig, TransferConfig
+from bc_keras.synthetic import write_synthetic_tree
+
+MOBILENET_WEIGHTS = "mobilenet_2_5_224_tf_no_top.h5"
+
+
+@pytest.fixture(autouse=True)
+def empty_keras_cache(tmp_path, monkeypatch):
+    """No backbone's weights in Keras' cache unless a test puts them there."""
+    (tmp_path / "keras_home").mkdir()  # an existing, writable home: Keras' fallback is /tmp
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+
+
+def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
+    steps = study.plan(tmp_path, study.PROFILE_QUICK, {}, seed=7)
+    names = [step.name for step in steps]
+    assert len(names) == len(set(names))
+    # CNN x 2 recipes + image split, 3 backbones x 3, SimCLR pretrain, 4 fine-tunes, 3 CNN
+    # label fractions, linear x 2, 2 folds x 2 recipes.
+    assert len(steps) == 3 + 9 + 1 + 4 + 3 + 2 + 4
+    produced = {}
+    for index, step in enumerate(steps):
+        config = study._config(step, tmp_path, resume=False)
+        assert isinstance(config, step.config_class)
+        assert config.seed == 7 and config.run_dir == str(tmp_path / "runs" / step.name)
+        produced[config.model_out] = index
+        for need in step.needs:
+            assert produced[str(need)] < index, f"{step.name} runs before {need} is made"
+    configs = {step.name: study._config(step, tmp_path, resume=False) for step in steps}
+    assert configs["cnn_report"].recipe == "report" and configs["cnn_robust"].recipe == "robust"
+    assert configs["cnn_report_image_split"].data == str(tmp_path / "data" / "image")
+    assert configs["cnn_robust_fold2"].data == str(tmp_path / "data" / "folds" / "fold_2")
+    assert configs["cnn_report_10pct"].label_fraction == 0.1
+    assert configs["simclr_finetune_25pct"].label_fraction == 0.25
+    assert configs["simclr_linear_random_encoder"].encoder == "none"
+    assert isinstance(configs["simclr_pretrain"], PretrainConfig)
+    assert isinstance(configs["simclr_finetune"], FinetuneConfig)
+    assert configs["cnn_report"].image_size == 48  # quick profile
+    full = study.plan(tmp_path, study.PROFILE_FULL, {}, seed=7)
+    assert sum(step.name.startswith("cnn_report_fold") for step in full) == 5
+    assert study._config(full[0], tmp_path, resume=False).image_size == 224  # the report's
+
+
+def test_backbones_without_weights_are_skipped_with_what_to_put_where(tmp_path):
+    weights = tmp_path / "mine.h5"
+    weights.write_bytes(b"stand-in")
+    steps = {
+        s.name: s for s in study.plan(tmp_path, study.PROFILE_QUICK, {"mobilenet": weights}, 1)
+    }
+    vgg = steps["transfer_vgg16_robust"]
+    assert vgg.skip.startswith("its ImageNet weights are not available offline")
+    assert "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5" in vgg.skip
+    assert "--weights vgg16=PATH" in vgg.skip
+    mobilenet = steps["transfer_mobilenet_report_image_split"]
+    assert mobilenet.skip == ""
+    config = study._config(mobilenet, tmp_path, resume=False)
+    assert isinstance(config, TransferConfig)
+    assert (config.weights, config.alpha, config.recipe) == (str(weights), 0.25, "report")
+    # Weights in Keras' cache are found without --weights.
+    cache = tmp_path / "keras_home" / "models"
+    cache.mkdir(parents=True)
+    expected = transfer.imagenet_weights_file("mobilenet", 224, 0.25).file_name
+    assert expected == MOBILENET_WEIGHTS
+    (cache / expected).write_bytes(b"stand-in")
+    steps = {s.name: s for s in study.plan(tmp_path, study.PROFILE_QUICK, {}, 1)}
+    assert steps["transfer_mobilenet_robust"].skip == ""
+
+
+def test_a_weights_path_that_does_not_exist_is_refused_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "study"
+    with pytest.raises(SystemExit) as exited:
+        study.main([str(tmp_path), "--out", str(out), "--weights", "mobilenet=/no/such.h5"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "/no/such.h5 (weights for mobilenet) does not exist" in error
+    assert not out.exists()
+
+
+def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, monkeypatch):
+    source = tmp_path / "tree"
+    write_synthetic_tree(source, patients_per_subtype=3, images_per_patient=1, size=(16, 12))
+    calls = []
+
+    def stand_in(step, out, log_file):
+        resume = study._state(out, step) == "interrupted"
+        config = study._config(step, out, resume)
+        calls.append((step.name, config.resume))
+        Path(config.model_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(config.model_out).write_bytes(b"model")
+        folder = out / "runs" / step.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / runs.METRICS_FILE).write_text(json.dumps({"accuracy": 1.0}))
+        return "finished"
+
+    reports = []
+    monkeypatch.setattr(study, "run_step", stand_in)
+    monkeypatch.setattr(
+        "bc_keras.report.build_report", lambda dirs, out: reports.append(out) or out
+    )
+    out = tmp_path / "study"
+    lines = []
+    assert study.run_study(source, out, log=lines.append) == []
+    planned = [s for s in study.plan(out, study.PROFILE_QUICK, {}, 42) if not s.skip]
+    assert [name for name, _ in calls] == [s.name for s in planned]
+    assert not any(resumed for _, resumed in calls)
+    assert sum("skipped: its ImageNet weights" in line for line in lines) == 9
+    assert any("about 0m00s left" in line for line in lines)
+    assert (out / "data" / "patient" / "split.csv").is_file()
+    assert (out / "data" / "folds" / "fold_2").is_dir()
+
+    # An interrupted run (its backup left behind, no metrics) is resumed; nothing else reruns.
+    interrupted = out / "runs" / "simclr_linear"
+    (interrupted / runs.METRICS_FILE).unlink()
+    (interrupted / runs.BACKUP_DIR).mkdir()
+    (interrupted / runs.BACKUP_DIR / "state").write_text("epoch 3")
+    calls.clear()
+    lines.clear()
+    assert study.run_study(source, out, log=lines.append) == []
+    assert calls == [("simclr_linear", True)]
+    assert sum(line.endswith("already finished") for line in lines) == len(planned) - 1
+    assert any(line.endswith("] simclr_linear: resuming ...") for line in lines)
+    assert len(reports) == 2
+
+
+def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkeypatch):
+    source = tmp_path / "tree"
+    write_synthetic_tree(source, patients_per_subtype=3, images_per_patient=1, size=(16, 12))
+
+    def stand_in(step, out, log_file):
+        if step.name == "simclr_pretrain":
+            return "failed: training diverged"
+        folder = out / "runs" / step.name
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / runs.METRICS_FILE).write_text("{}")
+        return "finished"
+
+    monkeypatch.setattr(study, "run_step", stand_in)
+    monkeypatch.setattr("bc_keras.report.build_report", lambda dirs, out: out)
+    problems = study.run_study(source, tmp_path / "study", log=lambda line: None)
+    names = [name for name, _ in problems]
+    assert names[0] == "simclr_pretrain"
+    # Every fine-tune and the SimCLR linear evaluation need the encoder; the rest ran.
+    assert set(names[1:]) == {
+        "simclr_finetune", "simclr_finetune_50pct", "simclr_finetune_25pct",
+        "simclr_finetune_10pct", "simclr_linear",
+    }  # fmt: skip
+    assert all(outcome.startswith("needs ") for _, outcome in problems[1:])
+    assert (tmp_path / "study" / "runs" / "cnn_robust_fold2" / runs.METRICS_FILE).is_file()
+    assert isinstance(study._config(study.plan(tmp_path, "quick", {}, 1)[0], tmp_path, False),
+                      CNNConfig)  # fmt: skip
