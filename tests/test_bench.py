@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from bc_keras import bench
+from bc_keras import bench, benchmarks, cli
 from bc_keras.errors import ConfigError
 
 SETTINGS_KEYS = {
@@ -55,7 +55,7 @@ def _check_ratios(result: dict, ratio: str, first: str, second: str) -> None:
 
 
 def _fails(capsys, argv) -> str:
-    assert bench.main(argv) == 2
+    assert cli.run_script(bench.main, argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
     (line,) = captured.err.strip().splitlines()
@@ -160,11 +160,11 @@ def test_simclr_benchmark_counts_pairs_and_images(synthetic_split, capsys):
 @pytest.mark.parametrize("model", bench.MODELS)
 def test_every_model_builds_with_its_preprocessing(model):
     settings = bench.BenchSettings(model=model, image_size=32)
-    classifier = bench.build_classifier_model(settings)
+    classifier = benchmarks.build_classifier_model(settings)
     outputs = classifier.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
     assert outputs.shape == (2, 1)
     expected = "rescale" if model in ("cnn", "resnet18") else model
-    assert bench._preprocess(model) == expected
+    assert benchmarks._preprocess(model) == expected
 
 
 @pytest.mark.parametrize("command", ["pipeline", "train", "infer", "simclr"])
@@ -190,4 +190,4 @@ def test_simclr_measures_only_the_resnet18_encoder(synthetic_split, capsys):
     assert exit_info.value.code == 2
     assert "invalid choice: 'cnn'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="resnet18"):
-        bench.benchmark_simclr(synthetic_split, bench.BenchSettings(model="cnn", steps=3))
+        benchmarks.benchmark_simclr(synthetic_split, bench.BenchSettings(model="cnn", steps=3))

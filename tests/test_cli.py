@@ -61,6 +61,26 @@ def test_a_script_starts_quietly_and_fails_in_one_line(tmp_path):
     ]
 
 
+@pytest.mark.slow
+def test_the_benchmark_starts_quietly_and_fails_in_one_line(tmp_path):
+    result = _run("-m", "bc_keras.bench", "infer", str(tmp_path), "--image-size", "32")
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and "not a prepared split" in line
+
+
+def test_benchmark_help_never_imports_tensorflow():
+    code = (
+        "import sys\n"
+        "from bc_keras import bench\n"
+        "try:\n    bench.main(['infer', '--help'])\n"
+        "except SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
+    )
+    result = _run("-c", code)
+    assert result.returncode == 0, result.stderr
+
+
 def test_preparing_data_never_imports_tensorflow():
     code = (
         "import sys, runpy\n"
