@@ -13,13 +13,11 @@ from bc_keras.errors import DataError
 from bc_keras.synthetic import (
     CLASS_BALANCE_BREAKHIS,
     CLASS_BALANCES,
-    DEFAULT_SIZE,
-    DIFFICULTIES,
-    DIFFICULTY_HARD,
     LAYOUT_BREAKHIS,
     LAYOUT_SMALL,
     write_synthetic_tree,
 )
+from bc_keras.tissue import DEFAULT_SIZE, DIFFICULTIES, DIFFICULTY_HARD
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=DIFFICULTY_HARD,
         help="hard: both classes share stain, brightness and nuclear area, so only morphology "
         "(nuclear size variation, shape, crowding) tells them apart and mean colour is near "
-        "chance (default); easy: malignant images are darker with more nuclei, so colour alone "
-        "separates the classes",
+        "chance (default); overlap: as hard, but the morphology follows a per-patient atypia "
+        "whose benign and malignant distributions overlap (some benign patients look atypical, "
+        "some carcinomas bland), so no model can be perfect; easy: malignant images are darker "
+        "with more nuclei, so colour alone separates the classes",
     )
     parser.add_argument(
         "--class-balance",

@@ -26,12 +26,16 @@ from bc_keras.breakhis import (
 from bc_keras.synthetic import (
     CLASS_BALANCE_BREAKHIS,
     CLASS_BALANCE_EQUAL,
-    DIFFICULTY_EASY,
-    DIFFICULTY_HARD,
-    generate_tissue_image,
-    sample_stain,
     synthetic_plan,
     write_synthetic_tree,
+)
+from bc_keras.tissue import (
+    DIFFICULTY_EASY,
+    DIFFICULTY_HARD,
+    DIFFICULTY_OVERLAP,
+    generate_tissue_image,
+    sample_atypia,
+    sample_stain,
 )
 
 # SHA-256 of the "easy" pixels, computed with the generator as it was before "hard" existed:
@@ -119,7 +123,7 @@ def test_make_synthetic_breakhis_difficulty_and_class_balance_flags(tmp_path, ca
 
 
 def test_synthetic_images_are_deterministic(tmp_path):
-    for difficulty in (DIFFICULTY_EASY, DIFFICULTY_HARD):
+    for difficulty in (DIFFICULTY_EASY, DIFFICULTY_HARD, DIFFICULTY_OVERLAP):
         first, again, other = (
             generate_tissue_image(
                 np.random.default_rng(seed), "malignant", "DC", 100, (64, 48), None, difficulty
@@ -237,6 +241,51 @@ def test_synthetic_hard_classes_share_nuclear_area_but_not_morphology():
     assert roc_auc_score(labels, variation["benign"] + variation["malignant"]) > 0.9
 
 
+def test_synthetic_overlap_morphology_follows_atypia_not_the_label():
+    # F (benign) and LC (malignant) share their stroma, so with one atypia, stain and random
+    # state the label changes nothing: the class acts only through the atypia.
+    stain = sample_stain(np.random.default_rng(3))
+    for atypia in (0.1, 0.5, 0.9):
+        benign, malignant = (
+            generate_tissue_image(
+                np.random.default_rng(5),
+                label,
+                subtype,
+                200,
+                (96, 64),
+                stain,
+                DIFFICULTY_OVERLAP,
+                atypia,
+            )  # fmt: skip
+            for label, subtype in (("benign", "F"), ("malignant", "LC"))
+        )
+        np.testing.assert_array_equal(benign, malignant)
+    # An atypical benign patient shows more nuclear size variation than a bland carcinoma.
+    variation = {}
+    for label, subtype, atypia in (("benign", "F", 0.95), ("malignant", "LC", 0.05)):
+        variation[label] = np.mean([
+            blob_size_variation(nucleus_mask(generate_tissue_image(
+                np.random.default_rng(seed), label, subtype, 200, (350, 230),
+                sample_stain(np.random.default_rng(seed)), DIFFICULTY_OVERLAP, atypia,
+            )))
+            for seed in range(6)
+        ])  # fmt: skip
+    assert variation["benign"] > 2 * variation["malignant"]
+
+
+def test_synthetic_overlap_atypia_of_the_classes_overlaps():
+    rng = np.random.default_rng(0)
+    benign = np.array([sample_atypia(rng, False) for _ in range(4000)])
+    malignant = np.array([sample_atypia(rng, True) for _ in range(4000)])
+    assert benign.min() >= 0 and malignant.max() <= 1
+    # Beta(2, 5) against Beta(5, 2): a malignant patient outranks a benign one with probability
+    # 1 - P(Beta(5, 2) < Beta(2, 5)) = 0.96 (numerical integration), so no model is perfect ...
+    auc = roc_auc_score(np.r_[np.zeros(4000), np.ones(4000)], np.r_[benign, malignant])
+    assert 0.94 < auc < 0.975
+    # ... and a tenth of each class is past the midpoint (1 - I_0.5(2, 5) = 0.109).
+    assert 0.08 < np.mean(benign > 0.5) < 0.14 and 0.08 < np.mean(malignant < 0.5) < 0.14
+
+
 def patient_dataset(difficulty, size, patients_per_subtype, seed=0):
     """Images (one per magnification) of `patients_per_subtype` patients per subtype, each patient
     with their own stain: (images, is_malignant, patient, patient index within its subtype)."""
@@ -273,10 +322,11 @@ def mean_colour_auc(difficulty, size):
 @pytest.mark.slow
 @pytest.mark.parametrize("size", [(48, 32), (224, 148)])
 def test_synthetic_mean_colour_separates_easy_but_not_hard(size):
-    # Measured (48x32 / 224x148): easy 0.99 / 0.99, hard 0.55 / 0.54; seeds 1-2: easy >= 0.96,
-    # hard 0.42-0.54.
+    # Measured (48x32 / 224x148): easy 0.99 / 0.99, hard 0.55 / 0.54, overlap 0.56 / 0.54;
+    # seeds 1-2: easy >= 0.96, hard 0.42-0.54.
     assert mean_colour_auc(DIFFICULTY_EASY, size) > 0.85
     assert mean_colour_auc(DIFFICULTY_HARD, size) <= 0.65
+    assert mean_colour_auc(DIFFICULTY_OVERLAP, size) <= 0.65
 
 
 @pytest.mark.slow
