@@ -69,11 +69,14 @@ def test_the_benchmark_starts_quietly_and_fails_in_one_line(tmp_path):
     assert line.startswith("error: ") and "not a prepared split" in line
 
 
-def test_benchmark_help_never_imports_tensorflow():
+@pytest.mark.parametrize(
+    ("module", "argv"), [("bench", ["infer", "--help"]), ("probe", ["--help"])]
+)
+def test_help_of_the_benchmark_and_the_probe_never_imports_tensorflow(module, argv):
     code = (
         "import sys\n"
-        "from bc_keras import bench\n"
-        "try:\n    bench.main(['infer', '--help'])\n"
+        f"from bc_keras import {module}\n"
+        f"try:\n    {module}.main({argv!r})\n"
         "except SystemExit:\n    pass\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TF imported'\n"
     )
