@@ -18,9 +18,14 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
 from bc_keras import cli
+from bc_keras.breakhis import describe_files
 from bc_keras.config import BACKBONES, PREPROCESS_BACKBONE, PREPROCESS_RESCALE
 from bc_keras.errors import ConfigError, DataError
+from bc_keras.metrics import compute_metrics
 
 SUBSETS_FITTED = ("train", "val")
 SUBSET_SCORED = "test"
@@ -32,7 +37,6 @@ PROBE_MAX_ITER = 5000
 def pooled_features(backbone, dataset) -> tuple:
     """`(features [n, channels], labels [n])` of an unshuffled `(images, labels)` dataset: the
     backbone's last feature map averaged over space, in inference mode."""
-    import numpy as np
     import tensorflow as tf
 
     @tf.function
@@ -48,8 +52,6 @@ def pooled_features(backbone, dataset) -> tuple:
 
 def fit_probe(features, labels, seed: int = 0):
     """The class-balanced logistic regression on the features."""
-    from sklearn.linear_model import LogisticRegression
-
     if len(set(labels.tolist())) < 2:
         raise DataError(
             "train + val hold one class only; a probe needs benign and malignant images"
@@ -77,8 +79,7 @@ def linear_probe(
         The test metrics (`metrics.compute_metrics`, threshold 0.5: the balanced class weights
         already centre it) plus the settings and the image counts.
     """
-    from bc_keras.data import build_dataset
-    from bc_keras.metrics import compute_metrics
+    from bc_keras.data import build_dataset  # TensorFlow
     from bc_keras.transfer import build_backbone
 
     model = build_backbone(backbone, image_size, weights=weights, alpha=alpha)
@@ -97,8 +98,6 @@ def linear_probe(
         )
         features, labels = pooled_features(model, dataset.data)
         data[subset] = (features, labels, dataset.paths)
-    import numpy as np
-
     fitted = [data[subset] for subset in SUBSETS_FITTED]
     probe = fit_probe(
         np.concatenate([f for f, _, _ in fitted]), np.concatenate([y for _, y, _ in fitted]), seed
@@ -107,8 +106,6 @@ def linear_probe(
     if len(labels) == 0:
         raise DataError(f"the test split of {split_dir} is empty; prepare a split with a test set")
     probabilities = probe.predict_proba(features)[:, 1]
-    from bc_keras.breakhis import describe_files
-
     patients, magnifications = describe_files(paths)
     result = compute_metrics(
         labels, probabilities, patients=patients, magnifications=magnifications
