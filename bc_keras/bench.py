@@ -12,15 +12,7 @@ import sys
 from dataclasses import fields
 
 from bc_keras import cli
-from bc_keras.config import (
-    BENCH_MODELS as MODELS,
-)
-from bc_keras.config import (
-    MODEL_CNN,
-    MODEL_RESNET18,
-    WARMUP_STEPS,
-    BenchSettings,
-)
+from bc_keras.config import BENCH_MODELS, MODEL_CNN, MODEL_RESNET18, WARMUP_STEPS, BenchSettings
 from bc_keras.errors import ConfigError
 
 # command -> (function in bc_keras.benchmarks, what it measures, default --model, its result line).
@@ -112,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
             description=f"Measures {summary}, alternating the two --repeats times in one "
             "process; the rates are medians.",
         )
-        models = [MODEL_RESNET18] if command == "simclr" else list(MODELS)
+        models = [MODEL_RESNET18] if command == "simclr" else list(BENCH_MODELS)
         benchmark.add_argument("--model", choices=models, default=default_model)
         benchmark.add_argument(
             "--steps",

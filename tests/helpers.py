@@ -1,5 +1,6 @@
 """Test helpers: loading the top-level scripts and data tools, running a tool and checking its
-one-line errors, BreaKHis-named records, and callbacks that capture or interrupt a run."""
+one-line errors, synthetic prepared splits, BreaKHis-named records, and callbacks that capture
+or interrupt a run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 
 from bc_keras import cli, training
 from bc_keras.breakhis import SUBTYPES, parse_filename
-from bc_keras.prepare import ImageRecord
+from bc_keras.prepare import ImageRecord, prepare_split
+from bc_keras.synthetic import write_synthetic_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The unpatched builder: probes replace each other instead of piling up.
@@ -52,6 +54,16 @@ def assert_one_line_error(code, err, *fragments):
     assert [line for line in lines if line.startswith("error: ")] == lines[-1:], err
     for fragment in fragments:
         assert fragment in lines[-1], err
+
+
+def make_split(tmp_path_factory, **tree) -> Path:
+    """A synthetic tree (`write_synthetic_tree` with `tree`, 48x32 px, seed 0 unless given)
+    prepared with the default patient split (seed 42, symbolic links); returns the split."""
+    root = tmp_path_factory.mktemp("tree")
+    write_synthetic_tree(root, **{"size": (48, 32), "seed": 0, **tree})
+    out = tmp_path_factory.mktemp("split") / "prepared"
+    prepare_split(root, out, seed=42)
+    return out
 
 
 def make_records(sizes_by_subtype):

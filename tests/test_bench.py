@@ -157,7 +157,7 @@ def test_simclr_benchmark_counts_pairs_and_images(synthetic_split, capsys):
     assert result["supervised_images"] == result["contrastive_pairs"] == IMAGES
 
 
-@pytest.mark.parametrize("model", bench.MODELS)
+@pytest.mark.parametrize("model", bench.BENCH_MODELS)
 def test_every_model_builds_with_its_preprocessing(model):
     settings = bench.BenchSettings(model=model, image_size=32)
     classifier = benchmarks.build_classifier_model(settings)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import load_tool
+from helpers import load_tool, make_split
 from PIL import Image
 
 from bc_keras import cli
-from bc_keras.prepare import normalize, prepare_split
+from bc_keras.prepare import normalize
 from bc_keras.stain import (
     METHOD_MACENKO,
     METHOD_REINHARD,
@@ -24,7 +24,6 @@ from bc_keras.stain import (
     read_rgb,
     tissue_brightness,
 )
-from bc_keras.synthetic import write_synthetic_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL_PATH = REPO_ROOT / "data_tools" / "normalize_stains.py"
@@ -53,11 +52,7 @@ def relative_pngs(folder):
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory):
     """96 images of 48x32 px, patient split, symbolic links to the synthetic tree."""
-    root = tmp_path_factory.mktemp("stain_tree")
-    write_synthetic_tree(root, patients_per_subtype=3, images_per_patient=1, size=(48, 32), seed=0)
-    out = tmp_path_factory.mktemp("stain_split") / "prepared"
-    prepare_split(root, out, seed=42)
-    return out
+    return make_split(tmp_path_factory, patients_per_subtype=3, images_per_patient=1)
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from helpers import assert_one_line_error
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
@@ -16,7 +17,6 @@ from bc_keras import cli, probe
 from bc_keras.data import build_dataset
 from bc_keras.errors import DataError
 from bc_keras.transfer import build_backbone
-from tests.helpers import assert_one_line_error
 
 SIZE = 32
 

@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from bc_keras import synthetic
 from bc_keras.breakhis import (
     MAGNIFICATIONS,
     OFFICIAL_IMAGE_COUNTS,
@@ -248,17 +249,11 @@ def test_synthetic_overlap_morphology_follows_atypia_not_the_label():
     for atypia in (0.1, 0.5, 0.9):
         benign, malignant = (
             generate_tissue_image(
-                np.random.default_rng(5),
-                label,
-                subtype,
-                200,
-                (96, 64),
-                stain,
-                DIFFICULTY_OVERLAP,
-                atypia,
-            )  # fmt: skip
+                np.random.default_rng(5), label, subtype, 200, (96, 64), stain,
+                DIFFICULTY_OVERLAP, atypia,
+            )
             for label, subtype in (("benign", "F"), ("malignant", "LC"))
-        )
+        )  # fmt: skip
         np.testing.assert_array_equal(benign, malignant)
     # An atypical benign patient shows more nuclear size variation than a bland carcinoma.
     variation = {}
@@ -284,6 +279,30 @@ def test_synthetic_overlap_atypia_of_the_classes_overlaps():
     assert 0.94 < auc < 0.975
     # ... and a tenth of each class is past the midpoint (1 - I_0.5(2, 5) = 0.109).
     assert 0.08 < np.mean(benign > 0.5) < 0.14 and 0.08 < np.mean(malignant < 0.5) < 0.14
+
+
+@pytest.mark.parametrize("difficulty", [DIFFICULTY_OVERLAP, DIFFICULTY_HARD])
+def test_a_synthetic_tree_gives_each_patient_one_atypia(tmp_path, monkeypatch, difficulty):
+    drawn = []
+
+    def record(rng, label, subtype, magnification, size, stain, difficulty, atypia=None):
+        drawn.append((label, stain, atypia))
+        return np.zeros((size[1], size[0], 3), np.uint8)
+
+    monkeypatch.setattr(synthetic, "generate_tissue_image", record)
+    paths = write_synthetic_tree(
+        tmp_path, patients_per_subtype=2, images_per_patient=2, size=(8, 8), difficulty=difficulty
+    )
+    patients = [parse_filename(path.name).patient for path in paths]
+    by_patient = {}
+    for patient, (label, stain, atypia) in zip(patients, drawn, strict=True):
+        by_patient.setdefault(patient, set()).add((label, stain, atypia))
+    assert len(by_patient) == 16 and all(len(seen) == 1 for seen in by_patient.values())
+    values = [next(iter(seen))[2] for seen in by_patient.values()]
+    if difficulty == DIFFICULTY_HARD:
+        assert values == [None] * 16  # the label alone sets the morphology
+    else:
+        assert len(set(values)) == 16 and all(0 <= value <= 1 for value in values)
 
 
 def patient_dataset(difficulty, size, patients_per_subtype, seed=0):

@@ -13,13 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import assert_one_line_error, load_tool, run_tool
+from helpers import assert_one_line_error, load_tool, make_split, run_tool
 
 from bc_keras import cli, data, tfrecords
 from bc_keras.breakhis import CLASS_NAMES
 from bc_keras.errors import DataError
-from bc_keras.prepare import prepare_split
-from bc_keras.synthetic import write_synthetic_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL_PATH = REPO_ROOT / "data_tools" / "export_tfrecords.py"
@@ -36,11 +34,7 @@ def run_export(argv, capsys):
 @pytest.fixture(scope="module")
 def split_dir(tmp_path_factory) -> Path:
     """A small prepared split: 8 subtypes x 2 patients x 4 magnifications x 1 image, 48x32 px."""
-    root = tmp_path_factory.mktemp("tree")
-    write_synthetic_tree(root, patients_per_subtype=2, images_per_patient=1, size=(48, 32), seed=0)
-    out = tmp_path_factory.mktemp("split") / "prepared"
-    prepare_split(root, out, seed=42)
-    return out
+    return make_split(tmp_path_factory, patients_per_subtype=2, images_per_patient=1)
 
 
 @pytest.fixture(scope="module")
