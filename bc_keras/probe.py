@@ -13,7 +13,6 @@ The command line imports TensorFlow only once its arguments are valid, so `--hel
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from bc_keras import cli
+from bc_keras import cli, runs
 from bc_keras.breakhis import describe_files
 from bc_keras.config import BACKBONES, PREPROCESS_BACKBONE, PREPROCESS_RESCALE
 from bc_keras.errors import ConfigError, DataError
@@ -82,12 +81,11 @@ def linear_probe(
     from bc_keras.data import build_dataset  # TensorFlow
     from bc_keras.transfer import build_backbone
 
-    model = build_backbone(backbone, image_size, weights=weights, alpha=alpha)
-    model.trainable = False
     chosen = backbone if preprocess == PREPROCESS_BACKBONE else PREPROCESS_RESCALE
-    data = {}
-    for subset in (*SUBSETS_FITTED, SUBSET_SCORED):
-        dataset = build_dataset(
+    # The data first: a folder that is not a prepared split (or a subset without a readable
+    # image) is refused before any weights are loaded.
+    datasets = {
+        subset: build_dataset(
             split_dir,
             subset,
             image_size=image_size,
@@ -96,6 +94,12 @@ def linear_probe(
             augment=False,
             shuffle=False,
         )
+        for subset in (*SUBSETS_FITTED, SUBSET_SCORED)
+    }
+    model = build_backbone(backbone, image_size, weights=weights, alpha=alpha)
+    model.trainable = False
+    data = {}
+    for subset, dataset in datasets.items():
         features, labels = pooled_features(model, dataset.data)
         data[subset] = (features, labels, dataset.paths)
     fitted = [data[subset] for subset in SUBSETS_FITTED]
@@ -103,8 +107,6 @@ def linear_probe(
         np.concatenate([f for f, _, _ in fitted]), np.concatenate([y for _, y, _ in fitted]), seed
     )
     features, labels, paths = data[SUBSET_SCORED]
-    if len(labels) == 0:
-        raise DataError(f"the test split of {split_dir} is empty; prepare a split with a test set")
     probabilities = probe.predict_proba(features)[:, 1]
     patients, magnifications = describe_files(paths)
     result = compute_metrics(
@@ -153,11 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not Path(args.data).is_dir():
-        raise DataError(
-            f"Data folder {args.data} does not exist; prepare one with "
-            "`python data_tools/prepare_breakhis.py SOURCE --out DIR`."
-        )
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be positive")
     from bc_keras.transfer import MIN_IMAGE_SIZE, check_backbone  # TensorFlow from here on
@@ -171,6 +168,8 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or not out.parent.is_dir()):
         raise DataError(f"--out {out} must be a file in an existing folder")
+    if out is not None and not os.access(out.parent, os.W_OK):
+        raise DataError(f"--out {out}: {out.parent} is not writable; choose another --out")
     cli.set_seed(args.seed)
     result = linear_probe(
         args.data,
@@ -188,9 +187,12 @@ def main(argv=None) -> int:
         f"balanced accuracy {result['balanced_accuracy']:.4f}, accuracy {result['accuracy']:.4f}"
     )
     if out is not None:
-        partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
-        partial.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(partial, out)
+        try:
+            runs.write_json(out, result)
+        except OSError as error:
+            raise DataError(
+                f"cannot write {out} ({error.strerror}); choose another --out"
+            ) from error
         print(f"wrote {out}")
     return 0
 

@@ -88,6 +88,8 @@ def test_the_probe_equals_keras_applications_features_and_sklearn(
         (["--weights", "missing.h5"], ("missing.h5",)),
         (["--backbone", "resnet50", "--alpha", "0.5", "--weights", "none"], ("alpha", "mobilenet")),
         (["--image-size", "16", "--weights", "none"], ("--image-size must be at least 32",)),
+        (["--weights", "none", "--out", "."], ("--out . must be a file in an existing folder",)),
+        (["--weights", "none", "--out", "no/such/folder/p.json"], ("an existing folder",)),
     ],
 )
 def test_bad_settings_are_one_line(synthetic_split, capsys, extra, fragments):
