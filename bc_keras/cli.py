@@ -138,6 +138,8 @@ def _default_text(config_class, field, options) -> str:
         return f" (default: {values})"
     if options.get("action") in ("store_true", "store_false"):
         return ""
+    if "(default:" in options.get("help", "") or field.default is None:
+        return ""  # the help says what an unset value means
     return f" (default: {field.default})"
 
 
@@ -150,7 +152,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
         if not options:
             continue
         flag, group = options.pop("flag"), options.pop("group")
-        help_text = options.pop("help") + _default_text(config_class, field, options)
+        help_text = options["help"] + _default_text(config_class, field, options)
+        options.pop("help")
         if group not in groups:
             groups[group] = parser.add_argument_group(_GROUP_TITLES[group])
         arguments = dict(dest=field.name, help=help_text.replace("%", "%%"))

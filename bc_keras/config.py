@@ -86,6 +86,8 @@ class RunConfig:
     """What every experiment has: data, sizes, epochs, seed, devices and outputs."""
 
     EXPERIMENT: ClassVar[str] = ""
+    # The smallest input side the experiment's model accepts (its downsampling).
+    MIN_IMAGE_SIZE: ClassVar[int] = 8
     experiment: str = ""
     recipe: str = option(
         RECIPE_REPORT,
@@ -138,6 +140,12 @@ class RunConfig:
 
     def __post_init__(self):
         self.experiment = self.EXPERIMENT
+        if self.image_size < self.MIN_IMAGE_SIZE:
+            raise ConfigError(
+                f"--image-size {self.image_size} is below the {self.MIN_IMAGE_SIZE} px this "
+                f"experiment's model needs (it downsamples {self.MIN_IMAGE_SIZE}x); pass "
+                f"--image-size {self.MIN_IMAGE_SIZE} or more"
+            )
 
     def run_name(self) -> str:
         """The folder name under runs/ for this experiment."""
@@ -261,6 +269,7 @@ class TransferConfig(DenseHeadConfig, TwoPhaseConfig):
     """Two-phase transfer learning from a keras.applications backbone (SPEC 4)."""
 
     EXPERIMENT: ClassVar[str] = "transfer"
+    MIN_IMAGE_SIZE: ClassVar[int] = 32
     FLAG_ALIASES: ClassVar[dict] = {
         "learning_rate": ("--lr1",),
         "finetune_learning_rate": ("--lr2",),
@@ -336,6 +345,7 @@ class PretrainConfig(RunConfig):
     """SimCLR contrastive pretraining of the ResNet-18 encoder (SPEC 4)."""
 
     EXPERIMENT: ClassVar[str] = "simclr_pretrain"
+    MIN_IMAGE_SIZE: ClassVar[int] = 32
     model_out: str = "models/simclr_resnet18_encoder.h5"
     batch_size: int = 96
     patience: int = 15
@@ -360,13 +370,28 @@ class PretrainConfig(RunConfig):
     jitter_strength: float = option(0.5, "--jitter-strength", "colour jitter strength s")
     blur_probability: float = option(0.5, "--blur-probability", "probability of a Gaussian blur")
 
+    def __post_init__(self):
+        super().__post_init__()
+        # NT-Xent contrasts each view with the 2N - 2 other views of the batch: N = 1 leaves
+        # none, and the loss is 0 whatever the encoder does.
+        if self.batch_size < 2:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} gives SimCLR no negatives (each view is "
+                "contrasted with the 2N-2 other views of its batch); pass --batch-size 2 or more "
+                "(the report uses 96)"
+            )
+
 
 @dataclass(kw_only=True)
 class LinearConfig(ClassifierConfig):
     """A Dense(1, sigmoid) head on a frozen SimCLR (or random) encoder: linear evaluation."""
 
     EXPERIMENT: ClassVar[str] = "simclr_linear"
-    model_out: str = "models/simclr_resnet18_breast_cancer.h5"
+    MIN_IMAGE_SIZE: ClassVar[int] = 32
+    # Each mode saves to its own default file, so the README's sequence (finetune, linear,
+    # linear without an encoder) keeps all three models.
+    model_out: str = "models/simclr_resnet18_linear_breast_cancer.h5"
+    RANDOM_ENCODER_MODEL_OUT: ClassVar[str] = "models/random_resnet18_linear_breast_cancer.h5"
     patience: int = 15
     encoder: str = option(
         "models/simclr_resnet18_encoder.h5",
@@ -376,12 +401,21 @@ class LinearConfig(ClassifierConfig):
         GROUP_MODEL,
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.encoder.lower() == ENCODER_NONE:
+            self.encoder = ENCODER_NONE
+            if self.model_out == type(self).__dataclass_fields__["model_out"].default:
+                self.model_out = self.RANDOM_ENCODER_MODEL_OUT
+
 
 @dataclass(kw_only=True)
 class FinetuneConfig(LinearConfig, TwoPhaseConfig):
     """The SimCLR encoder fine-tuned with a Dense(1, sigmoid) head, optionally frozen first."""
 
     EXPERIMENT: ClassVar[str] = "simclr_finetune"
+    model_out: str = "models/simclr_resnet18_breast_cancer.h5"
+    RANDOM_ENCODER_MODEL_OUT: ClassVar[str] = "models/random_resnet18_finetune_breast_cancer.h5"
     freeze_epochs: int = option(
         0, "--freeze-epochs", "epochs with the encoder frozen before it is fine-tuned"
     )

@@ -149,3 +149,59 @@ def test_cli_builds_a_config_from_flags_alone():
     )
     assert parsed.experiment == "simclr_linear" and parsed.label_fraction == 0.25
     assert parsed.encoder == "models/simclr_resnet18_encoder.h5"
+
+
+def _help_of(script, argv, capsys) -> str:
+    with pytest.raises(SystemExit):
+        script.parse_args([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    "script, argv",
+    [(train_cnn, []), (train_transfer, []), (train_simclr, ["pretrain"]),
+     (train_simclr, ["finetune"]), (train_simclr, ["linear"])],
+)  # fmt: skip
+def test_help_shows_each_default_once(script, argv, capsys):
+    text = _help_of(script, argv, capsys)
+    assert "(default: None)" not in text
+    # Each flag's help ends with at most one default, e.g. --run-dir's own sentence.
+    for flag_help in text.split(" --")[1:]:
+        assert flag_help.count("(default:") <= 1, flag_help
+
+
+@pytest.mark.parametrize(
+    "script, argv, smallest",
+    [(train_cnn, ["--image-size", "4"], 8),
+     (train_transfer, ["--backbone", "vgg16", "--image-size", "16"], 32),
+     (train_simclr, ["pretrain", "--image-size", "31"], 32),
+     (train_simclr, ["linear", "--image-size", "16"], 32)],
+)  # fmt: skip
+def test_an_image_size_below_the_models_minimum_is_a_config_error(script, argv, smallest):
+    with pytest.raises(ConfigError, match=f"--image-size {smallest} or more"):
+        script.parse_args([*argv[:1], "--data", "d", *argv[1:]] if script is train_simclr
+                          else ["--data", "d", *argv])  # fmt: skip
+
+
+def test_simclr_refuses_a_batch_without_negatives():
+    with pytest.raises(ConfigError, match="no negatives"):
+        train_simclr.parse_args(["pretrain", "--data", "d", "--batch-size", "1"])
+    assert train_simclr.parse_args(["pretrain", "--data", "d", "--batch-size", "2"]).batch_size == 2
+
+
+def test_each_simclr_mode_has_its_own_default_model_file():
+    outputs = [
+        train_simclr.parse_args(argv).model_out
+        for argv in (
+            ["pretrain", "--data", "d"],
+            ["finetune", "--data", "d"],
+            ["linear", "--data", "d"],
+            ["linear", "--data", "d", "--encoder", "none"],
+            ["finetune", "--data", "d", "--encoder", "none"],
+        )
+    ]
+    assert len(set(outputs)) == len(outputs), outputs
+    # A --model-out given is kept whatever the encoder.
+    given = train_simclr.parse_args(["linear", "--data", "d", "--encoder", "none", "--model-out",
+                                     "m.h5"])  # fmt: skip
+    assert given.model_out == "m.h5"
