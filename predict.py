@@ -57,7 +57,8 @@ def main(argv=None) -> int:
         raise RunError(
             f"--out {out} is a folder; name a .csv file (e.g. {out / 'predictions.csv'})"
         )
-    from bc_keras import inference, models
+    from bc_keras import models
+    from bc_keras.evaluation import inference
 
     model, metadata = models.load_model(args.model)
     if metadata.get("kind") != "classifier":

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bc_keras import simclr
+from bc_keras.models import simclr
 from bc_keras.config import (
     MODEL_CNN,
     MODEL_MOBILENET,
@@ -33,11 +33,11 @@ from bc_keras.data import (
     tfdata_from_files,
 )
 from bc_keras.errors import ConfigError, DataError, UserError, one_line
-from bc_keras.generator import generator_from_files
-from bc_keras.inference import predict_files
+from bc_keras.data.generator import generator_from_files
+from bc_keras.evaluation.inference import predict_files
 from bc_keras.models import build_baseline_cnn, compile_classifier, model_scope
-from bc_keras.resnet import build_resnet18
-from bc_keras.transfer import build_transfer_model
+from bc_keras.models.resnet import build_resnet18
+from bc_keras.models.transfer import build_transfer_model
 
 MOBILENET_ALPHA = 0.25
 LEARNING_RATE = 1e-3

@@ -21,10 +21,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from bc_keras import cli, runs
-from bc_keras.breakhis import describe_files
+from bc_keras.histology.breakhis import describe_files
 from bc_keras.config import BACKBONES, PREPROCESS_BACKBONE, PREPROCESS_RESCALE
 from bc_keras.errors import ConfigError, DataError
-from bc_keras.metrics import compute_metrics
+from bc_keras.evaluation.metrics import compute_metrics
 
 SUBSETS_FITTED = ("train", "val")
 SUBSET_SCORED = "test"
@@ -79,7 +79,7 @@ def linear_probe(
         already centre it) plus the settings and the image counts.
     """
     from bc_keras.data import build_dataset  # TensorFlow
-    from bc_keras.transfer import build_backbone
+    from bc_keras.models.transfer import build_backbone
 
     chosen = backbone if preprocess == PREPROCESS_BACKBONE else PREPROCESS_RESCALE
     # The data first: a folder that is not a prepared split (or a subset without a readable
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be positive")
-    from bc_keras.transfer import MIN_IMAGE_SIZE, check_backbone  # TensorFlow from here on
+    from bc_keras.models.transfer import MIN_IMAGE_SIZE, check_backbone  # TensorFlow from here on
 
     if args.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"--image-size must be at least {MIN_IMAGE_SIZE} for {args.backbone}")

@@ -66,7 +66,7 @@ def _weights_available(backbone: str, alpha: float, weights: dict) -> str:
     """'' when the backbone's ImageNet weights can be had offline, else why not."""
     if backbone in weights:
         return "" if Path(weights[backbone]).is_file() else f"{weights[backbone]} does not exist"
-    from bc_keras import transfer
+    from bc_keras.models import transfer
 
     expected = transfer.imagenet_weights_file(backbone, 224, alpha)
     cached = transfer.keras_models_dir() / expected.file_name

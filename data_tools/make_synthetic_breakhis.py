@@ -10,14 +10,14 @@ import time
 
 from bc_keras import cli
 from bc_keras.errors import DataError
-from bc_keras.synthetic import (
+from bc_keras.histology.synthetic import (
     CLASS_BALANCE_BREAKHIS,
     CLASS_BALANCES,
     LAYOUT_BREAKHIS,
     LAYOUT_SMALL,
     write_synthetic_tree,
 )
-from bc_keras.tissue import DEFAULT_SIZE, DIFFICULTIES, DIFFICULTY_HARD
+from bc_keras.histology.tissue import DEFAULT_SIZE, DIFFICULTIES, DIFFICULTY_HARD
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ import sys
 
 from bc_keras import cli
 from bc_keras.prepare.normalize import NORMALIZE_NAME, TARGET_RULE, normalize_split
-from bc_keras.stain import METHOD_MACENKO, NORMALIZATION_METHODS
+from bc_keras.histology.stain import METHOD_MACENKO, NORMALIZATION_METHODS
 
 
 def build_parser() -> argparse.ArgumentParser:

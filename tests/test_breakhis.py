@@ -2,7 +2,7 @@
 
 import pytest
 
-from bc_keras.breakhis import (
+from bc_keras.histology.breakhis import (
     OFFICIAL_IMAGE_COUNTS,
     OFFICIAL_PATIENT_COUNTS,
     OFFICIAL_TOTAL_IMAGES,

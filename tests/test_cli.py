@@ -87,7 +87,7 @@ def test_help_of_the_benchmark_and_the_probe_never_imports_tensorflow(module, ar
 def test_preparing_data_never_imports_tensorflow():
     code = (
         "import sys, runpy\n"
-        "import bc_keras.prepare, bc_keras.cli, bc_keras.images, bc_keras.errors\n"
+        "import bc_keras.prepare, bc_keras.cli, bc_keras.histology.images, bc_keras.errors\n"
         "sys.argv = ['prepare_breakhis.py', '--help']\n"
         "try:\n    runpy.run_path('data_tools/prepare_breakhis.py', run_name='__main__')\n"
         "except SystemExit:\n    pass\n"

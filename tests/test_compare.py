@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from bc_keras import compare
+from bc_keras.report import compare
 
 
 def _run(root, name, config, metrics=None):

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from bc_keras.decode import INTERPOLATIONS, decode_and_resize, resize_like_pil
+from bc_keras.data.decode import INTERPOLATIONS, decode_and_resize, resize_like_pil
 
 PIL_FILTERS = {
     "nearest": Image.NEAREST,

@@ -7,7 +7,11 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from bc_keras import gradcam, models, resnet, simclr, transfer
+from bc_keras import models
+from bc_keras.evaluation import gradcam
+from bc_keras.models import resnet
+from bc_keras.models import simclr
+from bc_keras.models import transfer
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sk
 
-from bc_keras import metrics
+from bc_keras.evaluation import metrics
 
 
 def test_patient_recognition_rate_hand_computed():

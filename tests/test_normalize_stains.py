@@ -16,7 +16,7 @@ from PIL import Image
 
 from bc_keras import cli
 from bc_keras.prepare import normalize
-from bc_keras.stain import (
+from bc_keras.histology.stain import (
     METHOD_MACENKO,
     METHOD_REINHARD,
     NORMALIZATION_METHODS,
@@ -249,7 +249,7 @@ def test_corrupt_image_and_interrupt_leave_nothing_behind(split_dir, tmp_path, m
 
 def _interrupt_after(count):
     """A `normalize_file` that raises KeyboardInterrupt (as Ctrl-C does) after `count` images."""
-    from bc_keras.stain import normalize_file
+    from bc_keras.histology.stain import normalize_file
 
     done = []
 

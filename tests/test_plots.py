@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bc_keras import plots
+from bc_keras.evaluation import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

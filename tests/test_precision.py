@@ -9,8 +9,10 @@ import pytest
 import tensorflow as tf
 from helpers import load_script
 
-from bc_keras import cli, models, simclr, transfer
-from bc_keras.resnet import build_resnet18
+from bc_keras import cli, models
+from bc_keras.models import simclr
+from bc_keras.models import transfer
+from bc_keras.models.resnet import build_resnet18
 
 SIZE = 32
 BUILDERS = {

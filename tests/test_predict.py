@@ -9,9 +9,12 @@ import pytest
 from helpers import load_script
 from PIL import Image
 
-from bc_keras import cli, gradcam, models, simclr, transfer
-from bc_keras.decode import decode_and_resize
-from bc_keras.resnet import build_resnet18
+from bc_keras import cli, models
+from bc_keras.evaluation import gradcam
+from bc_keras.models import simclr
+from bc_keras.models import transfer
+from bc_keras.data.decode import decode_and_resize
+from bc_keras.models.resnet import build_resnet18
 
 predict = load_script("predict")
 SIZE = 32

@@ -16,7 +16,7 @@ from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from bc_keras import cli, probe
 from bc_keras.data import build_dataset
 from bc_keras.errors import DataError
-from bc_keras.transfer import build_backbone
+from bc_keras.models.transfer import build_backbone
 
 SIZE = 32
 

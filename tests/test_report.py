@@ -1,5 +1,5 @@
 """The study report is rebuilt from run folders alone: its numbers equal metrics.json, its
-figures are PNGs, its tests equal bc_keras.statistics, and the same runs give the same bytes."""
+figures are PNGs, its tests equal bc_keras.evaluation.statistics, and the same runs give the same bytes."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ import pytest
 from PIL import Image
 from sklearn import metrics as sk
 
-from bc_keras import cli, report, statistics
-from bc_keras.breakhis import CLASS_NAMES, describe_files
-from bc_keras.metrics import FLAG_ALL_PREDICTED_MALIGNANT, bootstrap_by_patient, compute_metrics
-from bc_keras.report_figures import PNG_SIGNATURE
-from bc_keras.report_runs import read_predictions
-from bc_keras.report_tables import classification_report_text, p_value
+from bc_keras import cli, report
+from bc_keras.evaluation import statistics
+from bc_keras.histology.breakhis import CLASS_NAMES, describe_files
+from bc_keras.evaluation.metrics import FLAG_ALL_PREDICTED_MALIGNANT, bootstrap_by_patient, compute_metrics
+from bc_keras.report.figures import PNG_SIGNATURE
+from bc_keras.report.runs import read_predictions
+from bc_keras.report.tables import classification_report_text, p_value
 from bc_keras.runs import write_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

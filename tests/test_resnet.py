@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bc_keras.models import save_model
-from bc_keras.resnet import apply_basic_block, build_resnet18
+from bc_keras.models.resnet import apply_basic_block, build_resnet18
 
 # torchvision's resnet18 has 11,689,512 parameters, of which its 1000-way classifier holds
 # 512 * 1000 + 1000; what remains is the encoder's trainable weights.

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from helpers import load_script, probe_callbacks
 
-from bc_keras import cli, models, runs, transfer
+from bc_keras import cli, models, runs
+from bc_keras.models import transfer
 
 train_cnn = load_script("train_cnn")
 train_transfer = load_script("train_transfer")

@@ -18,9 +18,10 @@ import pytest
 from helpers import load_script
 from PIL import Image
 
-from bc_keras import cli, data, metrics, runs
+from bc_keras import cli, data, runs
+from bc_keras.evaluation import metrics
 from bc_keras.prepare import prepare_split
-from bc_keras.synthetic import write_synthetic_tree
+from bc_keras.histology.synthetic import write_synthetic_tree
 
 train_cnn = load_script("train_cnn")
 predict = load_script("predict")
@@ -215,7 +216,7 @@ def test_odd_images_are_refused_or_decoded_like_pil(split, tmp_path, capsys):
     x_generator = np.concatenate([generator.data[i][0] for i in range(generator.steps)])
     x_tfdata = np.concatenate([x.numpy() for x, _ in tfdata.data])
     np.testing.assert_array_equal(x_generator, x_tfdata)
-    from bc_keras.breakhis import describe_files
+    from bc_keras.histology.breakhis import describe_files
 
     patients, _ = describe_files(["SOB_B_A-14-99999-40-001.PNG"])
     assert patients == ["SOB_B_A-14-99999"]

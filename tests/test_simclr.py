@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from bc_keras.models import model_scope, save_model
 from bc_keras.prepare.subsets import label_fraction_indices
-from bc_keras.resnet import build_resnet18
-from bc_keras.simclr import (
+from bc_keras.models.resnet import build_resnet18
+from bc_keras.models.simclr import (
     NTXentLoss,
     build_classifier,
     build_projection_head,

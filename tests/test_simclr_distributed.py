@@ -115,7 +115,7 @@ def _loss_case(strategy) -> dict[str, np.ndarray]:
     batch of 6 split unevenly (4 + 2) to exercise the replica offsets."""
     import tensorflow as tf
 
-    from bc_keras.simclr import contrastive_accuracy, cross_replica_nt_xent, nt_xent_loss
+    from bc_keras.models.simclr import contrastive_accuracy, cross_replica_nt_xent, nt_xent_loss
 
     rng = np.random.default_rng(0)
     inputs_a = rng.normal(size=(6, 5)).astype(np.float32)
@@ -211,8 +211,8 @@ def _trainer_case(strategy, encoder_name: str) -> dict[str, np.ndarray]:
     import keras
     import tensorflow as tf
 
-    from bc_keras.resnet import build_resnet18
-    from bc_keras.simclr import SimCLRTrainer, build_projection_head, nt_xent_loss
+    from bc_keras.models.resnet import build_resnet18
+    from bc_keras.models.simclr import SimCLRTrainer, build_projection_head, nt_xent_loss
 
     resnet = encoder_name == "resnet18"
     image_size = 32 if resnet else 16

@@ -8,7 +8,7 @@ import pytest
 from helpers import make_records
 from PIL import Image
 
-from bc_keras.breakhis import (
+from bc_keras.histology.breakhis import (
     MAGNIFICATIONS,
     OFFICIAL_PATIENT_COUNTS,
     parse_filename,
@@ -27,7 +27,7 @@ from bc_keras.prepare import (
     validate_ratios,
     write_manifest,
 )
-from bc_keras.synthetic import write_synthetic_tree
+from bc_keras.histology.synthetic import write_synthetic_tree
 
 
 def fractions(records):

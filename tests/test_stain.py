@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bc_keras import stain
-from bc_keras.augment import hed_perturbation, random_hed_perturbation
+from bc_keras.histology import stain
+from bc_keras.data.augment import hed_perturbation, random_hed_perturbation
 from bc_keras.errors import DataError
 
 # Unit OD vectors of two stainings: the target's and another lab's (bluer H, redder E).
@@ -274,5 +274,5 @@ def test_stain_module_does_not_import_tensorflow():
     import subprocess
     import sys
 
-    code = "import sys, bc_keras.stain; assert 'tensorflow' not in sys.modules"
+    code = "import sys, bc_keras.histology.stain; assert 'tensorflow' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

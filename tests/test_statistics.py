@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 from sklearn import calibration
 from sklearn import metrics as sk
 
-from bc_keras import statistics
+from bc_keras.evaluation import statistics
 
 
 def test_brier_score_hand_computed_and_equals_sklearn():

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bc_keras import runs, study, transfer
+from bc_keras import runs, study
+from bc_keras.models import transfer
 from bc_keras.config import CNNConfig, FinetuneConfig, PretrainConfig, TransferConfig
-from bc_keras.synthetic import write_synthetic_tree
+from bc_keras.histology.synthetic import write_synthetic_tree
 
 MOBILENET_WEIGHTS = "mobilenet_2_5_224_tf_no_top.h5"
 

@@ -1,4 +1,4 @@
-"""Tests of bc_keras.synthetic: the plan of names, determinism and the class signal."""
+"""Tests of bc_keras.histology.synthetic: the plan of names, determinism and the class signal."""
 
 import hashlib
 import time
@@ -15,8 +15,8 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from bc_keras import synthetic
-from bc_keras.breakhis import (
+from bc_keras.histology import synthetic
+from bc_keras.histology.breakhis import (
     MAGNIFICATIONS,
     OFFICIAL_IMAGE_COUNTS,
     OFFICIAL_PATIENT_COUNTS,
@@ -24,13 +24,13 @@ from bc_keras.breakhis import (
     archive_relative_path,
     parse_filename,
 )
-from bc_keras.synthetic import (
+from bc_keras.histology.synthetic import (
     CLASS_BALANCE_BREAKHIS,
     CLASS_BALANCE_EQUAL,
     synthetic_plan,
     write_synthetic_tree,
 )
-from bc_keras.tissue import (
+from bc_keras.histology.tissue import (
     DIFFICULTY_EASY,
     DIFFICULTY_HARD,
     DIFFICULTY_OVERLAP,

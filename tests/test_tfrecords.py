@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 from helpers import assert_one_line_error, load_tool, make_split, run_tool
 
-from bc_keras import cli, data, tfrecords
-from bc_keras.breakhis import CLASS_NAMES
+from bc_keras import cli, data
+from bc_keras.data import tfrecords
+from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.errors import DataError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from bc_keras import models, transfer
+from bc_keras import models
+from bc_keras.models import transfer
 
 IMAGE_SIZE = 32
 KERAS3_NAMES = {"depthwise_kernel": "kernel"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bc_keras import models
 from bc_keras.config import PREPROCESS_RESCALE, CNNConfig
-from bc_keras.decode import DEFAULT_INTERPOLATION
+from bc_keras.data.decode import DEFAULT_INTERPOLATION
 from bc_keras.experiments import common
 
 TITLE = "Baseline CNN"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras import data, distribute, evaluation, models, runs, training
+from bc_keras import data, evaluation, models, runs, training
+from bc_keras.training import distribute
 from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig, RunConfig
 from bc_keras.errors import ConfigError, DataError, RunError
 from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
@@ -191,7 +192,7 @@ def classifier_data(
     """Lists and checks the three subsets before any training: a subset with one class or
     none stops the run here, not after hours of training."""
     if config.pipeline == data.PIPELINE_GENERATOR:
-        from bc_keras import tfrecords
+        from bc_keras.data import tfrecords
 
         tfrecords.check_pipeline(config.data, config.pipeline)
     train_files = train_files or data.list_split_files(config.data, data.SUBSET_TRAIN)

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras import data, distribute, evaluation, models, plots, runs, simclr
-from bc_keras.augment import SimCLRAugmentation
+from bc_keras import data, evaluation, models, runs
+from bc_keras.training import distribute
+from bc_keras.evaluation import plots
+from bc_keras.models import simclr
+from bc_keras.data.augment import SimCLRAugmentation
 from bc_keras.config import (
     ENCODER_NONE,
     PREPROCESS_RESCALE,
@@ -19,7 +22,7 @@ from bc_keras.config import (
 )
 from bc_keras.errors import ConfigError, DataError, ModelFileError
 from bc_keras.experiments import common
-from bc_keras.resnet import build_resnet18
+from bc_keras.models.resnet import build_resnet18
 
 KIND_ENCODER = "simclr_encoder"
 # Pretraining decodes with bilinear resizing; the classifier is fed the same way.
@@ -36,7 +39,7 @@ MEMORY_CACHE_BYTES = 4 << 30
 def pretraining_images(config: PretrainConfig):
     """The unlabelled training images (the split's train images, or --unlabeled sources) and
     the split's validation images, decoded as uint8: `((train, count), (val, count))`."""
-    from bc_keras import tfrecords
+    from bc_keras.data import tfrecords
 
     sources = config.unlabeled or [config.data]
     train, train_count = tfrecords.unlabeled_images(sources, config.image_size)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from bc_keras import runs, transfer
+from bc_keras import runs
+from bc_keras.models import transfer
 from bc_keras.config import TransferConfig
-from bc_keras.decode import DEFAULT_INTERPOLATION
+from bc_keras.data.decode import DEFAULT_INTERPOLATION
 from bc_keras.experiments import common
 
 DISPLAY_NAMES = {"resnet50": "ResNet50", "vgg16": "VGG16", "mobilenet": "MobileNet"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.errors import DataError, one_line
 from bc_keras.prepare.manifest import (
     MANIFEST_NAME,
@@ -24,7 +24,7 @@ from bc_keras.prepare.manifest import (
 )
 from bc_keras.prepare.output import split_records_and_out, staged_output
 from bc_keras.prepare.split import SPLIT_NAMES
-from bc_keras.stain import (
+from bc_keras.histology.stain import (
     METHOD_MACENKO,
     file_tissue_brightness,
     make_normalizer,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras.breakhis import parse_filename
+from bc_keras.histology.breakhis import parse_filename
 
 
 def label_fraction_indices(

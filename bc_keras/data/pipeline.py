@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bc_keras.augment import (
+from bc_keras.data.augment import (
     REPORT_AUGMENTATION,
     AffineAugmentation,
     SimCLRAugmentation,
@@ -24,11 +24,11 @@ from bc_keras.augment import (
     random_hed_perturbation,
     simclr_pair,
 )
-from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.config import PIPELINE_GENERATOR, PIPELINE_TFDATA, PIPELINES, PREPROCESS_RESCALE
-from bc_keras.decode import DEFAULT_INTERPOLATION, INTERPOLATIONS, decode_and_resize
+from bc_keras.data.decode import DEFAULT_INTERPOLATION, INTERPOLATIONS, decode_and_resize
 from bc_keras.errors import DataError
-from bc_keras.images import IMAGE_EXTENSIONS, check_images, describe_problems
+from bc_keras.histology.images import IMAGE_EXTENSIONS, check_images, describe_problems
 
 # Backbone name -> module of keras.applications whose preprocess_input it uses.
 BACKBONE_PREPROCESS_MODULES = {
@@ -375,7 +375,7 @@ def build_dataset(
         data = tfdata_from_files(files.paths, files.labels, options, cache=cache, epochs=epochs)
     else:
         directory = Path(split_dir) / subset if complete and not files.skipped else None
-        from bc_keras.generator import generator_from_files
+        from bc_keras.data.generator import generator_from_files
 
         data = generator_from_files(files.paths, files.labels, options, directory=directory)
     steps = int(np.ceil(len(files.paths) / batch_size))
@@ -416,8 +416,8 @@ def simclr_dataset_from_files(paths, *, image_size: int = 224, cache=True, **opt
 
 
 def _tfrecords_of(split_dir):
-    """`bc_keras.tfrecords` when `split_dir` is a TFRecord folder (see
+    """`bc_keras.data.tfrecords` when `split_dir` is a TFRecord folder (see
     data_tools/export_tfrecords.py), else None."""
-    from bc_keras import tfrecords  # it builds on this module
+    from bc_keras.data import tfrecords# it builds on this module
 
     return tfrecords if tfrecords.is_tfrecord_folder(split_dir) else None

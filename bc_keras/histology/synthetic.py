@@ -1,5 +1,5 @@
 """Synthetic H&E-like tissue images in a BreaKHis_v1-shaped tree, for demos and tests only (the
-images themselves come from `bc_keras.tissue`)."""
+images themselves come from `bc_keras.histology.tissue`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bc_keras.breakhis import (
+from bc_keras.histology.breakhis import (
     MAGNIFICATIONS,
     OFFICIAL_IMAGE_COUNTS,
     OFFICIAL_PATIENT_COUNTS,
@@ -17,7 +17,7 @@ from bc_keras.breakhis import (
     BreaKHisName,
     archive_relative_path,
 )
-from bc_keras.tissue import (
+from bc_keras.histology.tissue import (
     DEFAULT_SIZE,
     DIFFICULTY_HARD,
     DIFFICULTY_OVERLAP,

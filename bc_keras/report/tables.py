@@ -6,11 +6,11 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from bc_keras import statistics
-from bc_keras.metrics import BOOTSTRAP_METRICS
+from bc_keras.evaluation import statistics
+from bc_keras.evaluation.metrics import BOOTSTRAP_METRICS
 from bc_keras.prepare.split import SPLIT_IMAGE
-from bc_keras.report_runs import ENCODER_PRETRAINED, ModelKey, Run
-from bc_keras.report_sets import EvaluationSet
+from bc_keras.report.runs import ENCODER_PRETRAINED, ModelKey, Run
+from bc_keras.report.sets import EvaluationSet
 
 DECIMALS = 3
 CALIBRATION_BINS = 10

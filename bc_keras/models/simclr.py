@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 
 from bc_keras.models import sigmoid_output
-from bc_keras.resnet import EMBEDDING_DIM, ENCODER_NAME
+from bc_keras.models.resnet import EMBEDDING_DIM, ENCODER_NAME
 
 DEFAULT_TEMPERATURE = 0.5
 PROJECTION_HIDDEN_DIM = 256

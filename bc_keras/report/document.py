@@ -11,14 +11,14 @@ from pathlib import Path
 
 from bc_keras import cli
 from bc_keras.errors import DataError, RunError
-from bc_keras.report_claims import (
+from bc_keras.report.claims import (
     comparison_lines,
     label_efficiency_lines,
     leak_lines,
     linear_lines,
     published_reference,
 )
-from bc_keras.report_figures import (
+from bc_keras.report.figures import (
     CLASSIFIER_FIGURES,
     FIGURES_DIR,
     PRETRAIN_FIGURES,
@@ -27,9 +27,9 @@ from bc_keras.report_figures import (
     overlays,
     reliability,
 )
-from bc_keras.report_runs import KIND_PRETRAIN, Run, find_runs
-from bc_keras.report_sets import EvaluationSet, Model, evaluation_sets
-from bc_keras.report_tables import (
+from bc_keras.report.runs import KIND_PRETRAIN, Run, find_runs
+from bc_keras.report.sets import EvaluationSet, Model, evaluation_sets
+from bc_keras.report.tables import (
     CALIBRATION_BINS,
     calibration_table,
     classification_report_text,

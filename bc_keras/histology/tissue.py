@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from bc_keras.breakhis import MAGNIFICATIONS, SUBTYPES
+from bc_keras.histology.breakhis import MAGNIFICATIONS, SUBTYPES
 
 DEFAULT_SIZE = (700, 460)
 DIFFICULTY_EASY = "easy"

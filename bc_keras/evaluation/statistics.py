@@ -9,7 +9,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as sk
 
-from bc_keras.metrics import validate_binary_inputs
+from bc_keras.evaluation.metrics import validate_binary_inputs
 
 
 def _probabilities_in_unit_interval(labels, probabilities):

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras import plots
-from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.evaluation import plots
+from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.errors import UserError, one_line
-from bc_keras.report_runs import Run, locate, same_folder
-from bc_keras.report_sets import EvaluationSet
+from bc_keras.report.runs import Run, locate, same_folder
+from bc_keras.report.sets import EvaluationSet
 from bc_keras.runs import HISTORY_FILE, read_history
 
 FIGURES_DIR = "figures"
@@ -222,7 +222,9 @@ def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
     import keras
     import tensorflow as tf
 
-    from bc_keras import data, decode, gradcam, models
+    from bc_keras import data, models
+    from bc_keras.data import decode
+    from bc_keras.evaluation import gradcam
 
     path = figures.folder(run.name) / "gradcam.png"
     try:

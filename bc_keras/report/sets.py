@@ -10,7 +10,7 @@ from pathlib import PurePath
 import numpy as np
 
 from bc_keras.prepare.folds import FOLD_KIND_OFFICIAL
-from bc_keras.report_runs import KIND_CLASSIFIER, ModelKey, Run
+from bc_keras.report.runs import KIND_CLASSIFIER, ModelKey, Run
 
 
 @dataclass

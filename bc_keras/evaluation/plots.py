@@ -14,7 +14,7 @@ import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn import metrics as sk  # noqa: E402
 
-from bc_keras.breakhis import CLASS_NAMES  # noqa: E402
+from bc_keras.histology.breakhis import CLASS_NAMES  # noqa: E402
 
 
 def _save(figure, path) -> Path:
@@ -244,7 +244,7 @@ def plot_reliability_diagram(
         curves: model name -> (labels, probabilities of malignant).
         bins: the number of equal-width probability bins.
     """
-    from bc_keras.statistics import expected_calibration_error, reliability_curve
+    from bc_keras.evaluation.statistics import expected_calibration_error, reliability_curve
 
     curves = _checked_curves(curves)
     figure, axis = plt.subplots(figsize=(5, 4.5))

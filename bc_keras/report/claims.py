@@ -6,19 +6,19 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from bc_keras import statistics
+from bc_keras.evaluation import statistics
 from bc_keras.prepare.folds import FOLD_KIND_OFFICIAL
 from bc_keras.prepare.split import SPLIT_IMAGE, SPLIT_PATIENT
-from bc_keras.report_figures import Figures, label_efficiency
-from bc_keras.report_runs import (
+from bc_keras.report.figures import Figures, label_efficiency
+from bc_keras.report.runs import (
     ENCODER_PRETRAINED,
     ENCODER_RANDOM,
     KIND_CLASSIFIER,
     ModelKey,
     Run,
 )
-from bc_keras.report_sets import EvaluationSet, Model, shared_predictions
-from bc_keras.report_tables import (
+from bc_keras.report.sets import EvaluationSet, Model, shared_predictions
+from bc_keras.report.tables import (
     PUBLISHED,
     PUBLISHED_DROP_AT_10_PERCENT,
     PUBLISHED_LINEAR,

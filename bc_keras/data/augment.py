@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from bc_keras.stain import (
+from bc_keras.histology.stain import (
     HED_FROM_RGB,
     INCIDENT_INTENSITY,
     INTENSITY_OFFSET,
@@ -247,7 +247,7 @@ def simclr_pair(image, seed, image_size: int, augmentation: SimCLRAugmentation):
 def hed_perturbation(images, alpha, beta):
     """Tellez et al. (2018) HED stain perturbation of a batch, `s_c' = alpha_c * s_c + beta_c`.
 
-    The TensorFlow twin of `bc_keras.stain.hed_perturbation_numpy`, with the same OD
+    The TensorFlow twin of `bc_keras.histology.stain.hed_perturbation_numpy`, with the same OD
     convention (`OD = -ln((I + 1) / 256)`) and the same Ruifrok & Johnston matrices.
 
     Args:
@@ -272,7 +272,7 @@ def random_hed_perturbation(images, seed, strength: float):
     """Applies an independent random HED perturbation to every image of a float batch.
 
     Per image and stain, alpha ~ U(1 - strength, 1 + strength) and beta ~ U(-strength,
-    strength), drawn with stateless ops, as in `bc_keras.stain.StainAugmentation`.
+    strength), drawn with stateless ops, as in `bc_keras.histology.stain.StainAugmentation`.
 
     Args:
         images: float tensor `[batch, height, width, 3]` of RGB values in [0, 255].

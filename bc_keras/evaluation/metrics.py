@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn import metrics as sk
 
-from bc_keras.breakhis import CLASS_NAMES
+from bc_keras.histology.breakhis import CLASS_NAMES
 
 FLAG_ONLY_BENIGN = "only benign images"
 FLAG_ONLY_MALIGNANT = "only malignant images"

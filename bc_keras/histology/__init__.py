@@ -1,0 +1,2 @@
+"""TensorFlow-free domain knowledge of breast histology: BreaKHis names, image checks, H&E stain
+maths and synthetic tissue."""

@@ -1,0 +1,15 @@
+"""The report regenerated from run folders (`python -m bc_keras.report`): the document, claims,
+figures, runs, evaluation sets, tables and the comparison table."""
+
+
+_SUBMODULES = {"claims", "compare", "document", "figures", "runs", "sets", "tables"}
+
+
+def __getattr__(name: str):
+    # Light on import (compare and the tables need no TensorFlow): the document's names
+    # (build_report, main, ...) are looked up on first use.
+    if name.startswith("__") or name in _SUBMODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from bc_keras.report import document
+
+    return getattr(document, name)
