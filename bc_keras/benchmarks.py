@@ -12,10 +12,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bc_keras.backbones import get_backbone
 from bc_keras.models import simclr
 from bc_keras.config import (
     MODEL_CNN,
-    MODEL_MOBILENET,
     MODEL_RESNET18,
     WARMUP_STEPS,
     BenchSettings,
@@ -39,7 +39,6 @@ from bc_keras.models import build_baseline_cnn, compile_classifier, model_scope
 from bc_keras.models.resnet import build_resnet18
 from bc_keras.models.transfer import build_transfer_model
 
-MOBILENET_ALPHA = 0.25
 LEARNING_RATE = 1e-3
 # Single-image predictions timed for the batch-1 latency (the median is reported).
 LATENCY_REPEATS = 10
@@ -168,7 +167,8 @@ def build_classifier_model(settings: BenchSettings) -> keras.Model:
             encoder = build_resnet18(settings.image_size)
             model = simclr.build_classifier(encoder, settings.image_size)
         else:
-            alpha = MOBILENET_ALPHA if settings.model == MODEL_MOBILENET else 1.0
+            # The narrowest width a backbone with a width multiplier has weights for.
+            alpha = get_backbone(settings.model).smallest_alpha
             model = build_transfer_model(
                 settings.model, settings.image_size, weights=None, alpha=alpha
             )

@@ -197,16 +197,14 @@ def experiment_entry(config_class, description: str):
 
 def config_from_args(config_class, args: argparse.Namespace, **values):
     """Builds a config from parsed flags (fields without a flag keep their default, or take
-    `values`), then fills the recipe's values into the fields left unset."""
+    `values`); the config fills the recipe's values into the fields left unset."""
     fields = {}
     for field in dataclasses.fields(config_class):
         if field.name in values:
             fields[field.name] = values[field.name]
         elif hasattr(args, field.name) and field.init:
             fields[field.name] = getattr(args, field.name)
-    config = config_class(**fields)
-    config.resolve_recipe()
-    return config
+    return config_class(**fields)
 
 
 def quiet_start() -> bool:

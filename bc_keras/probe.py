@@ -1,5 +1,5 @@
 """The frozen-feature baseline of transfer learning (a linear probe):
-`python -m bc_keras.probe --data SPLIT --backbone mobilenet --alpha 0.25 --weights FILE`.
+`python -m bc_keras.probe --data SPLIT --backbone NAME [--alpha A] --weights FILE`.
 
 A keras.applications backbone with its ImageNet weights, frozen; the global-average-pooled
 features of every un-augmented image; a class-balanced logistic regression (scikit-learn's

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,28 +17,30 @@ from pathlib import Path
 
 from bc_keras import cli
 from bc_keras import config as configs
+from bc_keras.backbones import get_backbone
 from bc_keras.errors import ConfigError, UserError, one_line
 from bc_keras.prepare import SETTINGS_NAME, prepare_folds, prepare_split
 
 PROFILE_QUICK, PROFILE_FULL = PROFILES = ("quick", "full")
 BACKBONES = configs.BACKBONES
 LABEL_FRACTIONS = (0.1, 0.25, 0.5)
-# Per profile: flags of every classifier, the two-phase and SimCLR settings, and the folds.
+# Per profile: config values of every classifier, the two-phase and SimCLR settings, the
+# backbones' width, and the folds; the full profile keeps the report's values.
 SETTINGS = {
     PROFILE_QUICK: {
-        "classifier": ["--image-size", "48", "--batch-size", "16", "--epochs", "12"],
-        "transfer": ["--phase1-epochs", "6", "--phase2-epochs", "4"],
-        "mobilenet_alpha": "0.25",
-        "pretrain": ["--image-size", "48", "--batch-size", "32", "--epochs", "12"],
-        "finetune": ["--freeze-epochs", "2"],
+        "classifier": dict(image_size=48, batch_size=16, epochs=12),
+        "transfer": dict(phase1_epochs=6, phase2_epochs=4),
+        "smallest_alpha": True,
+        "pretrain": dict(image_size=48, batch_size=32, epochs=12),
+        "finetune": dict(freeze_epochs=2),
         "folds": 2,
     },
     PROFILE_FULL: {
-        "classifier": [],
-        "transfer": [],
-        "mobilenet_alpha": "1.0",
-        "pretrain": [],
-        "finetune": ["--freeze-epochs", "5"],
+        "classifier": {},
+        "transfer": {},
+        "smallest_alpha": False,
+        "pretrain": {},
+        "finetune": dict(freeze_epochs=5),
         "folds": 5,
     },
 }
@@ -45,20 +48,23 @@ SETTINGS = {
 
 @dataclass
 class Step:
-    """One training run of the study: its name (and run folder), config and what it needs."""
+    """One training run of the study: its name (and run folder), its config (built, and so
+    validated, when the plan is made) and what it needs."""
 
     name: str
-    config_class: type
-    argv: list[str]
+    config: configs.RunConfig
     needs: list[Path] = field(default_factory=list)
     skip: str = ""
 
+    @property
+    def config_class(self) -> type:
+        return type(self.config)
+
 
 def _config(step: Step, out: Path, resume: bool):
-    parser = cli.build_parser(step.config_class, "")
-    argv = [*step.argv, "--run-dir", str(out / "runs" / step.name)]
-    return cli.config_from_args(
-        step.config_class, parser.parse_args(argv + (["--resume"] * resume))
+    """The step's config, run in `out/runs/<name>`, resuming or not."""
+    return dataclasses.replace(
+        step.config, run_dir=str(out / "runs" / step.name), resume=resume
     )
 
 
@@ -79,62 +85,51 @@ def _weights_available(backbone: str, alpha: float, weights: dict) -> str:
 
 
 def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
-    """Every run of the study, in an order where each run's inputs come before it."""
+    """Every run of the study, in an order where each run's inputs come before it. Each config
+    is built here, so a setting that does not work stops the study before anything runs."""
     settings = SETTINGS[profile]
     data = {name: str(out / "data" / name) for name in ("patient", "image")}
     models_dir = out / "models"
-    base = ["--seed", str(seed)]
-    classifier = base + settings["classifier"]
+    classifier = dict(seed=seed, **settings["classifier"])
     steps: list[Step] = []
 
-    def model_out(name):
-        return ["--model-out", str(models_dir / f"{name}.h5")]
+    def add(name, config_class, needs=(), skip="", **values):
+        values.setdefault("model_out", str(models_dir / f"{name}.h5"))
+        config = config_class(run_dir=str(out / "runs" / name), **values)
+        steps.append(Step(name, config, list(needs), skip))
 
     for recipe in configs.RECIPES:
-        name = f"cnn_{recipe}"
-        argv = ["--data", data["patient"], "--recipe", recipe, *classifier, *model_out(name)]
-        steps.append(Step(name, configs.CNNConfig, argv))
-    steps.append(
-        Step("cnn_report_image_split", configs.CNNConfig,
-             ["--data", data["image"], *classifier, *model_out("cnn_report_image_split")])
-    )  # fmt: skip
+        add(f"cnn_{recipe}", configs.CNNConfig, data=data["patient"], recipe=recipe, **classifier)
+    add("cnn_report_image_split", configs.CNNConfig, data=data["image"], **classifier)
     for backbone in BACKBONES:
-        transfer = [*classifier, "--backbone", backbone, *settings["transfer"]]
-        alpha = float(settings["mobilenet_alpha"]) if backbone == "mobilenet" else 1.0
-        if alpha != 1.0:
-            transfer += ["--alpha", settings["mobilenet_alpha"]]
+        # Quick: the narrowest width of a backbone with a width multiplier; full: 1.0.
+        alpha = get_backbone(backbone).smallest_alpha if settings["smallest_alpha"] else 1.0
+        transfer = dict(classifier, backbone=backbone, alpha=alpha, **settings["transfer"])
         if backbone in weights:
-            transfer += ["--weights", str(weights[backbone])]
+            transfer["weights"] = str(weights[backbone])
         reason = _weights_available(backbone, alpha, weights)
         for recipe, split in (("report", "patient"), ("robust", "patient"), ("report", "image")):
             name = f"transfer_{backbone}_{recipe}" + ("_image_split" if split == "image" else "")
-            argv = ["--data", data[split], "--recipe", recipe, *transfer, *model_out(name)]
-            steps.append(Step(name, configs.TransferConfig, argv, skip=reason))
+            add(name, configs.TransferConfig, skip=reason, data=data[split], recipe=recipe,
+                **transfer)  # fmt: skip
     encoder = models_dir / "simclr_encoder.h5"
-    pretrain = ["--data", data["patient"], *base, *settings["pretrain"]]
-    steps.append(Step("simclr_pretrain", configs.PretrainConfig,
-                      [*pretrain, "--model-out", str(encoder)]))  # fmt: skip
-    simclr = ["--data", data["patient"], *classifier]
+    add("simclr_pretrain", configs.PretrainConfig, data=data["patient"], seed=seed,
+        model_out=str(encoder), **settings["pretrain"])  # fmt: skip
+    simclr = dict(classifier, data=data["patient"])
     for fraction in (1.0, *LABEL_FRACTIONS):
         suffix = "" if fraction == 1.0 else f"_{int(fraction * 100)}pct"
-        argv = [*simclr, "--encoder", str(encoder), "--label-fraction", str(fraction)]
-        steps.append(Step(f"simclr_finetune{suffix}", configs.FinetuneConfig,
-                          [*argv, *settings["finetune"], *model_out(f"simclr_finetune{suffix}")],
-                          needs=[encoder]))  # fmt: skip
+        add(f"simclr_finetune{suffix}", configs.FinetuneConfig, needs=[encoder],
+            encoder=str(encoder), label_fraction=fraction, **settings["finetune"], **simclr)  # fmt: skip
         if fraction != 1.0:
-            cnn_argv = ["--data", data["patient"], *classifier, "--label-fraction", str(fraction)]
-            steps.append(Step(f"cnn_report{suffix}", configs.CNNConfig,
-                              [*cnn_argv, *model_out(f"cnn_report{suffix}")]))  # fmt: skip
-    steps.append(Step("simclr_linear", configs.LinearConfig,
-                      [*simclr, "--encoder", str(encoder), *model_out("simclr_linear")],
-                      needs=[encoder]))  # fmt: skip
-    steps.append(Step("simclr_linear_random_encoder", configs.LinearConfig,
-                      [*simclr, "--encoder", "none", *model_out("simclr_linear_random")]))  # fmt: skip
+            add(f"cnn_report{suffix}", configs.CNNConfig, data=data["patient"],
+                label_fraction=fraction, **classifier)  # fmt: skip
+    add("simclr_linear", configs.LinearConfig, needs=[encoder], encoder=str(encoder), **simclr)
+    add("simclr_linear_random_encoder", configs.LinearConfig, encoder=configs.ENCODER_NONE,
+        model_out=str(models_dir / "simclr_linear_random.h5"), **simclr)  # fmt: skip
     for fold in range(1, settings["folds"] + 1):
         for recipe in configs.RECIPES:
-            name = f"cnn_{recipe}_fold{fold}"
-            argv = ["--data", str(out / "data" / "folds" / f"fold_{fold}"), "--recipe", recipe]
-            steps.append(Step(name, configs.CNNConfig, [*argv, *classifier, *model_out(name)]))
+            add(f"cnn_{recipe}_fold{fold}", configs.CNNConfig,
+                data=str(out / "data" / "folds" / f"fold_{fold}"), recipe=recipe, **classifier)  # fmt: skip
     return steps
 
 

@@ -15,14 +15,14 @@ IMAGE_SIZE = 32
 KERAS3_NAMES = {"depthwise_kernel": "kernel"}
 # The big backbones take tens of seconds to train even at 32 px on a CPU.
 ALL_BACKBONES = [
-    pytest.param(transfer.BACKBONE_RESNET50, marks=pytest.mark.slow),
-    pytest.param(transfer.BACKBONE_VGG16, marks=pytest.mark.slow),
-    transfer.BACKBONE_MOBILENET,
+    pytest.param("resnet50", marks=pytest.mark.slow),
+    pytest.param("vgg16", marks=pytest.mark.slow),
+    "mobilenet",
 ]
 
 
 def alpha_for(backbone):
-    return 0.25 if backbone == transfer.BACKBONE_MOBILENET else 1.0
+    return 0.25 if backbone == "mobilenet" else 1.0
 
 
 def build(backbone, weights=None, **kwargs):
@@ -83,7 +83,7 @@ def test_each_backbone_builds_at_smallest_size(backbone):
 
 def test_too_small_image_size_is_refused():
     with pytest.raises(ValueError, match="at least 32"):
-        transfer.build_backbone(transfer.BACKBONE_MOBILENET, 16, weights=None)
+        transfer.build_backbone("mobilenet", 16, weights=None)
 
 
 def batchnorm_paths(backbone_model):
@@ -133,7 +133,7 @@ def test_unfrozen_backbone_keeps_batchnorm_frozen(backbone):
     transfer.start_phase(model, transfer.PHASE_FINE_TUNE)
     trainable = {variable.path for variable in backbone_model.trainable_weights}
     batchnorm = batchnorm_paths(backbone_model)
-    assert (len(batchnorm) > 0) == (backbone != transfer.BACKBONE_VGG16)
+    assert (len(batchnorm) > 0) == (backbone != "vgg16")
     assert trainable == set(weights_by_path(backbone_model)) - batchnorm
     transfer.start_phase(model, transfer.PHASE_FINE_TUNE, freeze_batchnorm=False)
     gamma_beta = {path for path in batchnorm if "moving_" not in path}
@@ -142,7 +142,7 @@ def test_unfrozen_backbone_keeps_batchnorm_frozen(backbone):
 
 def test_fine_tuning_pretrained_backbone_keeps_batchnorm_in_inference_mode(mobilenet_weights):
     keras.utils.set_random_seed(0)
-    model = build(transfer.BACKBONE_MOBILENET, weights=mobilenet_weights)
+    model = build("mobilenet", weights=mobilenet_weights)
     backbone_model = transfer.get_backbone(model)
     images, labels = tiny_batch()
     before = weights_by_path(backbone_model)
@@ -157,12 +157,12 @@ def test_fine_tuning_pretrained_backbone_keeps_batchnorm_in_inference_mode(mobil
 
 def test_start_phase_rejects_unknown_phase():
     with pytest.raises(ValueError, match="phase must be 1"):
-        transfer.start_phase(build(transfer.BACKBONE_MOBILENET), 3)
+        transfer.start_phase(build("mobilenet"), 3)
 
 
 def test_weights_path_loads_the_real_mobilenet_file(mobilenet_weights):
     backbone_model = transfer.build_backbone(
-        transfer.BACKBONE_MOBILENET, IMAGE_SIZE, weights=str(mobilenet_weights), alpha=0.25
+        "mobilenet", IMAGE_SIZE, weights=str(mobilenet_weights), alpha=0.25
     )
     assert_equal_to_file(backbone_model, mobilenet_weights)
 
@@ -173,7 +173,7 @@ def test_imagenet_weights_come_from_the_keras_cache(tmp_path, monkeypatch, mobil
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     # 32 px has no weights of its own: like Keras, the 224 file is used. No download allowed.
     backbone_model = transfer.build_backbone(
-        transfer.BACKBONE_MOBILENET, IMAGE_SIZE, alpha=0.25, download=offline_get_file
+        "mobilenet", IMAGE_SIZE, alpha=0.25, download=offline_get_file
     )
     assert_equal_to_file(backbone_model, mobilenet_weights)
 

@@ -25,18 +25,20 @@ from bc_keras.data.augment import (
     simclr_pair,
 )
 from bc_keras.histology.breakhis import CLASS_NAMES
-from bc_keras.config import PIPELINE_GENERATOR, PIPELINE_TFDATA, PIPELINES, PREPROCESS_RESCALE
+from bc_keras.backbones import BACKBONES
+from bc_keras.config import (
+    MODEL_RESNET18,
+    PIPELINE_GENERATOR,
+    PIPELINE_TFDATA,
+    PIPELINES,
+    PREPROCESS_RESCALE,
+)
 from bc_keras.data.decode import DEFAULT_INTERPOLATION, INTERPOLATIONS, decode_and_resize
 from bc_keras.errors import DataError
 from bc_keras.histology.images import IMAGE_EXTENSIONS, check_images, describe_problems
 
-# Backbone name -> module of keras.applications whose preprocess_input it uses.
-BACKBONE_PREPROCESS_MODULES = {
-    "resnet50": "resnet50",
-    "vgg16": "vgg16",
-    "mobilenet": "mobilenet",
-    "resnet18": None,  # no ImageNet preprocessing of its own: rescale is used
-}
+# SimCLR's ResNet-18 has no ImageNet preprocessing of its own: rescale is used.
+NO_PREPROCESS_MODELS = (MODEL_RESNET18,)
 SUBSET_TRAIN, SUBSET_VAL, SUBSET_TEST = "train", "val", "test"
 SUBSETS = (SUBSET_TRAIN, SUBSET_VAL, SUBSET_TEST)
 # Epochs a repeating training stream can deliver (effectively endless).
@@ -134,14 +136,14 @@ def preprocess_function(preprocess: str):
         preprocess: "rescale" (the report: x / 255) or a backbone name whose
             `keras.applications` `preprocess_input` is used.
     """
-    if preprocess == PREPROCESS_RESCALE or BACKBONE_PREPROCESS_MODULES.get(preprocess, "") is None:
+    if preprocess == PREPROCESS_RESCALE or preprocess in NO_PREPROCESS_MODELS:
         return None
-    if preprocess not in BACKBONE_PREPROCESS_MODULES:
+    if preprocess not in BACKBONES:
         raise ValueError(
             f"Unknown preprocessing; use {PREPROCESS_RESCALE!r} or one of "
-            f"{sorted(BACKBONE_PREPROCESS_MODULES)}. Received: preprocess={preprocess!r}"
+            f"{sorted(BACKBONES)}. Received: preprocess={preprocess!r}"
         )
-    module = getattr(keras.applications, BACKBONE_PREPROCESS_MODULES[preprocess])
+    module = getattr(keras.applications, BACKBONES[preprocess].preprocess_module)
     return module.preprocess_input
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from bc_keras import runs
+from bc_keras import experiments, runs
 from bc_keras.models import transfer
 from bc_keras.config import TransferConfig
 from bc_keras.data.decode import DEFAULT_INTERPOLATION
 from bc_keras.experiments import common
 
-DISPLAY_NAMES = {"resnet50": "ResNet50", "vgg16": "VGG16", "mobilenet": "MobileNet"}
 
 
 def run(config: TransferConfig) -> dict:
@@ -65,6 +64,5 @@ def run(config: TransferConfig) -> dict:
             "alpha": config.alpha,
             "weights": config.weights,
         }
-        return common.finish_classifier(
-            model, run, sets, metadata, f"Transfer {DISPLAY_NAMES[config.backbone]}"
-        )
+        title = experiments.experiment_of(config).title_for(config.backbone)
+        return common.finish_classifier(model, run, sets, metadata, title)

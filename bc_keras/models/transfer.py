@@ -10,7 +10,7 @@ from pathlib import Path
 
 import keras
 
-from bc_keras.config import BACKBONE_MOBILENET, BACKBONE_RESNET50, BACKBONE_VGG16, BACKBONES
+from bc_keras.backbones import BACKBONES, KERAS_APPLICATIONS_URL, get_backbone
 from bc_keras.errors import WeightsError
 from bc_keras.models import compile_classifier, model_scope, sigmoid_output
 
@@ -18,36 +18,12 @@ WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
 # The name of the backbone sub-model inside a transfer model.
 BACKBONE_LAYER_NAME = "backbone"
-# keras.applications refuses smaller inputs for all three backbones.
-MIN_IMAGE_SIZE = 32
-MOBILENET_ALPHAS = (0.25, 0.5, 0.75, 1.0)
-# The input sizes MobileNet has ImageNet weights for; any other size gets the 224 weights.
-MOBILENET_WEIGHT_SIZES = (128, 160, 192, 224)
+# keras.applications refuses smaller inputs for every registered backbone.
+MIN_IMAGE_SIZE = min(b.min_image_size for b in BACKBONES.values())
 PHASE_FROZEN = 1
 PHASE_FINE_TUNE = 2
 PHASE1_LEARNING_RATE = 1e-3
 PHASE2_LEARNING_RATE = 1e-4
-
-_APPLICATIONS = {
-    BACKBONE_RESNET50: keras.applications.ResNet50,
-    BACKBONE_VGG16: keras.applications.VGG16,
-    BACKBONE_MOBILENET: keras.applications.MobileNet,
-}
-_BASE_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
-# The no-top files and MD5 hashes of keras/src/applications/{resnet,vgg16}.py.
-_FIXED_WEIGHTS = {
-    BACKBONE_RESNET50: (
-        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "resnet/",
-        "4d473c1dd8becc155b73f8504c6f6626",
-    ),
-    BACKBONE_VGG16: (
-        "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "vgg16/",
-        "6d6bbae143d832006294945121d1f1fc",
-    ),
-}
-_MOBILENET_ALPHA_TEXT = {1.0: "1_0", 0.75: "7_5", 0.5: "5_0", 0.25: "2_5"}
 
 
 @dataclass(frozen=True)
@@ -60,16 +36,8 @@ class ImageNetWeightsFile:
 
 
 def check_backbone(backbone: str, alpha: float = 1.0) -> None:
-    """Raises `ValueError` for an unknown backbone or an `alpha` it does not take."""
-    if backbone not in BACKBONES:
-        raise ValueError(f"backbone must be one of {BACKBONES}. Received: backbone={backbone!r}")
-    if backbone != BACKBONE_MOBILENET and alpha != 1.0:
-        raise ValueError(
-            f"alpha (the width multiplier) applies to mobilenet only; leave it at 1.0 for "
-            f"{backbone}. Received: alpha={alpha}"
-        )
-    if alpha <= 0:
-        raise ValueError(f"alpha must be positive. Received: alpha={alpha}")
+    """Raises `ConfigError` for an unknown backbone or an `alpha` it does not take."""
+    get_backbone(backbone).check_alpha(alpha)
 
 
 def imagenet_weights_file(
@@ -77,21 +45,20 @@ def imagenet_weights_file(
 ) -> ImageNetWeightsFile:
     """The file name, URL and hash keras.applications uses for a no-top backbone.
 
-    MobileNet has weights for square inputs of 128, 160, 192 or 224 pixels and, like Keras,
-    falls back to the 224 weights for any other size (the weights do not depend on it).
+    A backbone with per-size weights (MobileNet: 128, 160, 192 or 224 pixels) falls back, like
+    Keras, to the weights of its default size for any other size (they do not depend on it).
     """
-    check_backbone(backbone, alpha)
-    if backbone in _FIXED_WEIGHTS:
-        file_name, folder, file_hash = _FIXED_WEIGHTS[backbone]
-        return ImageNetWeightsFile(file_name, f"{_BASE_URL}{folder}{file_name}", file_hash)
-    if alpha not in MOBILENET_ALPHAS:
+    record = get_backbone(backbone)
+    record.check_alpha(alpha)
+    file_name = record.weights_file_name(image_size, alpha)
+    if file_name is None:
         raise WeightsError(
-            f"MobileNet has ImageNet weights for alpha in {MOBILENET_ALPHAS} only; use one of "
-            f"them or weights none. Received: alpha={alpha}"
+            f"{record.title} has ImageNet weights for alpha in "
+            f"{tuple(a for a, _ in record.alphas)} only; use one of them or weights none. "
+            f"Received: alpha={alpha}"
         )
-    rows = image_size if image_size in MOBILENET_WEIGHT_SIZES else 224
-    file_name = f"mobilenet_{_MOBILENET_ALPHA_TEXT[float(alpha)]}_{rows}_tf_no_top.h5"
-    return ImageNetWeightsFile(file_name, f"{_BASE_URL}mobilenet/{file_name}", None)
+    url = f"{KERAS_APPLICATIONS_URL}{record.weights_folder}{file_name}"
+    return ImageNetWeightsFile(file_name, url, record.weights_hash)
 
 
 def keras_models_dir(keras_home: str | os.PathLike | None = None) -> Path:
@@ -130,8 +97,8 @@ def resolve_imagenet_weights(
 
     Args:
         backbone: one of `BACKBONES`.
-        image_size: the input size (it picks MobileNet's file).
-        alpha: MobileNet's width multiplier.
+        image_size: the input size (it picks the file of a backbone with per-size weights).
+        alpha: the width multiplier of a backbone that has one.
         keras_home: the Keras home folder (see `keras_models_dir`).
         download: called as `keras.utils.get_file` (its default) when the file is not cached.
 
@@ -173,7 +140,7 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
 
     path = Path(path)
     expected = f"the no-top {backbone} weights keras.applications uses"
-    if backbone == BACKBONE_MOBILENET:
+    if get_backbone(backbone).has_alpha:
         expected += f" for alpha {alpha}"
     if not path.is_file():
         raise WeightsError(
@@ -203,11 +170,11 @@ def build_backbone(
     """A keras.applications backbone without its top, named `name`.
 
     Args:
-        backbone: "resnet50", "vgg16" or "mobilenet".
+        backbone: the name of a registered backbone (`bc_keras.backbones`).
         image_size: square input size, at least 32.
         weights: "imagenet" (the Keras cache, see `resolve_imagenet_weights`), None or "none"
             (random initialisation), or the path of a local no-top .h5 weights file.
-        alpha: MobileNet's width multiplier (0.25, 0.5, 0.75 or 1.0 for ImageNet weights).
+        alpha: the width multiplier of a backbone that has one (see its registry record).
         keras_home: the Keras home folder for the ImageNet cache; None resolves it as Keras does.
         download: how a missing ImageNet file is fetched (default `keras.utils.get_file`).
         name: the model's name.
@@ -227,9 +194,10 @@ def build_backbone(
         weights_path = resolve_imagenet_weights(backbone, image_size, alpha, keras_home, download)
     else:
         weights_path = None if weights is None else Path(weights)
-    options = {"alpha": alpha} if backbone == BACKBONE_MOBILENET else {}
+    record = get_backbone(backbone)
+    options = {**record.builder_options, **({"alpha": alpha} if record.has_alpha else {})}
     # Built without weights, then loaded here, so a bad file gets a message naming it.
-    model = _APPLICATIONS[backbone](
+    model = getattr(keras.applications, record.application)(
         include_top=False,
         weights=None,
         input_shape=(image_size, image_size, 3),

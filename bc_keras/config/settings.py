@@ -1,10 +1,5 @@
 """Run configurations: one dataclass per experiment, each field declared once with its flag,
-and the two recipes (the report's values, and the robust practice of SPEC section 6).
-
-A field's metadata says how the scripts expose it (`option`): flag name, help, group, type.
-Subclasses change a default by redeclaring the field with a new default and no metadata; the
-flag and help are inherited (`field_options` walks the class hierarchy).
-"""
+and the two recipes filled in on construction (see `bc_keras.config.options`)."""
 
 from __future__ import annotations
 
@@ -12,73 +7,31 @@ import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bc_keras.errors import ConfigError
-
-RECIPES = RECIPE_REPORT, RECIPE_ROBUST = ("report", "robust")
-PIPELINES = PIPELINE_GENERATOR, PIPELINE_TFDATA = ("generator", "tfdata")
-STRATEGIES = STRATEGY_DEFAULT, STRATEGY_MIRRORED, STRATEGY_MULTIWORKER = (
-    "default", "mirrored", "multiworker",
-)  # fmt: skip
-CLASS_WEIGHTS = CLASS_WEIGHT_NONE, CLASS_WEIGHT_BALANCED = ("none", "balanced")
-MONITORS = MONITOR_LOSS, MONITOR_AUC = ("val_loss", "val_auc")
-THRESHOLD_METHODS = THRESHOLD_YOUDEN, THRESHOLD_BALANCED_ACCURACY = ("youden", "balanced_accuracy")
-PREPROCESS_RESCALE, PREPROCESS_BACKBONE, ENCODER_NONE = "rescale", "backbone", "none"
-# The keras.applications backbones of transfer learning (SPEC 4).
-BACKBONE_RESNET50, BACKBONE_VGG16, BACKBONE_MOBILENET = BACKBONES = (
-    "resnet50",
-    "vgg16",
-    "mobilenet",
+from bc_keras import backbones
+from bc_keras.config.options import (
+    RECIPES,
+    RECIPE_REPORT,
+    PIPELINES,
+    PIPELINE_TFDATA,
+    STRATEGIES,
+    STRATEGY_DEFAULT,
+    CLASS_WEIGHTS,
+    MONITORS,
+    PREPROCESS_RESCALE,
+    PREPROCESS_BACKBONE,
+    ENCODER_NONE,
+    BACKBONES,
+    GROUP_DATA,
+    GROUP_MODEL,
+    GROUP_ROBUST,
+    GROUP_OUTPUTS,
+    GROUP_EVALUATION,
+    RECIPE_VALUES,
+    option,
+    switch,
+    recipe_option,
 )
-GROUP_DATA, GROUP_MODEL, GROUP_TRAINING, GROUP_ROBUST = "data", "model", "training", "robust"
-GROUP_OUTPUTS, GROUP_EVALUATION = "outputs", "evaluation"
-
-# The value each recipe gives a field left unset on the command line. `report` is the report,
-# value for value; `robust` is what the README's "Two recipes" section justifies part by part.
-RECIPE_VALUES = {
-    RECIPE_REPORT: {
-        "class_weight": CLASS_WEIGHT_NONE,
-        "monitor": MONITOR_LOSS,
-        "recalibrate_bn": False,
-        "stain_augment": 0.0,
-        "threshold": 0.5,
-        "tta": False,
-        "preprocess": PREPROCESS_RESCALE,
-    },
-    RECIPE_ROBUST: {
-        "class_weight": CLASS_WEIGHT_BALANCED,
-        "monitor": MONITOR_AUC,
-        "recalibrate_bn": True,
-        "stain_augment": 0.05,
-        "threshold": THRESHOLD_YOUDEN,
-        "tta": True,
-        "preprocess": PREPROCESS_BACKBONE,
-    },
-}
-
-
-def option(default, flag: str, help: str, group: str = GROUP_TRAINING, **argparse_options):
-    """A config field exposed as the command-line `flag` (extra keywords go to argparse)."""
-    metadata = {"flag": flag, "help": help, "group": group, **argparse_options}
-    return dataclasses.field(default=default, metadata=metadata)
-
-
-def switch(flag: str, help: str, group: str = GROUP_TRAINING):
-    """A boolean field, False unless its flag is given."""
-    return option(False, flag, help, group, action="store_true")
-
-
-def recipe_option(flag: str, help: str, **argparse_options):
-    """A robust-recipe field: left unset (None) on the command line, the recipe fills it."""
-    return option(None, flag, help, GROUP_ROBUST, **argparse_options)
-
-
-def field_options(config_class, name: str) -> dict:
-    """The flag metadata of a field, from the first class in the hierarchy that declares it."""
-    for klass in config_class.__mro__:
-        fields = getattr(klass, "__dataclass_fields__", {})
-        if name in fields and fields[name].metadata:
-            return dict(fields[name].metadata)
-    return {}
+from bc_keras.errors import ConfigError
 
 
 @dataclass(kw_only=True)
@@ -146,6 +99,9 @@ class RunConfig:
                 f"experiment's model needs (it downsamples {self.MIN_IMAGE_SIZE}x); pass "
                 f"--image-size {self.MIN_IMAGE_SIZE} or more"
             )
+        # The recipe fills the fields left unset, so a config built in Python is as complete
+        # as one built from flags.
+        self.resolve_recipe()
 
     def run_name(self) -> str:
         """The folder name under runs/ for this experiment."""
@@ -154,7 +110,9 @@ class RunConfig:
     def resolve_recipe(self) -> None:
         """Fills every field left None with the value of the chosen recipe."""
         if self.recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {RECIPES}. Received: recipe={self.recipe!r}")
+            raise ConfigError(
+                f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}"
+            )
         for name, value in RECIPE_VALUES[self.recipe].items():
             if hasattr(self, name) and getattr(self, name) is None:
                 setattr(self, name, value)
@@ -287,7 +245,13 @@ class TransferConfig(DenseHeadConfig, TwoPhaseConfig):
     alpha: float = option(
         1.0,
         "--alpha",
-        "MobileNet's width multiplier (0.25, 0.5, 0.75 or 1.0 have ImageNet weights)",
+        "the width multiplier of backbones that have one (ImageNet weights exist for "
+        + "; ".join(
+            f"{b.name}: {', '.join(str(a) for a, _ in b.alphas)}"
+            for b in backbones.BACKBONES.values()
+            if b.has_alpha
+        )
+        + ")",
         GROUP_MODEL,
     )
     weights: str = option(
@@ -316,15 +280,7 @@ class TransferConfig(DenseHeadConfig, TwoPhaseConfig):
         self.model_out = self.model_out.replace("<backbone>", self.backbone)
         self.phase1_epochs = self.phase1_epochs or self.epochs
         self.phase2_epochs = self.phase2_epochs or self.epochs
-        if self.backbone not in BACKBONES:
-            raise ConfigError(
-                f"unknown backbone {self.backbone!r}; choose one of {', '.join(BACKBONES)}"
-            )
-        if self.backbone != "mobilenet" and self.alpha != 1.0:
-            raise ConfigError(
-                f"--alpha (the width multiplier) applies to mobilenet only; drop it for "
-                f"{self.backbone}"
-            )
+        backbones.get_backbone(self.backbone).check_alpha(self.alpha)
 
     def resolve_recipe(self) -> None:
         super().resolve_recipe()
@@ -424,42 +380,3 @@ class FinetuneConfig(LinearConfig, TwoPhaseConfig):
 def config_values(config) -> dict:
     """A config as plain JSON-ready values (what config.json records)."""
     return dataclasses.asdict(config)
-
-
-# The models `python -m bc_keras.bench` measures.
-BENCH_MODELS = MODEL_CNN, MODEL_RESNET50, MODEL_VGG16, MODEL_MOBILENET, MODEL_RESNET18 = (
-    "cnn", "resnet50", "vgg16", "mobilenet", "resnet18",
-)  # fmt: skip
-# The first batches of every timed fit are left out of its rate: they trace the step (once) and
-# start the input pipeline's threads and buffers.
-WARMUP_STEPS = 2
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    """What a train, infer or simclr benchmark measures: the model, sizes and precision."""
-
-    model: str = MODEL_CNN
-    image_size: int = 224
-    batch_size: int = 32
-    steps: int = 12
-    repeats: int = 3
-    mixed_precision: bool = False
-    jit_compile: bool = False
-    seed: int = 42
-
-    def check(self) -> None:
-        """Raises ConfigError for settings no benchmark can run with."""
-        if self.model not in BENCH_MODELS:
-            raise ConfigError(
-                f"unknown --model {self.model!r}; choose one of {', '.join(BENCH_MODELS)}"
-            )
-        if self.image_size < (smallest := 8 if self.model == MODEL_CNN else 32):
-            raise ConfigError(f"--image-size must be at least {smallest} for {self.model}")
-        if self.batch_size < 1 or self.repeats < 1:
-            raise ConfigError("--batch-size and --repeats must be positive")
-        if self.steps <= WARMUP_STEPS:
-            raise ConfigError(
-                f"--steps {self.steps} leaves nothing to time: the first {WARMUP_STEPS} steps of "
-                f"every pass are warm-up; use --steps {WARMUP_STEPS + 1} or more"
-            )
