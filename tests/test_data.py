@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
+from bc_keras.errors import DataError
 from bc_keras import data
 from bc_keras.data import augment
 from bc_keras.histology.breakhis import CLASS_NAMES
@@ -263,13 +264,13 @@ def test_bad_images_are_skipped_with_a_warning_and_non_rgb_converted(tmp_path):
 
 
 def test_not_a_prepared_split_and_empty_split_errors(tmp_path):
-    with pytest.raises(data.DataError, match="does not exist; prepare one"):
+    with pytest.raises(DataError, match="does not exist; prepare one"):
         data.build_dataset(tmp_path / "missing", "train")
     (tmp_path / "train" / "benign").mkdir(parents=True)
-    with pytest.raises(data.DataError, match="is not a prepared split: missing .*malignant"):
+    with pytest.raises(DataError, match="is not a prepared split: missing .*malignant"):
         data.build_dataset(tmp_path, "train")
     (tmp_path / "train" / "malignant").mkdir(parents=True)
-    with pytest.raises(data.DataError, match="holds no readable image"):
+    with pytest.raises(DataError, match="holds no readable image"):
         data.build_dataset(tmp_path, "train")
     with pytest.raises(ValueError, match="Received: pipeline='keras'"):
         data.build_dataset(tmp_path, "train", pipeline="keras")

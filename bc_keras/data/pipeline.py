@@ -420,6 +420,6 @@ def simclr_dataset_from_files(paths, *, image_size: int = 224, cache=True, **opt
 def _tfrecords_of(split_dir):
     """`bc_keras.data.tfrecords` when `split_dir` is a TFRecord folder (see
     data_tools/export_tfrecords.py), else None."""
-    from bc_keras.data import tfrecords# it builds on this module
+    from bc_keras.data import tfrecords  # it builds on this module
 
     return tfrecords if tfrecords.is_tfrecord_folder(split_dir) else None

@@ -1,21 +1,62 @@
-"""Evaluation metrics: sklearn's, BreaKHis' patient recognition rate, per-magnification views,
-degenerate-prediction flags and the validation-chosen threshold."""
+"""Evaluation metrics: the metric registry, sklearn's metrics, BreaKHis' patient recognition
+rate, per-magnification views, degenerate-prediction flags and the validation-chosen threshold."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn import metrics as sk
 
+from bc_keras.config import THRESHOLD_BALANCED_ACCURACY, THRESHOLD_METHODS, THRESHOLD_YOUDEN
 from bc_keras.histology.breakhis import CLASS_NAMES
+
+# Where a metric is shown: the comparison table, the report's results table, the one-line
+# summaries.
+VIEW_COMPARE, VIEW_TABLE, VIEW_SUMMARY = "compare", "table", "summary"
+ALL_VIEWS = frozenset((VIEW_COMPARE, VIEW_TABLE, VIEW_SUMMARY))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric of the registry: its metrics.json key, its title, how it prints, which way
+    is better, whether the patient bootstrap gives it an interval, and where it is shown."""
+
+    key: str
+    title: str
+    decimals: int = 3
+    higher_is_better: bool = True
+    bootstrap: bool = True
+    views: frozenset = ALL_VIEWS
+
+    def format(self, value) -> str:
+        return "n/a" if value is None else f"{value:.{self.decimals}f}"
+
+
+# The registry: one row per metric, in the order tables show them. Adding a metric is one row
+# here (and its computation in `binary_scores`).
+METRICS = (
+    Metric("accuracy", "accuracy"),
+    Metric("balanced_accuracy", "balanced accuracy"),
+    Metric("specificity", "specificity", views=frozenset((VIEW_COMPARE, VIEW_SUMMARY))),
+    Metric("precision", "precision", views=frozenset((VIEW_COMPARE, VIEW_TABLE))),
+    Metric("recall", "recall"),
+    Metric("f1", "F1"),
+    Metric("auc_roc", "AUC"),
+    Metric("patient_recognition_rate", "patient recognition rate", bootstrap=False),
+)
+METRICS_BY_KEY = {metric.key: metric for metric in METRICS}
+
+
+def metrics_in(view: str) -> tuple[Metric, ...]:
+    """The registry's metrics shown in `view` (VIEW_COMPARE, VIEW_TABLE or VIEW_SUMMARY)."""
+    return tuple(metric for metric in METRICS if view in metric.views)
 
 FLAG_ONLY_BENIGN = "only benign images"
 FLAG_ONLY_MALIGNANT = "only malignant images"
 FLAG_ALL_PREDICTED_MALIGNANT = "predicts malignant for every image"
 FLAG_ALL_PREDICTED_BENIGN = "predicts benign for every image"
 
-THRESHOLD_YOUDEN = "youden"
-THRESHOLD_BALANCED_ACCURACY = "balanced_accuracy"
-THRESHOLD_METHODS = (THRESHOLD_YOUDEN, THRESHOLD_BALANCED_ACCURACY)
 
 
 def validate_binary_inputs(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
@@ -253,15 +294,7 @@ def youden_threshold(labels, probabilities) -> float:
     return choose_threshold(labels, probabilities, THRESHOLD_YOUDEN)
 
 
-BOOTSTRAP_METRICS = (
-    "accuracy",
-    "balanced_accuracy",
-    "precision",
-    "recall",
-    "specificity",
-    "f1",
-    "auc_roc",
-)
+BOOTSTRAP_METRICS = tuple(metric.key for metric in METRICS if metric.bootstrap)
 
 
 def bootstrap_by_patient(

@@ -1,12 +1,12 @@
-"""SimCLR: the NT-Xent loss, the projection head, the contrastive trainer, the classifier built on
-the pretrained encoder, and the label-fraction subset for label-efficiency runs."""
+"""SimCLR: the NT-Xent loss, the projection head, the contrastive trainer and the classifier built
+on the pretrained encoder (label fractions are `bc_keras.prepare.subsets`')."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
-from bc_keras.models import sigmoid_output
+from bc_keras.models.saving import sigmoid_output
 from bc_keras.models.resnet import EMBEDDING_DIM, ENCODER_NAME
 
 DEFAULT_TEMPERATURE = 0.5

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import keras
 
-from bc_keras.backbones import BACKBONES, KERAS_APPLICATIONS_URL, get_backbone
+from bc_keras.backbones import BACKBONES, KERAS_APPLICATIONS_URL
+from bc_keras.backbones import get_backbone as backbone_record
 from bc_keras.errors import WeightsError
-from bc_keras.models import compile_classifier, model_scope, sigmoid_output
+from bc_keras.models.saving import compile_classifier, model_scope, sigmoid_output
 
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
@@ -37,7 +38,7 @@ class ImageNetWeightsFile:
 
 def check_backbone(backbone: str, alpha: float = 1.0) -> None:
     """Raises `ConfigError` for an unknown backbone or an `alpha` it does not take."""
-    get_backbone(backbone).check_alpha(alpha)
+    backbone_record(backbone).check_alpha(alpha)
 
 
 def imagenet_weights_file(
@@ -48,7 +49,7 @@ def imagenet_weights_file(
     A backbone with per-size weights (MobileNet: 128, 160, 192 or 224 pixels) falls back, like
     Keras, to the weights of its default size for any other size (they do not depend on it).
     """
-    record = get_backbone(backbone)
+    record = backbone_record(backbone)
     record.check_alpha(alpha)
     file_name = record.weights_file_name(image_size, alpha)
     if file_name is None:
@@ -140,7 +141,7 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
 
     path = Path(path)
     expected = f"the no-top {backbone} weights keras.applications uses"
-    if get_backbone(backbone).has_alpha:
+    if backbone_record(backbone).has_alpha:
         expected += f" for alpha {alpha}"
     if not path.is_file():
         raise WeightsError(
@@ -194,7 +195,7 @@ def build_backbone(
         weights_path = resolve_imagenet_weights(backbone, image_size, alpha, keras_home, download)
     else:
         weights_path = None if weights is None else Path(weights)
-    record = get_backbone(backbone)
+    record = backbone_record(backbone)
     options = {**record.builder_options, **({"alpha": alpha} if record.has_alpha else {})}
     # Built without weights, then loaded here, so a bad file gets a message naming it.
     model = getattr(keras.applications, record.application)(
