@@ -73,7 +73,7 @@ def test_pretrain_defaults_are_the_reports():
     assert (config.batch_size, config.learning_rate, config.epochs) == (96, 1e-3, 100)
     assert (config.temperature, config.patience) == (0.5, 15)
     assert config.model_out == "models/simclr_resnet18_encoder.h5"
-    assert train_simclr.parse_args(["linear", "--data", "x"]).model_out == (
+    assert train_simclr.parse_args(["finetune", "--data", "x"]).model_out == (
         "models/simclr_resnet18_breast_cancer.h5"
     )
 
