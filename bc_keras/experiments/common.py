@@ -190,10 +190,10 @@ def classifier_data(
 ) -> ClassifierData:
     """Lists and checks the three subsets before any training: a subset with one class or
     none stops the run here, not after hours of training."""
-    if config.pipeline == data.PIPELINE_GENERATOR:
-        from bc_keras import tfrecords
+    from bc_keras import tfrecords
 
-        tfrecords.check_pipeline(config.data, config.pipeline)
+    # Before any listing: the generator reads image folders, not a TFRecord folder's shards.
+    tfrecords.check_pipeline(config.data, config.pipeline)
     train_files = train_files or data.list_split_files(config.data, data.SUBSET_TRAIN)
     validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
     test_files = data.list_split_files(config.data, data.SUBSET_TEST)
