@@ -82,6 +82,7 @@ def evaluate_classifier(
     title: str = "",
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    extra: dict | None = None,
 ) -> dict:
     """Predicts the test split (a tf.data `ImageDataset`) and writes predictions.csv,
     metrics.json and the figures.
@@ -89,6 +90,7 @@ def evaluate_classifier(
     With `tune_threshold`, a second set of metrics uses the threshold that maximises Youden's J
     on the validation split (never chosen on the test split). A test split with one class, or
     a model that predicts one class for every test image, is warned about and flagged.
+    `extra` keys (e.g. `label_fraction_used`) are recorded in metrics.json too.
 
     Returns:
         The metrics dict written to metrics.json.
@@ -141,6 +143,7 @@ def evaluate_classifier(
                 patients=patient_keys,
                 magnifications=magnification_keys,
             )
+    result.update(extra or {})
     write_json(run_dir / METRICS_FILE, result)
     _figures(result, labels, probabilities, test, run_dir, title, threshold, seed)
     print(f"\nClassification report ({len(labels)} test images, threshold {threshold:.4g}):")
