@@ -215,8 +215,9 @@ def labelled_files(config: ClassifierConfig, run_dir: Path) -> tuple[data.SplitF
     if abs(used - config.label_fraction) > LABEL_FRACTION_TOLERANCE * config.label_fraction:
         warnings.warn(
             f"--label-fraction {config.label_fraction:g} uses {used:.4g} of the training images "
-            f"({len(chosen.paths)} of {len(files.paths)}: at least one "
-            f"{'patient' if patients else 'image'} per class); recorded as label_fraction_used",
+            f"({len(chosen.paths)} of {len(files.paths)}: whole "
+            f"{'patients' if patients else 'images'} per class, at least one each); recorded as "
+            "label_fraction_used",
             stacklevel=2,
         )
     return chosen, used
