@@ -292,6 +292,15 @@ def test_a_transfer_run_refused_for_bad_weights_leaves_no_folder(split, tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_simclr_run_refused_for_a_missing_encoder_leaves_no_folder(split, tmp_path, capsys):
+    train_simclr = load_script("train_simclr")
+    args = ["linear", "--encoder", str(tmp_path / "encoder.h5"), *_args(split, tmp_path)]
+    args[args.index("--model-out") + 1] = str(tmp_path / "linear.h5")
+    assert cli.run_script(train_simclr.main, args) == 2
+    assert "encoder.h5 does not exist" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_automatic_run_folder_refused_leaves_no_runs_folder(
     split, tmp_path, capsys, monkeypatch
 ):

@@ -111,9 +111,11 @@ def verbosity() -> int:
 
 def start_run(config: RunConfig) -> Run:
     """Creates the distribution strategy (first: a multi-worker one must precede any other
-    TensorFlow work), then, on the chief, checks where the run will write, locks its folder,
-    checks a resume against the interrupted run's settings, writes config.json (before
-    anything else can fail), and seeds. Use it as `with start_run(config) as run:`."""
+    TensorFlow work), then, on the chief, creates the run folder (a new one never shared with
+    another run), locks it, checks a resume against the interrupted run's settings, writes
+    config.json (so a run that crashes says what it was), and seeds. A `UserError` before
+    training removes the folder again if this run made it (see `Run.__exit__`). Use it as
+    `with start_run(config) as run:`."""
     strategy = distribute.get_strategy(config.strategy)
     if distribute.is_multi_worker(strategy) and config.run_dir is None:
         raise ConfigError(
