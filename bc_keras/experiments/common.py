@@ -326,7 +326,10 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
             recalibration_data=sets.recalibration,
             # Written inside fit, before it returns: no crash point is left between the end of
             # training and the marker (the epoch backup stays until the outputs are written).
-            complete_marker=(marker, state) if run.chief else None,
+            # Every worker saves (a multi-worker save is collective), each in its write_dir.
+            complete_marker=tuple(
+                run.write_dir / path.relative_to(run.run_dir) for path in (marker, state)
+            ),
             **callback_options,
         )
         run.training_started = True
