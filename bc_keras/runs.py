@@ -57,6 +57,71 @@ def resolve_run_dir(run_dir, name: str, resume: bool, runs_root="runs") -> Path:
     return candidates[-1]
 
 
+def claim_run_dir(run_dir, name: str, resume: bool, runs_root="runs") -> tuple[Path, Path | None]:
+    """Creates the run folder `resolve_run_dir` names and returns it with the outermost folder
+    this call created (None when the folder existed).
+
+    A new run's automatic folder is created atomically, so two runs started in the same
+    second never share one: the later gets `<timestamp>-2` (then -3, ...), with a note.
+    """
+    path = resolve_run_dir(run_dir, name, resume, runs_root)
+    try:
+        if run_dir is not None or resume:
+            created = _outermost_missing(path)
+            path.mkdir(parents=True, exist_ok=True)
+            return path, created
+        created = _outermost_missing(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        wanted = path
+        for number in range(2, 10_000):
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                path = wanted.with_name(f"{wanted.name}-{number}")
+        else:
+            raise FileExistsError(17, "too many runs started in the same second", str(wanted))
+    except OSError as error:
+        raise RunError(
+            f"cannot create the run folder {path} ({error.strerror}); choose a writable --run-dir"
+        ) from error
+    if path != wanted:
+        print(f"note: {wanted} is another run's folder (started the same second); using {path}")
+    return path, created or path
+
+
+def _outermost_missing(path: Path) -> Path | None:
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        missing = folder
+    return missing
+
+
+def remove_run_dir(run_dir, created, allowed) -> bool:
+    """Removes `run_dir` if it holds only files named in `allowed` (what starting a run
+    writes), then the folders above it up to `created` that are left empty; nothing else is
+    ever removed. Returns whether `run_dir` was removed."""
+    run_dir, created = Path(run_dir), Path(created)
+    if run_dir != created and created not in run_dir.parents:
+        return False
+    try:
+        entries = list(run_dir.iterdir())
+        if any(entry.name not in allowed or not entry.is_file() for entry in entries):
+            return False
+        for entry in entries:
+            entry.unlink()
+        run_dir.rmdir()
+        for folder in run_dir.parents:
+            if folder == created.parent:
+                break
+            folder.rmdir()  # only an empty folder; one that is not stops here
+    except OSError:
+        pass
+    return not run_dir.exists()
+
+
 def check_run_dir(path: Path, resume: bool) -> None:
     """Refuses a folder that cannot be used as asked. Starting afresh in a folder holding an
     interrupted run is refused, so that a forgotten `--resume` never throws its backup away."""
@@ -126,6 +191,8 @@ class RunLock:
 
 # Config keys a resumed run may change: they do not change what is trained.
 RESUMABLE_CHANGES = ("resume", "run_dir", "model_out", "tune_threshold", "_environment")
+# Keys a run adds to its config.json once it knows them (see `record_in_config`).
+RECORDED_KEYS = ("label_fraction_used",)
 
 
 def check_resume_config(run_dir, config) -> None:
@@ -136,7 +203,7 @@ def check_resume_config(run_dir, config) -> None:
     differences = [
         f"{key} {stored.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(stored) | set(current))
-        if key not in RESUMABLE_CHANGES and stored.get(key) != current.get(key)
+        if key not in RESUMABLE_CHANGES + RECORDED_KEYS and stored.get(key) != current.get(key)
     ]
     if differences:
         raise RunError(
@@ -166,6 +233,12 @@ def write_config(run_dir, config) -> Path:
     """Writes config.json before training, so that even a crashed run says what it was."""
     values = {**config_values(config), "_environment": environment()}
     return write_json(Path(run_dir) / CONFIG_FILE, values)
+
+
+def record_in_config(run_dir, **values) -> Path:
+    """Adds what the run learnt once started (e.g. `label_fraction_used`, one of
+    `RECORDED_KEYS`) to its config.json, keeping everything else."""
+    return write_json(Path(run_dir) / CONFIG_FILE, {**read_config(run_dir), **values})
 
 
 def read_config(run_dir) -> dict:

@@ -3,11 +3,15 @@ ends with the weights of an uninterrupted one."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+
+import keras
 import numpy as np
 import pytest
-from helpers import load_script, probe_callbacks
+from helpers import TRAINING_CALLBACKS, load_script, probe_callbacks
 
-from bc_keras import cli, models, runs
+from bc_keras import cli, evaluation, models, runs, training
 from bc_keras.models import transfer
 
 train_cnn = load_script("train_cnn")
@@ -100,3 +104,153 @@ def test_transfer_interrupted_in_phase_2_resumes_there(synthetic_split, tmp_path
     assert history["phase"] == [1.0, 1.0, 2.0, 2.0, 2.0]
     assert history["epoch"] == [0.0, 1.0, 0.0, 1.0, 2.0]
     assert (tmp_path / "mobilenet.h5").is_file() and not runs.has_backup(tmp_path / "run")
+
+
+# ------------------------------------------------------- crashes between training and outputs
+
+
+def _crash_after_fit(monkeypatch):
+    """fit returns, then the process dies (before anything fit_phases does next)."""
+    from bc_keras.training import distribute
+
+    scope = distribute.fit_scope
+
+    @contextlib.contextmanager
+    def crashing(*args, **kwargs):
+        with scope(*args, **kwargs):
+            yield
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distribute, "fit_scope", crashing)
+
+
+def _crash_before_marker(monkeypatch):
+    """Inside fit's end: early stopping has restored the best weights, the marker is unwritten."""
+    end = training.BestOverPhasesEarlyStopping.on_train_end
+
+    def crashing(self, logs=None):
+        end(self, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.BestOverPhasesEarlyStopping, "on_train_end", crashing)
+
+
+def _crash_in(module, name):
+    def crash(monkeypatch):
+        def crashing(*args, **kwargs):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(module, name, crashing)
+
+    return crash
+
+
+CRASHES = {
+    "inside fit, before the marker": _crash_before_marker,
+    "after fit returns": _crash_after_fit,
+    "after the marker, before save_model": _crash_in(models, "save_model"),
+    "after save_model, before the metrics": _crash_in(evaluation, "evaluate_classifier"),
+}
+
+
+def _count_epochs(monkeypatch, epochs: list):
+    """Every fit records the epochs it trains."""
+
+    class Counter(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            epochs.append(epoch)
+
+    monkeypatch.setattr(
+        training, "training_callbacks", lambda *a, **k: TRAINING_CALLBACKS(*a, **k) + [Counter()]
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synthetic_split, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    args = _cnn_args(synthetic_split, folder, "--epochs", "2", "--patience", "1")
+    assert cli.run_script(train_cnn.main, args) == 0
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash", sorted(CRASHES))
+def test_a_crash_after_training_resumes_without_training_again(
+    crash, synthetic_split, uninterrupted, tmp_path, monkeypatch
+):
+    args = _cnn_args(synthetic_split, tmp_path, "--epochs", "2", "--patience", "1")
+    with pytest.MonkeyPatch.context() as patch:
+        trained: list = []
+        _count_epochs(patch, trained)
+        CRASHES[crash](patch)
+        assert cli.run_script(train_cnn.main, args) == 130
+    assert trained == [0, 1]
+    run = tmp_path / "run"
+    assert runs.has_backup(run) and not (run / runs.METRICS_FILE).exists()
+    resumed: list = []
+    _count_epochs(monkeypatch, resumed)
+    assert cli.run_script(train_cnn.main, args + ["--resume"]) == 0
+    assert resumed == [], "no epoch is trained again"
+    history = runs.read_history(run)
+    assert history["epoch"] == [0.0, 1.0], "one history row per epoch"
+    assert (run / runs.METRICS_FILE).is_file() and not runs.has_backup(run)
+    # The model kept is the one the uninterrupted run kept.
+    final, _ = models.load_model(tmp_path / "cnn.h5")
+    reference, _ = models.load_model(uninterrupted / "cnn.h5")
+    for ours, theirs in zip(final.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_phase_that_had_stopped_early_when_killed_trains_no_further(
+    synthetic_split, tmp_path, monkeypatch
+):
+    # Early stopping fires at the end of epoch 2 (patience 1 with no improvement after epoch 1
+    # is likely but not certain on such data, so the stop is forced).
+    stop = training.BestOverPhasesEarlyStopping.on_epoch_end
+
+    def stop_at_epoch_1(self, epoch, logs=None):
+        stop(self, epoch, logs)
+        if epoch == 1:
+            self.stopped_epoch, self.model.stop_training = epoch, True
+
+    args = _cnn_args(synthetic_split, tmp_path, "--epochs", "4")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.BestOverPhasesEarlyStopping, "on_epoch_end", stop_at_epoch_1)
+        trained: list = []
+        _count_epochs(patch, trained)
+        _crash_before_marker(patch)
+        assert cli.run_script(train_cnn.main, args) == 130
+    assert trained == [0, 1]
+    resumed: list = []
+    _count_epochs(monkeypatch, resumed)
+    assert cli.run_script(train_cnn.main, args + ["--resume"]) == 0
+    assert resumed == [] and runs.read_history(tmp_path / "run")["epoch"] == [0.0, 1.0]
+
+
+@pytest.mark.slow
+def test_an_epoch_logged_but_not_backed_up_is_logged_once(synthetic_split, tmp_path, monkeypatch):
+    records: list = []
+    args = _cnn_args(synthetic_split, tmp_path, "--epochs", "3")
+    with pytest.MonkeyPatch.context() as patch:
+        probe_callbacks(patch, records, stop_after=2)
+        assert cli.run_script(train_cnn.main, args) == 130
+    # As if killed after epoch 2's history row but before its backup: the backup says epoch 1.
+    metadata = tmp_path / "run" / runs.BACKUP_DIR / "training_metadata.json"
+    metadata.write_text(json.dumps({"epoch": 1, "batch": -1}))
+    assert runs.read_history(tmp_path / "run")["epoch"] == [0.0, 1.0]
+    resumed: list = []
+    _count_epochs(monkeypatch, resumed)
+    assert cli.run_script(train_cnn.main, args + ["--resume"]) == 0
+    assert resumed == [1, 2]
+    assert runs.read_history(tmp_path / "run")["epoch"] == [0.0, 1.0, 2.0]
+
+
+def test_trim_history_drops_the_rows_a_resumed_phase_writes_again(tmp_path):
+    path = tmp_path / runs.HISTORY_FILE
+    path.write_text("epoch,loss,phase\n0,1.0,1\n1,0.9,1\n0,0.8,2\n1,0.7,2\n2,0.6,2\n")
+    assert training.trim_history(path, 1, phase=2) == 2
+    assert path.read_text().splitlines() == ["epoch,loss,phase", "0,1.0,1", "1,0.9,1", "0,0.8,2"]
+    assert training.trim_history(path, 5, phase=2) == 0
+    assert training.trim_history(path, 1) == 1  # every phase from epoch 1
+    assert training.trim_history(tmp_path / "missing.csv", 0) == 0

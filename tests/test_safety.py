@@ -15,7 +15,7 @@ import zlib
 import h5py
 import numpy as np
 import pytest
-from helpers import load_script
+from helpers import load_script, probe_callbacks
 from PIL import Image
 
 from bc_keras import cli, data, runs
@@ -152,6 +152,7 @@ def test_one_class_training_split_stops_before_training(split, tmp_path, capsys)
     assert "the train split" in line and "holds only malignant images" in line
     assert not (tmp_path / "run" / runs.BACKUP_DIR).exists()
     assert not (tmp_path / "cnn.h5").exists()
+    assert not (tmp_path / "run").exists(), "a run refused before training leaves no folder"
 
 
 def test_one_class_test_split_is_flagged_in_metrics_and_warned(split, tmp_path, capsys):
@@ -265,3 +266,96 @@ def test_the_backup_stays_until_model_and_metrics_are_written(split, tmp_path, m
     monkeypatch.undo()
     assert cli.run_script(train_cnn.main, _args(split, tmp_path, "--epochs", "2", "--resume")) == 0
     assert not runs.has_backup(tmp_path / "run")
+
+
+# ---------------------------------------------- refused runs leave nothing; folders never collide
+
+train_transfer = load_script("train_transfer")
+
+
+def test_a_run_refused_for_a_missing_split_leaves_no_folder(split, tmp_path, capsys):
+    copied = tmp_path / "copy"
+    shutil.copytree(split, copied)
+    shutil.rmtree(copied / "val")
+    deep = tmp_path / "new" / "runs" / "here"
+    args = _args(copied, tmp_path)
+    args[args.index("--run-dir") + 1] = str(deep)
+    assert cli.run_script(train_cnn.main, args) == 2
+    assert "is not a prepared split" in _error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"], "the folders it made are gone"
+
+
+def test_a_transfer_run_refused_for_bad_weights_leaves_no_folder(split, tmp_path, capsys):
+    args = ["--backbone", "mobilenet", "--alpha", "0.25", "--weights", str(tmp_path / "no.h5"),
+            *_args(split, tmp_path)]  # fmt: skip
+    assert cli.run_script(train_transfer.main, args) == 2
+    assert "no.h5 does not exist" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_simclr_run_refused_for_a_missing_encoder_leaves_no_folder(split, tmp_path, capsys):
+    train_simclr = load_script("train_simclr")
+    args = ["linear", "--encoder", str(tmp_path / "encoder.h5"), *_args(split, tmp_path)]
+    args[args.index("--model-out") + 1] = str(tmp_path / "linear.h5")
+    assert cli.run_script(train_simclr.main, args) == 2
+    assert "encoder.h5 does not exist" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_automatic_run_folder_refused_leaves_no_runs_folder(
+    split, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    args = _args(split / "missing", tmp_path)
+    del args[args.index("--run-dir") : args.index("--run-dir") + 2]
+    assert cli.run_script(train_cnn.main, args) == 2
+    assert "does not exist" in _error_line(capsys)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_run_never_removes_a_folder_it_did_not_make(split, tmp_path, capsys):
+    one_class = _copy_without(split, tmp_path, "train", "benign")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    assert cli.run_script(train_cnn.main, _args(one_class, tmp_path)) == 2
+    _error_line(capsys)
+    assert (folder / "notes.txt").read_text() == "mine"
+    # Nor an interrupted run refused on --resume.
+    records: list = []
+    with pytest.MonkeyPatch.context() as patch:
+        probe_callbacks(patch, records, stop_after=1)
+        args = _args(split, tmp_path / "b", "--epochs", "2")
+        assert cli.run_script(train_cnn.main, args) == 130
+    assert cli.run_script(train_cnn.main, args + ["--resume", "--lr", "0.1"]) == 2
+    assert "--resume with other settings" in _error_line(capsys)
+    assert runs.has_backup(tmp_path / "b" / "run")
+
+
+def test_remove_run_dir_removes_only_what_starting_a_run_writes(tmp_path):
+    made = tmp_path / "made"
+    run = made / "cnn" / "run"
+    run.mkdir(parents=True)
+    (run / runs.CONFIG_FILE).write_text("{}")
+    (run / "history.csv").write_text("epoch\n")
+    assert not runs.remove_run_dir(run, made, (runs.CONFIG_FILE,))
+    assert (run / "history.csv").exists() and (run / runs.CONFIG_FILE).exists()
+    (run / "history.csv").unlink()
+    (made / "other").mkdir()  # someone else's: kept, and so is the folder holding it
+    assert runs.remove_run_dir(run, made, (runs.CONFIG_FILE,))
+    assert sorted(p.name for p in made.iterdir()) == ["other"]
+    assert not runs.remove_run_dir(tmp_path / "elsewhere", made, (runs.CONFIG_FILE,))
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(runs, "timestamp", lambda: "20250101-120000")
+    first, created = runs.claim_run_dir(None, "cnn", False, runs_root=tmp_path / "runs")
+    assert first == tmp_path / "runs" / "cnn" / "20250101-120000" and created == tmp_path / "runs"
+    second, created = runs.claim_run_dir(None, "cnn", False, runs_root=tmp_path / "runs")
+    third, _ = runs.claim_run_dir(None, "cnn", False, runs_root=tmp_path / "runs")
+    assert (second.name, third.name) == ("20250101-120000-2", "20250101-120000-3")
+    assert created == second and second.is_dir() and third.is_dir()
+    assert f"using {second}" in capsys.readouterr().out
+    # An explicit --run-dir is the user's choice: used as given.
+    given, created = runs.claim_run_dir(first, "cnn", False, runs_root=tmp_path / "runs")
+    assert (given, created) == (first, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 
 import keras
 import numpy as np
@@ -169,7 +170,41 @@ def test_bad_data_folder_gives_one_line_error(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a prepared split" in err[0] and "prepare_breakhis.py" in err[0]
-    assert (tmp_path / "run" / "config.json").exists(), (
-        "config.json is written before anything can fail"
-    )
+    assert not (tmp_path / "run").exists(), "a run refused before training leaves nothing"
     assert not (tmp_path / "m.h5").exists()
+
+
+@pytest.mark.slow
+def test_a_label_fraction_too_small_warns_and_records_the_share_used(
+    synthetic_split, tmp_path, capsys
+):
+    run = tmp_path / "run"
+    extra = ("--epochs", "1", "--label-fraction", "0.001")
+    assert (
+        cli.run_script(train_cnn.main, _args(synthetic_split, run, tmp_path / "m.h5", *extra)) == 0
+    )
+    labelled = (run / "labelled_train_files.txt").read_text().split()
+    total = len(data.list_split_files(synthetic_split, "train").paths)
+    used = round(len(labelled) / total, 6)
+    assert len(labelled) == 12 and total == 96, "one patient (6 images) per class"
+    lines = [line for line in capsys.readouterr().err.splitlines() if "label-fraction" in line]
+    assert lines == [
+        f"warning: --label-fraction 0.001 uses {used:.4g} of the training images (12 of 96: whole "
+        "patients per class, at least one each); recorded as label_fraction_used"
+    ]
+    config = json.loads((run / "config.json").read_text())
+    assert used == 0.125
+    assert (config["label_fraction"], config["label_fraction_used"]) == (0.001, 0.125)
+    assert json.loads((run / "metrics.json").read_text())["label_fraction_used"] == 0.125
+
+
+def test_a_label_fraction_near_the_share_drawn_does_not_warn(synthetic_split, tmp_path):
+    from bc_keras.config import CNNConfig
+    from bc_keras.experiments import common
+
+    config = CNNConfig(data=str(synthetic_split), label_fraction=0.5, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning fails the test
+        files, used = common.labelled_files(config, tmp_path)
+    assert used == round(len(files.paths) / 96, 6)
+    assert abs(used - 0.5) <= common.LABEL_FRACTION_TOLERANCE * 0.5

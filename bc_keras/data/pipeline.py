@@ -74,6 +74,10 @@ class ImageDataset:
     pipeline: str
     image_size: int
     preprocess: str
+    # Where the images come from: figures decode some again (bc_keras.evaluation).
+    source: str | None = None
+    subset: str | None = None
+    interpolation: str = DEFAULT_INTERPOLATION
 
 
 def list_split_files(split_dir, subset: str, check: bool = True) -> SplitFiles:
@@ -381,7 +385,18 @@ def build_dataset(
 
         data = generator_from_files(files.paths, files.labels, options, directory=directory)
     steps = int(np.ceil(len(files.paths) / batch_size))
-    return ImageDataset(data, files.paths, files.labels, steps, pipeline, image_size, preprocess)
+    return ImageDataset(
+        data,
+        files.paths,
+        files.labels,
+        steps,
+        pipeline,
+        image_size,
+        preprocess,
+        source=str(split_dir),
+        subset=subset,
+        interpolation=interpolation,
+    )
 
 
 def simclr_views(

@@ -209,8 +209,9 @@ def list_record_files(folder, subset: str) -> SplitFiles:
 
 
 def check_pipeline(folder, pipeline: str) -> None:
-    """Refuses any pipeline but tf.data on a TFRecord folder."""
-    if pipeline != PIPELINE_TFDATA:
+    """Refuses any pipeline but tf.data on a TFRecord folder (any pipeline reads an image
+    folder)."""
+    if pipeline != PIPELINE_TFDATA and is_tfrecord_folder(folder):
         raise DataError(
             f"--data {folder} holds TFRecord shards, which only --pipeline {PIPELINE_TFDATA} "
             f"reads (the report's ImageDataGenerator reads image folders); pass --pipeline "

@@ -14,7 +14,7 @@ from bc_keras.evaluation import metrics as bc_metrics
 from bc_keras.evaluation import plots
 from bc_keras.histology.breakhis import UNKNOWN, describe_files
 from bc_keras.config import THRESHOLD_METHODS
-from bc_keras.data import ImageDataset
+from bc_keras.data import ImageDataset, SplitFiles, decoded_dataset
 from bc_keras.evaluation.inference import predict_probabilities
 from bc_keras.runs import METRICS_FILE, PREDICTIONS_FILE, read_history, write_json
 
@@ -82,6 +82,7 @@ def evaluate_classifier(
     title: str = "",
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    extra: dict | None = None,
 ) -> dict:
     """Predicts the test split (a tf.data `ImageDataset`) and writes predictions.csv,
     metrics.json and the figures.
@@ -89,6 +90,7 @@ def evaluate_classifier(
     With `tune_threshold`, a second set of metrics uses the threshold that maximises Youden's J
     on the validation split (never chosen on the test split). A test split with one class, or
     a model that predicts one class for every test image, is warned about and flagged.
+    `extra` keys (e.g. `label_fraction_used`) are recorded in metrics.json too.
 
     Returns:
         The metrics dict written to metrics.json.
@@ -141,8 +143,9 @@ def evaluate_classifier(
                 patients=patient_keys,
                 magnifications=magnification_keys,
             )
+    result.update(extra or {})
     write_json(run_dir / METRICS_FILE, result)
-    _figures(result, labels, probabilities, test.paths, run_dir, title, threshold, seed)
+    _figures(result, labels, probabilities, test, run_dir, title, threshold, seed)
     print(f"\nClassification report ({len(labels)} test images, threshold {threshold:.4g}):")
     print(bc_metrics.classification_report_text(labels, probabilities, threshold))
     print(summary_line(result))
@@ -166,7 +169,28 @@ def summary_line(result: dict) -> str:
     return line
 
 
-def _figures(result, labels, probabilities, paths, run_dir, title, threshold, seed):
+def decoded_images(dataset: ImageDataset, indices) -> np.ndarray:
+    """The uint8 `[k, size, size, 3]` images at `indices` (positions in `dataset.paths`),
+    decoded and resized as the model saw them, from image files or a TFRecord folder's shards
+    alike (whose paths name no file)."""
+    from bc_keras.data import tfrecords  # TensorFlow only when a figure is drawn
+
+    indices = np.asarray(indices, dtype=np.int64)
+    order = np.unique(indices)  # sorted: a TFRecord folder is read in its own order
+    files = SplitFiles([dataset.paths[i] for i in order], np.asarray(dataset.labels)[order])
+    size, interpolation = dataset.image_size, dataset.interpolation
+    if dataset.source is not None and tfrecords.is_tfrecord_folder(dataset.source):
+        decoded = tfrecords.decoded_record_dataset(
+            dataset.source, dataset.subset, files, size, interpolation, cache=False
+        )
+    else:
+        decoded = decoded_dataset(files.paths, files.labels, size, interpolation, cache=False)
+    images = [image.numpy() for image, _ in decoded]
+    position = {int(index): i for i, index in enumerate(order)}
+    return np.stack([images[position[int(index)]] for index in indices])
+
+
+def _figures(result, labels, probabilities, test, run_dir, title, threshold, seed):
     label = f"{title} " if title else ""
     plots.plot_confusion_matrix(
         result["confusion_matrix"], run_dir / "confusion_matrix.png", f"{label}confusion matrix"
@@ -179,13 +203,15 @@ def _figures(result, labels, probabilities, paths, run_dir, title, threshold, se
             run_dir / "precision_recall_curve.png",
             f"{label}precision-recall",
         )
+    # From the decoded tensors, not the files: a TFRecord folder's paths name no file.
     plots.plot_sample_predictions(
-        paths,
+        test.paths,
         labels,
         probabilities,
         run_dir / "sample_predictions.png",
         threshold=threshold,
         seed=seed,
+        images=lambda indices: decoded_images(test, indices),
     )
 
 

@@ -110,6 +110,11 @@ def _label(name: str, score: str) -> str:
     return f"{name} ({score})" if name else score
 
 
+def sample_indices(total: int, count: int = 12, seed: int = 0) -> np.ndarray:
+    """The images `plot_sample_predictions` shows: `count` of `total`, drawn from `seed`."""
+    return np.random.default_rng(seed).choice(total, size=min(count, total), replace=False)
+
+
 def plot_sample_predictions(
     paths,
     labels,
@@ -120,19 +125,27 @@ def plot_sample_predictions(
     count: int = 12,
     seed: int = 0,
     read_image=Image.open,
+    images=None,
 ) -> Path:
-    """A grid of test images titled with true label, predicted label and probability;
-    `read_image(path)` opens one as a PIL image (e.g. from a TFRecord shard)."""
-    rng = np.random.default_rng(seed)
-    chosen = rng.choice(len(paths), size=min(count, len(paths)), replace=False)
+    """A grid of test images titled with true label, predicted label and probability.
+
+    The pixels come from `images(indices)` when given (uint8 `[k, h, w, 3]` of the images at
+    those positions, e.g. decoded from TFRecord shards, whose `paths` name no file), else from
+    `read_image(path)`, which opens one as a PIL image.
+    """
+    chosen = sample_indices(len(paths), count, seed)
+    pixels = None if images is None or not len(chosen) else images(chosen)
     columns = 4
     rows = int(np.ceil(len(chosen) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 2.6 * rows), squeeze=False)
     for axis in axes.ravel():
         axis.axis("off")
-    for axis, index in zip(axes.ravel(), chosen, strict=False):
-        with read_image(paths[index]) as image:
-            axis.imshow(image.convert("RGB"))
+    for number, (axis, index) in enumerate(zip(axes.ravel(), chosen, strict=False)):
+        if pixels is not None:
+            axis.imshow(np.asarray(pixels[number], dtype=np.uint8))
+        else:
+            with read_image(paths[index]) as image:
+                axis.imshow(image.convert("RGB"))
         predicted = int(probabilities[index] >= threshold)
         correct = predicted == int(labels[index])
         axis.set_title(

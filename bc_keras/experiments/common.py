@@ -8,6 +8,7 @@ import json
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from bc_keras import data, evaluation, models, runs, training
 from bc_keras.training import distribute
 from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig, RunConfig
-from bc_keras.errors import ConfigError, DataError, RunError
+from bc_keras.errors import ConfigError, DataError, UserError
 from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
 
 LABELLED_FILES = "labelled_train_files.txt"
@@ -43,6 +44,10 @@ class Run:
     lock: runs.RunLock | None
     chief: bool = True
     write_dir: Path | None = None
+    # The outermost folder this run created (None: it existed), and whether training began:
+    # a run refused before training removes what it made (see `__exit__`).
+    created: Path | None = None
+    training_started: bool = False
 
     def __post_init__(self):
         self.write_dir = self.write_dir or self.run_dir
@@ -69,11 +74,24 @@ class Run:
     def __enter__(self) -> Run:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, exc_type, error, traceback) -> None:
         if self.lock is not None:
             self.lock.release()
         if not self.chief:
             shutil.rmtree(self.write_dir, ignore_errors=True)
+        elif isinstance(error, UserError) and not self.training_started:
+            discard_refused_run(self.run_dir, self.created)
+
+
+# What starting a run writes before training: a refused run made of these alone is removed.
+STARTING_FILES = (runs.CONFIG_FILE, f".{runs.CONFIG_FILE}.tmp", runs.LOCK_FILE, LABELLED_FILES)
+
+
+def discard_refused_run(run_dir: Path, created: Path | None) -> None:
+    """Removes the folder of a run refused before training, if this run created it (never on
+    --resume, never a folder that existed) and it holds only `STARTING_FILES`."""
+    if created is not None and runs.remove_run_dir(run_dir, created, STARTING_FILES):
+        print(f"nothing kept: the refused run's folder {run_dir} was removed")
 
 
 @dataclass
@@ -94,9 +112,11 @@ def verbosity() -> int:
 
 def start_run(config: RunConfig) -> Run:
     """Creates the distribution strategy (first: a multi-worker one must precede any other
-    TensorFlow work), then, on the chief, checks where the run will write, locks its folder,
-    checks a resume against the interrupted run's settings, writes config.json (before
-    anything else can fail), and seeds. Use it as `with start_run(config) as run:`."""
+    TensorFlow work), then, on the chief, creates the run folder (a new one never shared with
+    another run), locks it, checks a resume against the interrupted run's settings, writes
+    config.json (so a run that crashes says what it was), and seeds. A `UserError` before
+    training removes the folder again if this run made it (see `Run.__exit__`). Use it as
+    `with start_run(config) as run:`."""
     strategy = distribute.get_strategy(config.strategy)
     if distribute.is_multi_worker(strategy) and config.run_dir is None:
         raise ConfigError(
@@ -110,15 +130,12 @@ def start_run(config: RunConfig) -> Run:
         print(f"worker of a multi-worker run: the chief writes {config.run_dir}")
         return Run(config, Path(config.run_dir), strategy, None, False, write_dir)
     models.check_model_out(config.model_out)
-    run_dir = runs.resolve_run_dir(config.run_dir, config.run_name(), config.resume)
+    run_dir, created = runs.claim_run_dir(config.run_dir, config.run_name(), config.resume)
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunError(
-            f"cannot create the run folder {run_dir} ({error.strerror}); choose a writable "
-            "--run-dir"
-        ) from error
-    lock = runs.RunLock(run_dir).acquire()
+        lock = runs.RunLock(run_dir).acquire()
+    except UserError:
+        discard_refused_run(run_dir, created)
+        raise
     try:
         runs.check_run_dir(run_dir, config.resume)
         config.run_dir = str(run_dir)
@@ -127,9 +144,11 @@ def start_run(config: RunConfig) -> Run:
         runs.write_config(run_dir, config)
         set_seed(config.seed)
         print(f"run folder: {run_dir}")
-        return Run(config, run_dir, strategy, lock)
-    except BaseException:
+        return Run(config, run_dir, strategy, lock, created=created)
+    except BaseException as error:
         lock.release()
+        if isinstance(error, UserError):
+            discard_refused_run(run_dir, created)
         raise
 
 
@@ -145,6 +164,8 @@ class ClassifierData:
     test_files: data.SplitFiles
     validation: data.ImageDataset | None = None
     recalibration: object = None
+    # Training images used / training images: --label-fraction as drawn by whole patients.
+    label_fraction_used: float = 1.0
 
     def dataset(self, subset: str, files: data.SplitFiles, **options) -> data.ImageDataset:
         """A tf.data dataset of `files`, un-augmented and in order unless `options` say
@@ -165,25 +186,44 @@ def classifier_run(config: ClassifierConfig, preprocess: str, interpolation: str
     """`start_run` and `classifier_data` (on the labelled training files) of a classifier:
     `with classifier_run(config, preprocess, interpolation) as (run, sets):`."""
     with start_run(config) as run:
-        train_files = labelled_files(config, run.write_dir)
-        yield run, classifier_data(config, preprocess, interpolation, train_files=train_files)
+        train_files, used = labelled_files(config, run.write_dir)
+        if run.chief:
+            runs.record_in_config(run.run_dir, label_fraction_used=used)
+        sets = classifier_data(config, preprocess, interpolation, train_files=train_files)
+        sets.label_fraction_used = used
+        yield run, sets
 
 
-def labelled_files(config: ClassifierConfig, run_dir: Path) -> data.SplitFiles:
+# The share drawn by whole patients is near the one asked for; beyond this relative difference
+# (one patient per class is the least drawn) a warning gives the share actually used.
+LABEL_FRACTION_TOLERANCE = 0.2
+
+
+def labelled_files(config: ClassifierConfig, run_dir: Path) -> tuple[data.SplitFiles, float]:
     """The training files whose labels are used: all, or --label-fraction of them drawn by
-    whole patients per class (listed in the run folder)."""
+    whole patients per class (listed in the run folder), and the share of the training images
+    they are (rounded to 6 digits); warns when that share is far from the one asked for."""
     files = data.list_split_files(config.data, data.SUBSET_TRAIN)
     if config.label_fraction == 1.0:
-        return files
+        return files, 1.0
     patients = patients_of_paths(files.paths)
     keep = label_fraction_indices(files.labels, patients, config.label_fraction, seed=config.seed)
     chosen = data.SplitFiles([files.paths[i] for i in keep], files.labels[keep])
     (run_dir / LABELLED_FILES).write_text("".join(f"{path}\n" for path in chosen.paths))
+    used = round(len(chosen.paths) / len(files.paths), 6)
     print(
         f"label fraction {config.label_fraction}: {len(chosen.paths)} of {len(files.paths)} "
         f"training images ({'whole patients' if patients else 'single images'}, per class)"
     )
-    return chosen
+    if abs(used - config.label_fraction) > LABEL_FRACTION_TOLERANCE * config.label_fraction:
+        warnings.warn(
+            f"--label-fraction {config.label_fraction:g} uses {used:.4g} of the training images "
+            f"({len(chosen.paths)} of {len(files.paths)}: whole "
+            f"{'patients' if patients else 'images'} per class, at least one each); recorded as "
+            "label_fraction_used",
+            stacklevel=2,
+        )
+    return chosen, used
 
 
 def classifier_data(
@@ -191,10 +231,10 @@ def classifier_data(
 ) -> ClassifierData:
     """Lists and checks the three subsets before any training: a subset with one class or
     none stops the run here, not after hours of training."""
-    if config.pipeline == data.PIPELINE_GENERATOR:
-        from bc_keras.data import tfrecords
+    from bc_keras.data import tfrecords
 
-        tfrecords.check_pipeline(config.data, config.pipeline)
+    # Before any listing: the generator reads image folders, not a TFRecord folder's shards.
+    tfrecords.check_pipeline(config.data, config.pipeline)
     train_files = train_files or data.list_split_files(config.data, data.SUBSET_TRAIN)
     validation_files = data.list_split_files(config.data, data.SUBSET_VAL)
     test_files = data.list_split_files(config.data, data.SUBSET_TEST)
@@ -245,12 +285,6 @@ def class_weights(config: ClassifierConfig, labels) -> dict | None:
     return weights
 
 
-def _resumed_epoch(backup_dir: Path) -> int:
-    """The epoch an interrupted fit resumes at (BackupAndRestore's record), else 0."""
-    record = backup_dir / "training_metadata.json"
-    return int(json.loads(record.read_text())["epoch"]) if record.is_file() else 0
-
-
 def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **callback_options):
     """Trains through `phases` with the one early-stopping rule of SPEC 6: the model kept is
     the best on validation over all phases (a later phase starts from the best value and
@@ -277,7 +311,11 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
         if phase.description:
             print(f"\nphase {phase.number}: {phase.description}")
         phase.prepare()
-        start_epoch = _resumed_epoch(run.run_dir / backup_name) if config.resume else 0
+        start_epoch, epochs = 0, phase.epochs
+        if config.resume:
+            start_epoch = training.resumed_epoch(run.run_dir / backup_name)
+            if training.stopped_early(run.run_dir / backup_name):
+                epochs = start_epoch  # killed as the phase ended: fit only finishes it
         train = training_dataset(config, sets, phase.number, start_epoch)
         callbacks = run.callbacks(
             phase.learning_rate,
@@ -287,13 +325,20 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
             initial_best=best_value,
             initial_weights=best_weights,
             recalibration_data=sets.recalibration,
+            # Written inside fit, before it returns: no crash point is left between the end of
+            # training and the marker (the epoch backup stays until the outputs are written).
+            # Every worker saves (a multi-worker save is collective), each in its write_dir.
+            complete_marker=tuple(
+                run.write_dir / path.relative_to(run.run_dir) for path in (marker, state)
+            ),
             **callback_options,
         )
+        run.training_started = True
         with distribute.fit_scope(model, run.strategy):
             model.fit(
                 train.data,
                 validation_data=sets.validation.data,
-                epochs=phase.epochs,
+                epochs=epochs,
                 steps_per_epoch=train.steps,
                 class_weight=weights,
                 callbacks=callbacks,
@@ -302,11 +347,6 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
             )
         stopping = training.early_stopping_of(callbacks)
         best_value, best_weights = stopping.best, model.get_weights()
-        # Kept until the model and metrics are written: a crash after training resumes here.
-        if run.chief:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            model.save_weights(marker)
-            runs.write_json(state, {"best": best_value})
 
 
 def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, title: str) -> dict:
@@ -347,6 +387,7 @@ def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, tit
         tta=bool(config.tta),
         title=title,
         seed=config.seed,
+        extra={"label_fraction_used": sets.label_fraction_used},
     )
     runs.finish_backup(run.run_dir)
     print(f"\nmodel: {model_path}\nmetrics, predictions and figures: {run.run_dir}")

@@ -1,6 +1,10 @@
 """Training: distribution strategy, seeds, the run object and the callbacks."""
 
 from bc_keras.training.callbacks import (  # noqa: F401
+    PhaseCompleteMarker,
+    trim_history,
+    resumed_epoch,
+    stopped_early,
     DIVERGED_LOSS,
     COLLAPSE_EPOCHS,
     RECALIBRATION_BATCHES,

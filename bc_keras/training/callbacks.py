@@ -3,8 +3,10 @@ that restore every piece of state, and guards against divergence, collapse and s
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -183,6 +185,80 @@ class CollapseWarning(keras.callbacks.Callback):
             )
 
 
+class PhaseCompleteMarker(keras.callbacks.Callback):
+    """Writes the phase-complete marker at the end of a fit that ran to its end: the weights
+    kept (early stopping has restored the best ones: put this after it) and the best value,
+    weights first, so `state_path` existing means both are whole. Written inside `fit`, while
+    the epoch backup still exists, a crash at any moment after training resumes either from the
+    marker (the phase is skipped) or from the last epoch's backup (no epoch is trained again)."""
+
+    def __init__(self, weights_path, state_path, stopping: keras.callbacks.EarlyStopping):
+        super().__init__()
+        self.weights_path, self.state_path = Path(weights_path), Path(state_path)
+        self.stopping = stopping
+
+    def on_train_end(self, logs=None):
+        self.weights_path.parent.mkdir(parents=True, exist_ok=True)
+        self.model.save_weights(self.weights_path)
+        write_json(self.state_path, {"best": _plain(self.stopping.best)})
+
+
+def trim_history(path, start_epoch: int, phase: int | None = None) -> int:
+    """Drops the rows of a CSV history that a resumed fit writes again: those of `phase` (or
+    of every phase when None) from `start_epoch` on. A crash after an epoch's row was written
+    but before its backup was saved would otherwise leave that epoch twice.
+
+    Returns:
+        How many rows were dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with open(path, newline="") as file:
+        reader = csv.DictReader(file)
+        fields, rows = reader.fieldnames, list(reader)
+    if not fields or "epoch" not in fields:
+        return 0
+
+    def rewritten(row) -> bool:
+        same_phase = phase is None or "phase" not in fields or _number(row.get("phase")) == phase
+        return same_phase and _number(row.get("epoch")) >= start_epoch
+
+    kept = [row for row in rows if not rewritten(row)]
+    if len(kept) == len(rows):
+        return 0
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(kept)
+    os.replace(temporary, path)
+    return len(rows) - len(kept)
+
+
+def _number(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def resumed_epoch(backup_dir) -> int:
+    """The epoch an interrupted fit resumes at (BackupAndRestore's record), else 0."""
+    record = Path(backup_dir) / "training_metadata.json"
+    return int(json.loads(record.read_text())["epoch"]) if record.is_file() else 0
+
+
+def stopped_early(backup_dir) -> bool:
+    """Whether the interrupted fit backed up in `backup_dir` had already stopped early (it was
+    killed between its last epoch and the end of `fit`): resuming trains no further epoch."""
+    record = Path(backup_dir) / "callbacks" / CallbackStateBackup.STATE_FILE
+    if not record.is_file():
+        return False
+    state = json.loads(record.read_text()).get("0", {})  # the early stopping, first watched
+    return (state.get("stopped_epoch") or 0) > 0
+
+
 class SharedBackupAndRestore(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that writes its backups to `backup_dir` but restores from
     `restore_dir`: every worker of a multi-worker run resumes from the chief's backup (on a
@@ -292,6 +368,7 @@ def training_callbacks(
     recalibration_data=None,
     collapse_warning: bool = True,
     restore_dir=None,
+    complete_marker: tuple | None = None,
 ) -> list:
     """The report's callbacks plus what a long, trustworthy run needs.
 
@@ -302,6 +379,10 @@ def training_callbacks(
     callbacks' own state so that `resume` continues from the last completed epoch.
     """
     run_dir = Path(run_dir)
+    backup = run_dir / backup_name
+    restore = Path(restore_dir or run_dir) / backup_name
+    if resume:
+        trim_history(run_dir / HISTORY_FILE, resumed_epoch(restore), phase)
     mode = "max" if monitor.endswith("auc") else "min"
     callbacks: list = []
     if phase is not None:
@@ -333,13 +414,15 @@ def training_callbacks(
             )
         )
     callbacks += watched
+    if complete_marker is not None:
+        # Right after early stopping: its on_train_end has restored the best weights.
+        callbacks.append(PhaseCompleteMarker(*complete_marker, watched[0]))
     callbacks.append(DivergenceGuard(learning_rate))
     if collapse_warning:
         callbacks.append(CollapseWarning())
-    backup = run_dir / backup_name
-    restore = Path(restore_dir or run_dir) / backup_name
     callbacks.append(CallbackStateBackup(backup / "callbacks", watched, restore / "callbacks"))
-    callbacks.append(SharedBackupAndRestore(backup, restore, delete_checkpoint=True))
+    # Kept at the end of fit: a crash before the run's outputs exist resumes from it.
+    callbacks.append(SharedBackupAndRestore(backup, restore, delete_checkpoint=False))
     return callbacks
 
 
