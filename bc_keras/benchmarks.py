@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 
 from bc_keras.backbones import get_backbone
-from bc_keras.models import simclr
 from bc_keras.config import (
     MODEL_CNN,
     MODEL_RESNET18,
@@ -32,10 +31,10 @@ from bc_keras.data import (
     simclr_dataset_from_files,
     tfdata_from_files,
 )
-from bc_keras.errors import ConfigError, DataError, UserError, one_line
 from bc_keras.data.generator import generator_from_files
+from bc_keras.errors import ConfigError, DataError, UserError, one_line
 from bc_keras.evaluation.inference import predict_files
-from bc_keras.models import build_baseline_cnn, compile_classifier, model_scope
+from bc_keras.models import build_baseline_cnn, compile_classifier, model_scope, simclr
 from bc_keras.models.resnet import build_resnet18
 from bc_keras.models.transfer import build_transfer_model
 

@@ -238,13 +238,6 @@ def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def set_seed(seed: int) -> None:
-    """Seeds Python, NumPy and TensorFlow (op determinism is left off: it slows GPUs a lot)."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
-
-
 NOTHING_WRITTEN = "interrupted: nothing was written (an unfinished output is removed)"
 RESUME_HINT = (
     "interrupted: the run folder keeps a backup; run the same command with --resume to continue"

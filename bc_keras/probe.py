@@ -21,10 +21,10 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from bc_keras import cli, runs
-from bc_keras.histology.breakhis import describe_files
 from bc_keras.config import BACKBONES, PREPROCESS_BACKBONE, PREPROCESS_RESCALE
 from bc_keras.errors import ConfigError, DataError
 from bc_keras.evaluation.metrics import compute_metrics
+from bc_keras.histology.breakhis import describe_files
 
 SUBSETS_FITTED = ("train", "val")
 SUBSET_SCORED = "test"
@@ -170,7 +170,9 @@ def main(argv=None) -> int:
         raise DataError(f"--out {out} must be a file in an existing folder")
     if out is not None and not os.access(out.parent, os.W_OK):
         raise DataError(f"--out {out}: {out.parent} is not writable; choose another --out")
-    cli.set_seed(args.seed)
+    from bc_keras.training.seeds import set_seed
+
+    set_seed(args.seed)
     result = linear_probe(
         args.data,
         args.backbone,

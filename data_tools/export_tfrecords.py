@@ -45,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_paths(split_dir: Path, out: Path, overwrite: bool):
     """The split's split.csv records after refusing a missing split and a dangerous --out."""
-    from bc_keras.prepare.output import split_records_and_out
     from bc_keras.data.tfrecords import is_tfrecord_folder
+    from bc_keras.prepare.output import split_records_and_out
 
     if is_tfrecord_folder(split_dir):
         raise DataError(f"{split_dir} already holds TFRecords; pass the prepared image folder")
@@ -63,8 +63,7 @@ def shard_count(paths, shards: int | None) -> int:
 
 def export(split_dir, out, shards: int | None = None, overwrite: bool = False, tty=False) -> dict:
     """Writes the TFRecord folder `out` of `split_dir`; returns what tfrecords.json holds."""
-    from bc_keras.data import tfrecords
-    from bc_keras.data import SUBSETS, list_split_files
+    from bc_keras.data import SUBSETS, list_split_files, tfrecords
     from bc_keras.histology.images import ImageScan, describe_problems
     from bc_keras.prepare.manifest import MANIFEST_NAME, SETTINGS_NAME, manifest_path_of
     from bc_keras.prepare.normalize import Progress

@@ -10,8 +10,8 @@ import os
 import sys
 
 from bc_keras import cli
-from bc_keras.prepare.normalize import NORMALIZE_NAME, TARGET_RULE, normalize_split
 from bc_keras.histology.stain import METHOD_MACENKO, NORMALIZATION_METHODS
+from bc_keras.prepare.normalize import NORMALIZE_NAME, TARGET_RULE, normalize_split
 
 
 def build_parser() -> argparse.ArgumentParser:

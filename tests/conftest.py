@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bc_keras.prepare import prepare_split
 from bc_keras.histology.synthetic import write_synthetic_tree
+from bc_keras.prepare import prepare_split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()

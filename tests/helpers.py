@@ -13,8 +13,8 @@ import numpy as np
 
 from bc_keras import cli, training
 from bc_keras.histology.breakhis import SUBTYPES, parse_filename
-from bc_keras.prepare import ImageRecord, prepare_split
 from bc_keras.histology.synthetic import write_synthetic_tree
+from bc_keras.prepare import ImageRecord, prepare_split
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The unpatched builder: probes replace each other instead of piling up.

@@ -11,11 +11,11 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
-from bc_keras.errors import DataError
 from bc_keras import data
 from bc_keras.data import augment
-from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.data.decode import INTERPOLATIONS
+from bc_keras.errors import DataError
+from bc_keras.histology.breakhis import CLASS_NAMES
 
 
 def _materialise(dataset: data.ImageDataset):

@@ -17,8 +17,8 @@ from helpers import run_tool as run
 from PIL import Image
 
 from bc_keras.histology.breakhis import archive_relative_path, parse_filename
-from bc_keras.prepare import layout, read_fold_file
 from bc_keras.histology.synthetic import write_synthetic_tree
+from bc_keras.prepare import layout, read_fold_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS = REPO_ROOT / "data_tools"

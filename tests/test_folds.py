@@ -13,8 +13,9 @@ from helpers import assert_one_line_error, load_tool, make_records, run_tool
 from PIL import Image
 
 from bc_keras import cli
-from bc_keras.histology.breakhis import CLASS_NAMES, SUBTYPES, parse_filename
 from bc_keras.errors import DataError
+from bc_keras.histology.breakhis import CLASS_NAMES, SUBTYPES, parse_filename
+from bc_keras.histology.synthetic import write_synthetic_tree
 from bc_keras.prepare import (
     folds,
     index_tree,
@@ -23,7 +24,6 @@ from bc_keras.prepare import (
     split_kfold_by_patient,
     split_summary,
 )
-from bc_keras.histology.synthetic import write_synthetic_tree
 
 TOOLS = Path(__file__).resolve().parents[1] / "data_tools"
 SPLITS = ("train", "val", "test")

@@ -9,9 +9,7 @@ from PIL import Image
 
 from bc_keras import models
 from bc_keras.evaluation import gradcam
-from bc_keras.models import resnet
-from bc_keras.models import simclr
-from bc_keras.models import transfer
+from bc_keras.models import resnet, simclr, transfer
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8

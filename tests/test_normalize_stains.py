@@ -15,7 +15,6 @@ from helpers import load_tool, make_split
 from PIL import Image
 
 from bc_keras import cli
-from bc_keras.prepare import normalize
 from bc_keras.histology.stain import (
     METHOD_MACENKO,
     METHOD_REINHARD,
@@ -24,6 +23,7 @@ from bc_keras.histology.stain import (
     read_rgb,
     tissue_brightness,
 )
+from bc_keras.prepare import normalize
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL_PATH = REPO_ROOT / "data_tools" / "normalize_stains.py"

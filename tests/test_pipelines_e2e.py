@@ -11,8 +11,8 @@ import pytest
 from helpers import assert_one_line_error, load_script, load_tool, run_tool
 
 from bc_keras import cli, data, evaluation, models, runs
-from bc_keras.data import generator
-from bc_keras.data import tfrecords
+from bc_keras.data import generator, tfrecords
+from bc_keras.evaluation import classifier as evaluation_classifier
 
 train_cnn = load_script("train_cnn")
 train_transfer = load_script("train_transfer")
@@ -98,7 +98,7 @@ def test_tfdata_trains_on_a_tfrecord_folder_to_the_last_figure(
         drawn.append((dataset.paths, np.asarray(indices), images))
         return images
 
-    monkeypatch.setattr(evaluation, "decoded_images", spy)
+    monkeypatch.setattr(evaluation_classifier, "decoded_images", spy)
     model = tmp_path / "cnn.h5"
     argv = ["--data", shards, *TINY, "--run-dir", tmp_path / "run", "--model-out", model]
     assert cli.run_script(train_cnn.main, [str(a) for a in argv]) == 0

@@ -10,8 +10,7 @@ import tensorflow as tf
 from helpers import load_script
 
 from bc_keras import cli, models
-from bc_keras.models import simclr
-from bc_keras.models import transfer
+from bc_keras.models import simclr, transfer
 from bc_keras.models.resnet import build_resnet18
 
 SIZE = 32

@@ -10,10 +10,9 @@ from helpers import load_script
 from PIL import Image
 
 from bc_keras import cli, models
-from bc_keras.evaluation import gradcam
-from bc_keras.models import simclr
-from bc_keras.models import transfer
 from bc_keras.data.decode import decode_and_resize
+from bc_keras.evaluation import gradcam
+from bc_keras.models import simclr, transfer
 from bc_keras.models.resnet import build_resnet18
 
 predict = load_script("predict")

@@ -17,8 +17,12 @@ from sklearn import metrics as sk
 
 from bc_keras import cli, report
 from bc_keras.evaluation import statistics
+from bc_keras.evaluation.metrics import (
+    FLAG_ALL_PREDICTED_MALIGNANT,
+    bootstrap_by_patient,
+    compute_metrics,
+)
 from bc_keras.histology.breakhis import CLASS_NAMES, describe_files
-from bc_keras.evaluation.metrics import FLAG_ALL_PREDICTED_MALIGNANT, bootstrap_by_patient, compute_metrics
 from bc_keras.report.figures import PNG_SIGNATURE
 from bc_keras.report.runs import read_predictions
 from bc_keras.report.tables import classification_report_text, p_value

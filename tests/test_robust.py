@@ -14,8 +14,7 @@ import tensorflow as tf
 from helpers import load_script
 
 from bc_keras import cli, config, models, runs, training
-from bc_keras.evaluation import inference
-from bc_keras.evaluation import metrics
+from bc_keras.evaluation import inference, metrics
 from bc_keras.experiments import common
 
 train_cnn = load_script("train_cnn")

@@ -19,9 +19,10 @@ from helpers import load_script, probe_callbacks
 from PIL import Image
 
 from bc_keras import cli, data, runs
+from bc_keras.evaluation import classifier as evaluation_classifier
 from bc_keras.evaluation import metrics
-from bc_keras.prepare import prepare_split
 from bc_keras.histology.synthetic import write_synthetic_tree
+from bc_keras.prepare import prepare_split
 
 train_cnn = load_script("train_cnn")
 predict = load_script("predict")
@@ -253,12 +254,11 @@ def test_outputs_follow_the_users_umask(split, tmp_path):
 
 
 def test_the_backup_stays_until_model_and_metrics_are_written(split, tmp_path, monkeypatch):
-    from bc_keras import evaluation
 
     def broken(*args, **kwargs):
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(evaluation, "write_predictions", broken)
+    monkeypatch.setattr(evaluation_classifier, "write_predictions", broken)
     with pytest.raises(OSError, match="simulated"):
         cli.run_script(train_cnn.main, _args(split, tmp_path, "--epochs", "2"))
     assert runs.has_backup(tmp_path / "run"), "training is not thrown away"

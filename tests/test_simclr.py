@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from bc_keras.models import model_scope, save_model
-from bc_keras.prepare.subsets import label_fraction_indices
 from bc_keras.models.resnet import build_resnet18
 from bc_keras.models.simclr import (
     NTXentLoss,
@@ -27,6 +26,7 @@ from bc_keras.models.simclr import (
     nt_xent_per_anchor,
     set_encoder_trainable,
 )
+from bc_keras.prepare.subsets import label_fraction_indices
 
 IMAGE_SIZE = 32
 

@@ -8,12 +8,13 @@ import pytest
 from helpers import make_records
 from PIL import Image
 
+from bc_keras.errors import DataError
 from bc_keras.histology.breakhis import (
     MAGNIFICATIONS,
     OFFICIAL_PATIENT_COUNTS,
     parse_filename,
 )
-from bc_keras.errors import DataError
+from bc_keras.histology.synthetic import write_synthetic_tree
 from bc_keras.prepare import (
     find_breast_root,
     index_tree,
@@ -27,7 +28,6 @@ from bc_keras.prepare import (
     validate_ratios,
     write_manifest,
 )
-from bc_keras.histology.synthetic import write_synthetic_tree
 
 
 def fractions(records):

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bc_keras.histology import stain
 from bc_keras.data.augment import hed_perturbation, random_hed_perturbation
 from bc_keras.errors import DataError
+from bc_keras.histology import stain
 
 # Unit OD vectors of two stainings: the target's and another lab's (bluer H, redder E).
 TARGET_VECTORS = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]])

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from bc_keras import runs, study
-from bc_keras.models import transfer
 from bc_keras.config import CNNConfig, FinetuneConfig, PretrainConfig, TransferConfig
 from bc_keras.histology.synthetic import write_synthetic_tree
+from bc_keras.models import transfer
 
 MOBILENET_WEIGHTS = "mobilenet_2_5_224_tf_no_top.h5"
 

@@ -17,8 +17,8 @@ from helpers import assert_one_line_error, load_tool, make_split, run_tool
 
 from bc_keras import cli, data
 from bc_keras.data import tfrecords
-from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.errors import DataError
+from bc_keras.histology.breakhis import CLASS_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOL_PATH = REPO_ROOT / "data_tools" / "export_tfrecords.py"

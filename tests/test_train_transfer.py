@@ -9,11 +9,11 @@ import pytest
 from helpers import load_script, probe_callbacks
 
 from bc_keras import cli, models, runs
-from bc_keras.models import transfer
 from bc_keras.config import TransferConfig
 from bc_keras.errors import ConfigError
-from bc_keras.prepare import prepare_split
 from bc_keras.histology.synthetic import write_synthetic_tree
+from bc_keras.models import transfer
+from bc_keras.prepare import prepare_split
 
 train_transfer = load_script("train_transfer")
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras.evaluation import metrics as bc_metrics
-from bc_keras.evaluation import plots
-from bc_keras.histology.breakhis import UNKNOWN, describe_files
 from bc_keras.config import THRESHOLD_METHODS
 from bc_keras.data import ImageDataset, SplitFiles, decoded_dataset
+from bc_keras.evaluation import metrics as bc_metrics
+from bc_keras.evaluation import plots
 from bc_keras.evaluation.inference import predict_probabilities
+from bc_keras.histology.breakhis import UNKNOWN, describe_files
 from bc_keras.runs import METRICS_FILE, PREDICTIONS_FILE, read_history, write_json
 
 PREDICTION_COLUMNS = ("filename", "patient", "magnification", "label", "probability", "predicted")

@@ -12,9 +12,9 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, describe_files
 from bc_keras.data import DEFAULT_INTERPOLATION, PREPROCESS_RESCALE, files_dataset
 from bc_keras.errors import DataError, ModelFileError
+from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, describe_files
 from bc_keras.histology.images import IMAGE_EXTENSIONS, check_images
 
 IMAGE_COLUMNS = ("path", "probability_malignant", "label")
@@ -170,8 +170,8 @@ def write_csv(path, columns, rows) -> Path:
 def write_gradcam_overlays(model, metadata: dict, files, out_dir, batch_size: int = 32) -> list:
     """Grad-CAM of the malignant class for every image, written as `<name>_gradcam.png`
     overlays (the image at the model's input size under its heat map) in `out_dir`."""
-    from bc_keras.evaluation import gradcam
     from bc_keras.data.decode import decode_and_resize
+    from bc_keras.evaluation import gradcam
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

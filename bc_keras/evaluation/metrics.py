@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn import metrics as sk
 
-from bc_keras.config import THRESHOLD_BALANCED_ACCURACY, THRESHOLD_METHODS, THRESHOLD_YOUDEN
+from bc_keras.config import THRESHOLD_METHODS, THRESHOLD_YOUDEN
 from bc_keras.histology.breakhis import CLASS_NAMES
 
 # Where a metric is shown: the comparison table, the report's results table, the one-line

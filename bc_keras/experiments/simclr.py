@@ -9,10 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from bc_keras import data, evaluation, models, runs
-from bc_keras.training import distribute
-from bc_keras.evaluation import plots
-from bc_keras.models import simclr
-from bc_keras.data.augment import SimCLRAugmentation
 from bc_keras.config import (
     ENCODER_NONE,
     PREPROCESS_RESCALE,
@@ -20,9 +16,13 @@ from bc_keras.config import (
     LinearConfig,
     PretrainConfig,
 )
+from bc_keras.data.augment import SimCLRAugmentation
 from bc_keras.errors import ConfigError, DataError, ModelFileError
+from bc_keras.evaluation import plots
 from bc_keras.experiments import common
+from bc_keras.models import simclr
 from bc_keras.models.resnet import build_resnet18
+from bc_keras.training import distribute
 
 KIND_ENCODER = "simclr_encoder"
 # Pretraining decodes with bilinear resizing; the classifier is fed the same way.

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from bc_keras import experiments, runs
-from bc_keras.models import transfer
 from bc_keras.config import TransferConfig
 from bc_keras.data.decode import DEFAULT_INTERPOLATION
 from bc_keras.experiments import common
-
+from bc_keras.models import transfer
 
 
 def run(config: TransferConfig) -> dict:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS
 from bc_keras.errors import DataError
+from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS
 from bc_keras.prepare import split as splitting
 from bc_keras.prepare.index import (
     PROGRESS_EVERY,

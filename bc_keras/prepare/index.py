@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS, parse_filename
 from bc_keras.errors import DataError
+from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS, parse_filename
 from bc_keras.histology.images import check_bytes, check_image
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")

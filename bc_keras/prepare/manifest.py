@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from bc_keras.histology.breakhis import CLASS_NAMES, distribution_table, parse_filename
 from bc_keras.errors import DataError
+from bc_keras.histology.breakhis import CLASS_NAMES, distribution_table, parse_filename
 from bc_keras.prepare.index import ImageRecord
 from bc_keras.prepare.split import SPLIT_NAMES
 

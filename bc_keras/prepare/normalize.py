@@ -14,8 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
-from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.errors import DataError, one_line
+from bc_keras.histology.breakhis import CLASS_NAMES
+from bc_keras.histology.stain import (
+    METHOD_MACENKO,
+    file_tissue_brightness,
+    make_normalizer,
+    normalize_file,
+    read_rgb,
+)
 from bc_keras.prepare.manifest import (
     MANIFEST_NAME,
     SETTINGS_NAME,
@@ -24,13 +31,6 @@ from bc_keras.prepare.manifest import (
 )
 from bc_keras.prepare.output import split_records_and_out, staged_output
 from bc_keras.prepare.split import SPLIT_NAMES
-from bc_keras.histology.stain import (
-    METHOD_MACENKO,
-    file_tissue_brightness,
-    make_normalizer,
-    normalize_file,
-    read_rgb,
-)
 
 NORMALIZE_NAME = "normalize.json"
 TRAIN_SPLIT = "train"

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bc_keras.errors import UserError, one_line
 from bc_keras.evaluation import plots
 from bc_keras.histology.breakhis import CLASS_NAMES
-from bc_keras.errors import UserError, one_line
 from bc_keras.report.runs import Run, locate, same_folder
 from bc_keras.report.sets import EvaluationSet
 from bc_keras.runs import HISTORY_FILE, read_history
