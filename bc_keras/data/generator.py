@@ -10,8 +10,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from bc_keras.data.pipeline import PipelineOptions, check_interpolation, preprocess_function
 from bc_keras.histology.breakhis import CLASS_NAMES
-from bc_keras.data import PipelineOptions, check_interpolation, preprocess_function
 from bc_keras.histology.stain import StainAugmentation
 
 

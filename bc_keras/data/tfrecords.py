@@ -20,18 +20,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, try_parse_filename
 from bc_keras.config import PIPELINE_TFDATA
-from bc_keras.data import (
-    SUBSET_TRAIN,
-    SUBSETS,
-    SplitFiles,
-    check_interpolation,
-    decoded_dataset,
-    epochs_from_decoded,
-)
 from bc_keras.data.decode import decode_bytes_and_resize
+from bc_keras.data.files import SUBSET_TRAIN, SUBSETS, SplitFiles
+from bc_keras.data.pipeline import check_interpolation, decoded_dataset, epochs_from_decoded
 from bc_keras.errors import DataError
+from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, try_parse_filename
 from bc_keras.histology.images import IMAGE_EXTENSIONS, check_bytes, check_images, describe_problems
 from bc_keras.prepare.manifest import MANIFEST_NAME
 
