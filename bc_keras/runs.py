@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import json
@@ -23,6 +24,14 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 BACKUP_DIR = "backup"
 LOCK_FILE = "run.lock"
+# The figures of a run folder (written by evaluation and the experiments, read by the report).
+TRAINING_CURVES_FIGURE = "training_curves.png"
+CONFUSION_MATRIX_FIGURE = "confusion_matrix.png"
+ROC_FIGURE = "roc_curve.png"
+PRECISION_RECALL_FIGURE = "precision_recall_curve.png"
+SAMPLE_PREDICTIONS_FIGURE = "sample_predictions.png"
+TSNE_FIGURE = "tsne_test_embeddings.png"
+AUGMENTED_PAIRS_FIGURE = "augmented_pairs.png"
 
 
 def timestamp() -> str:
@@ -247,13 +256,27 @@ def read_config(run_dir) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def write_json(path, values) -> Path:
-    """Writes JSON atomically (a reader never sees half a file)."""
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", **open_options):
+    """Opens a temporary file beside `path` and moves it onto `path` once the block ends
+    without an error (a reader never sees half a file; on an error nothing is left). Files
+    get the user's usual permissions. The one way bc_keras writes an output file."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(values, indent=2, default=_json_default) + "\n")
-    os.replace(temporary, path)
-    return path
+    try:
+        with open(temporary, mode, **open_options) as file:
+            yield file
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def write_json(path, values) -> Path:
+    """Writes JSON atomically (a reader never sees half a file)."""
+    with atomic_write(path) as file:
+        file.write(json.dumps(values, indent=2, default=_json_default) + "\n")
+    return Path(path)
 
 
 def _json_default(value):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bc_keras import runs
 from bc_keras.config import THRESHOLD_METHODS
 from bc_keras.data import ImageDataset, SplitFiles, decoded_dataset
 from bc_keras.evaluation import metrics as bc_metrics
@@ -49,8 +50,7 @@ def decide_threshold(model, config, validation: ImageDataset, tta: bool = False)
 def write_predictions(path, paths, labels, probabilities, threshold: float) -> Path:
     """predictions.csv: filename, patient, magnification, label, probability, predicted."""
     patients, magnifications = describe_files(paths)
-    temporary = Path(path).with_name(f".{Path(path).name}.tmp")
-    with open(temporary, "w", newline="") as file:
+    with runs.atomic_write(path, newline="") as file:
         writer = csv.writer(file)
         writer.writerow(PREDICTION_COLUMNS)
         for row in zip(paths, patients, magnifications, labels, probabilities, strict=True):
@@ -65,7 +65,6 @@ def write_predictions(path, paths, labels, probabilities, threshold: float) -> P
                     int(probability >= threshold),
                 ]
             )
-    os.replace(temporary, path)
     return Path(path)
 
 
@@ -193,14 +192,14 @@ def decoded_images(dataset: ImageDataset, indices) -> np.ndarray:
 def _figures(result, labels, probabilities, test, run_dir, title, threshold, seed):
     label = f"{title} " if title else ""
     plots.plot_confusion_matrix(
-        result["confusion_matrix"], run_dir / "confusion_matrix.png", f"{label}confusion matrix"
+        result["confusion_matrix"], run_dir / runs.CONFUSION_MATRIX_FIGURE, f"{label}confusion matrix"
     )
     if len(np.unique(labels)) > 1:
-        plots.plot_roc_curve(labels, probabilities, run_dir / "roc_curve.png", f"{label}ROC curve")
+        plots.plot_roc_curve(labels, probabilities, run_dir / runs.ROC_FIGURE, f"{label}ROC curve")
         plots.plot_precision_recall_curve(
             labels,
             probabilities,
-            run_dir / "precision_recall_curve.png",
+            run_dir / runs.PRECISION_RECALL_FIGURE,
             f"{label}precision-recall",
         )
     # From the decoded tensors, not the files: a TFRecord folder's paths name no file.
@@ -208,7 +207,7 @@ def _figures(result, labels, probabilities, test, run_dir, title, threshold, see
         test.paths,
         labels,
         probabilities,
-        run_dir / "sample_predictions.png",
+        run_dir / runs.SAMPLE_PREDICTIONS_FIGURE,
         threshold=threshold,
         seed=seed,
         images=lambda indices: decoded_images(test, indices),
@@ -218,7 +217,7 @@ def _figures(result, labels, probabilities, test, run_dir, title, threshold, see
 def plot_run_history(run_dir, title: str = "") -> Path:
     """training_curves.png from the run's history.csv."""
     return plots.plot_history(
-        read_history(run_dir), Path(run_dir) / "training_curves.png", title=title
+        read_history(run_dir), Path(run_dir) / runs.TRAINING_CURVES_FIGURE, title=title
     )
 
 

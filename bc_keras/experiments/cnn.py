@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from bc_keras import models
+from bc_keras import experiments, models
 from bc_keras.config import PREPROCESS_RESCALE, CNNConfig
 from bc_keras.data.decode import DEFAULT_INTERPOLATION
 from bc_keras.experiments import common
 
-TITLE = "Baseline CNN"
+TITLE = experiments.EXPERIMENTS[CNNConfig].title
 
 
 def run(config: CNNConfig) -> dict:

@@ -98,7 +98,7 @@ def pretrain(config: PretrainConfig) -> dict:
             plots.plot_augmented_pairs(
                 views_a.numpy(),
                 views_b.numpy(),
-                run.run_dir / "augmented_pairs.png",
+                run.run_dir / runs.AUGMENTED_PAIRS_FIGURE,
                 title="SimCLR augmented pairs",
             )
         with run.scope():
@@ -182,7 +182,7 @@ def _plot_test_embeddings(encoder, config: PretrainConfig, run_dir: Path) -> Non
         plots.plot_tsne(
             embeddings,
             test.labels,
-            run_dir / "tsne_test_embeddings.png",
+            run_dir / runs.TSNE_FIGURE,
             seed=config.seed,
             title="t-SNE of test-set SimCLR embeddings",
         )
