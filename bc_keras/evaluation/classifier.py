@@ -152,20 +152,14 @@ def evaluate_classifier(
 
 
 def summary_line(result: dict) -> str:
-    """Accuracy, balanced accuracy, specificity, recall, F1, AUC and the patient rate."""
-
-    def number(key):
-        value = result.get(key)
-        return "n/a" if value is None else f"{value:.4f}"
-
-    line = (
-        f"accuracy {number('accuracy')}  balanced accuracy {number('balanced_accuracy')}  "
-        f"specificity {number('specificity')}  recall {number('recall')}  F1 {number('f1')}  "
-        f"AUC-ROC {number('auc_roc')}"
-    )
-    if "patient_recognition_rate" in result:
-        line += f"  patient recognition rate {number('patient_recognition_rate')}"
-    return line
+    """The summary metrics of the registry (accuracy, balanced accuracy, specificity, recall,
+    F1, AUC and the patient recognition rate, when present), four decimals each."""
+    parts = [
+        f"{metric.title} {'n/a' if result.get(metric.key) is None else f'{result[metric.key]:.4f}'}"
+        for metric in bc_metrics.metrics_in(bc_metrics.VIEW_SUMMARY)
+        if metric.key in result
+    ]
+    return "  ".join(parts)
 
 
 def decoded_images(dataset: ImageDataset, indices) -> np.ndarray:
