@@ -129,9 +129,14 @@ def check_model_out(path) -> Path:
     return path
 
 
+def nonfinite_weights(model: keras.Model) -> list[str]:
+    """The paths of the model's variables holding a NaN or an infinity."""
+    return [w.path for w in model.weights if not np.all(np.isfinite(w.numpy()))]
+
+
 def check_finite_weights(model: keras.Model) -> None:
     """Refuses a model with NaN or infinite weights (a diverged run)."""
-    broken = [w.path for w in model.weights if not np.all(np.isfinite(w.numpy()))]
+    broken = nonfinite_weights(model)
     if broken:
         raise TrainingError(
             f"the trained model has non-finite weights ({len(broken)} variables, e.g. "
@@ -197,11 +202,16 @@ def read_metadata(path) -> dict:
     """The bc_keras metadata stored in a saved .h5 model.
 
     Raises:
-        ModelFileError: if the file is missing, not HDF5, or not saved by bc_keras.
+        ModelFileError: if the file is missing, a folder, not HDF5, or not saved by bc_keras.
     """
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(
+            f"Model file {path} is a folder; pass the .h5 file a training script saved (e.g. "
+            f"{path / 'model.h5'})."
+        )
     if not path.is_file():
         raise ModelFileError(
             f"Model file {path} does not exist; pass the .h5 a training script saved."
@@ -229,16 +239,178 @@ def read_metadata(path) -> dict:
     return json.loads(raw)
 
 
-def load_model(path, compile: bool = False) -> tuple[keras.Model, dict]:
-    """Loads a bc_keras .h5 model and its metadata (see `read_metadata` for the errors)."""
-    metadata = read_metadata(path)
-    import bc_keras  # noqa: F401  (registers the custom objects)
+# Built-in layers that run code or a graph from elsewhere: refused like Lambda (Keras' safe
+# mode refuses them too, but only the Keras versions that enforce it for .h5).
+CODE_LAYERS = ("Lambda", "TFSMLayer")
+# Keras' markers for values inside a config (tensors, arrays, slices), not classes; its marker
+# for Python code, "__lambda__", is refused.
+_VALUE_MARKERS = frozenset(
+    ("__keras_tensor__", "__tensor__", "__numpy__", "__bytes__", "__ellipsis__", "__slice__")
+)
+# Where the classes of a legacy .h5 config (class names without a module) live.
+_KERAS_NAMESPACES = (
+    "keras.layers",
+    "keras.models",
+    "keras.losses",
+    "keras.metrics",
+    "keras.optimizers",
+    "keras.optimizers.schedules",
+    "keras.initializers",
+    "keras.regularizers",
+    "keras.constraints",
+    "keras.activations",
+    "keras.dtype_policies",
+    "keras",
+    "keras.src.models.functional",
+)
 
+
+# The only places a built-in function of a config (an activation, a loss) may come from.
+_FUNCTION_NAMESPACES = ("keras.activations", "keras.losses", "keras.metrics")
+
+
+def _is_keras_name(name: str, module: str | None, function: bool = False) -> bool:
+    """Whether `name` is a Keras built-in class (or, with `function`, an activation, loss or
+    metric function); a `module` the file names must be Keras' own."""
+    import importlib
+
+    if module is not None and module != "keras" and not module.startswith("keras."):
+        return False  # never import a module a file names unless it is Keras'
+    if function:
+        namespaces = _FUNCTION_NAMESPACES
+    else:
+        namespaces = ((module,) if module else ()) + _KERAS_NAMESPACES
+    for namespace in namespaces:
+        try:
+            found = getattr(importlib.import_module(namespace), name, None)
+        except ImportError:
+            continue
+        if found is not None and (
+            callable(found) and not isinstance(found, type) if function else isinstance(found, type)
+        ):
+            return True
+    return False
+
+
+def _is_bc_keras_object(registered_name) -> bool:
+    """Whether `registered_name` names an object bc_keras registered with Keras."""
+    return (
+        isinstance(registered_name, str)
+        and registered_name.startswith("bc_keras>")
+        and keras.saving.get_registered_object(registered_name) is not None
+    )
+
+
+def _code_in(value) -> str | None:
+    """What in a (nested) Keras config could run code, in words, or None."""
+    if isinstance(value, list):
+        return next((found for item in value if (found := _code_in(item))), None)
+    if not isinstance(value, dict):
+        return None
+    class_name = value.get("class_name")
+    if isinstance(class_name, str):
+        config = value.get("config")
+        name = config.get("name") if isinstance(config, dict) else None
+        module, registered = value.get("module"), value.get("registered_name")
+        if class_name in CODE_LAYERS:
+            return f"a {class_name} layer {name or class_name!r}"
+        if class_name == "__lambda__":
+            return "a Python lambda"
+        if class_name == "function":
+            fn_name = config if isinstance(config, str) else "?"
+            known = _is_keras_name(fn_name, module, function=True)
+            if not (known or _is_bc_keras_object(registered)):
+                return f"an unregistered function {fn_name!r} of module {module!r}"
+        elif class_name not in _VALUE_MARKERS:
+            own = _is_bc_keras_object(registered)
+            # A name another package registered is code too: bc_keras cannot vouch for it.
+            foreign = not own and registered not in (None, class_name)
+            if foreign or not (own or _is_keras_name(class_name, module)):
+                return (
+                    f"a class {registered if foreign else class_name!r} that is neither "
+                    "Keras' nor bc_keras'"
+                )
+    return next((found for item in value.values() if (found := _code_in(item))), None)
+
+
+def check_model_file(path) -> None:
+    """Refuses a .h5 whose Keras configuration could run code when loaded, before Keras reads
+    it: a Lambda (or TFSMLayer) layer, a Python function, or a class that is neither a Keras
+    built-in nor registered by bc_keras, anywhere in the model (nested models included) or its
+    training configuration. A weights-only file (no configuration) passes.
+
+    Raises:
+        ModelFileError: if the file carries code, or its configuration cannot be read.
+    """
+    import h5py
+
+    from bc_keras.models import simclr  # noqa: F401  (registers bc_keras' Keras objects)
+
+    path = Path(path)
     try:
-        model = keras.models.load_model(path, compile=compile)
-    except (OSError, KeyError, ValueError) as error:
+        with h5py.File(path, "r") as file:
+            raw = {key: file.attrs.get(key) for key in ("model_config", "training_config")}
+    except OSError as error:
         raise ModelFileError(
-            f"{path} cannot be loaded ({one_line(error)[:160]}); it is truncated or corrupt: "
+            f"{path} cannot be read as HDF5 ({shorten(error)}); it is truncated or corrupt: "
             "copy it again or retrain"
         ) from error
+    for key, text in raw.items():
+        if text is None:
+            continue
+        try:
+            config = json.loads(text.decode() if isinstance(text, bytes) else str(text))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ModelFileError(
+                f"{path} has a {key} that is not JSON ({shorten(error, 80)}); it is corrupt or "
+                "not a Keras model: copy it again or retrain"
+            ) from error
+        found = _code_in(config)
+        if found:
+            raise ModelFileError(
+                f"{path} carries code ({found}) that bc_keras will not run; retrain the model "
+                "without it, or load it with Keras yourself only if you trust its author"
+            )
+
+
+def load_model(path, compile: bool = False) -> tuple[keras.Model, dict]:
+    """Loads a bc_keras .h5 model and its metadata, treating the file as untrusted.
+
+    The file's configuration is inspected before Keras reads it (`check_model_file`), Keras
+    loads it in safe mode, and a model with non-finite weights is refused.
+
+    Raises:
+        ModelFileError: see `read_metadata` and `check_model_file`; also when Keras cannot
+            load the file or its weights are NaN or infinite.
+    """
+    metadata = read_metadata(path)
+    check_model_file(path)
+    try:
+        model = keras.models.load_model(path, compile=compile, safe_mode=True)
+    except OSError as error:
+        # h5py's errors: the data behind the attributes read above is damaged.
+        raise ModelFileError(
+            f"{path} cannot be read as a model ({shorten(error)}); it is truncated or corrupt: "
+            "copy it again or retrain"
+        ) from error
+    except Exception as error:  # noqa: BLE001  (whatever an untrusted file makes Keras raise)
+        raise ModelFileError(
+            f"{path} cannot be loaded: {shorten(error)}; use a .h5 saved by a bc_keras "
+            "training script with this version of Keras"
+        ) from error
+    broken = nonfinite_weights(model)
+    if broken:
+        raise ModelFileError(
+            f"{path} has non-finite weights ({len(broken)} variables, e.g. {broken[0]}): it "
+            "was saved from a diverged run and would predict nothing meaningful; retrain it"
+        )
     return model, metadata
+
+
+def shorten(error, limit: int = 300) -> str:
+    """A library's message on one line, cut at a word boundary after at most `limit` chars."""
+    text = one_line(error) or type(error).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return f"{cut} ..."

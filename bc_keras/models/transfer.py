@@ -13,7 +13,12 @@ import keras
 from bc_keras.backbones import BACKBONES, KERAS_APPLICATIONS_URL
 from bc_keras.backbones import get_backbone as backbone_record
 from bc_keras.errors import WeightsError
-from bc_keras.models.saving import compile_classifier, model_scope, sigmoid_output
+from bc_keras.models.saving import (
+    check_model_file,
+    compile_classifier,
+    model_scope,
+    sigmoid_output,
+)
 
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
@@ -134,8 +139,12 @@ def resolve_imagenet_weights(
 def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float = 1.0) -> None:
     """Loads a no-top .h5 weights file into a backbone, with a clear error when it cannot.
 
+    The file is untrusted: a full model saved as .h5 (which has a configuration) is inspected
+    with `check_model_file` first, although only its weights are read.
+
     Raises:
         WeightsError: if the file is missing, not HDF5, or does not match the architecture.
+        ModelFileError: if the file's configuration carries code (a Lambda layer, ...).
     """
     import h5py
 
@@ -150,6 +159,7 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
         )
     if path.suffix != ".h5" or not h5py.is_hdf5(path):
         raise WeightsError(f"{path} is not an HDF5 (.h5) weights file; expected {expected}.")
+    check_model_file(path)
     try:
         model.load_weights(path)
     except (ValueError, KeyError, OSError, TypeError) as error:

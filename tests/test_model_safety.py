@@ -1,0 +1,191 @@
+"""Model files are untrusted input: a .h5 carrying code (a Lambda layer, an unregistered class
+or function) is refused before Keras reads it by every entry point, non-finite weights are
+refused on load, and load failures say what went wrong on one line."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from helpers import assert_one_line_error, load_script, run_tool
+
+from bc_keras import models
+from bc_keras.errors import ModelFileError
+from bc_keras.models import saving
+
+SIZE = 32
+predict = load_script("predict")
+train_transfer = load_script("train_transfer")
+train_simclr = load_script("train_simclr")
+
+
+def _metadata(kind: str = "classifier") -> dict:
+    return {"kind": kind, "image_size": SIZE, "preprocess": "rescale", "threshold": 0.5}
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """(a saved bc_keras model whose Lambda layer, nested in a sub-model, writes a marker file
+    when it runs, the marker path)."""
+    marker = tmp_path / "owned.txt"
+    # The path is a constant of the lambda's code, so the saved bytecode carries it.
+    payload = eval(f"lambda t: (open({str(marker)!r}, 'w').close(), t)[1]")  # noqa: S307
+    inner_input = keras.Input((SIZE, SIZE, 3))
+    inner = keras.Model(inner_input, keras.layers.Lambda(payload, name="evil")(inner_input))
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.GlobalAveragePooling2D()(inner(inputs))
+    model = keras.Model(inputs, models.sigmoid_output(x))
+    path = models.save_model(model, tmp_path / "hostile.h5", _metadata())
+    marker.unlink()  # building the model ran the lambda once
+    return path, marker
+
+
+def test_the_hostile_file_really_runs_its_code_when_loaded_unsafely(hostile):
+    path, marker = hostile
+    keras.models.load_model(path, compile=False, safe_mode=False)
+    assert marker.exists()
+
+
+def test_load_model_refuses_a_lambda_before_keras_reads_the_file(hostile):
+    path, marker = hostile
+    with pytest.raises(ModelFileError) as refused:
+        models.load_model(path)
+    message = str(refused.value)
+    assert message == (
+        f"{path} carries code (a Lambda layer 'evil') that bc_keras will not run; retrain the "
+        "model without it, or load it with Keras yourself only if you trust its author"
+    )
+    assert not marker.exists()
+
+
+def test_predict_refuses_a_lambda(hostile, tmp_path, capsys):
+    path, marker = hostile
+    code, _, err = run_tool(predict, [path, tmp_path, "--out", tmp_path / "p.csv"], capsys)
+    assert_one_line_error(code, err, "carries code (a Lambda layer 'evil')", str(path))
+    assert not marker.exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_transfer_weights_refuse_a_lambda(hostile, synthetic_split, tmp_path, capsys):
+    path, marker = hostile
+    argv = ["--backbone", "mobilenet", "--alpha", "0.25", "--data", synthetic_split,
+            "--weights", path, "--image-size", SIZE, "--epochs", "1",
+            "--run-dir", tmp_path / "run", "--model-out", tmp_path / "m.h5"]  # fmt: skip
+    code, _, err = run_tool(train_transfer, argv, capsys)
+    assert_one_line_error(code, err, "carries code (a Lambda layer 'evil')", str(path))
+    assert not marker.exists() and not (tmp_path / "m.h5").exists()
+    assert not (tmp_path / "run").exists()  # the refused run leaves nothing
+
+
+def test_simclr_encoder_refuses_a_lambda(hostile, synthetic_split, tmp_path, capsys):
+    path, marker = hostile
+    argv = ["linear", "--data", synthetic_split, "--encoder", path, "--image-size", SIZE,
+            "--epochs", "1", "--run-dir", tmp_path / "run",
+            "--model-out", tmp_path / "m.h5"]  # fmt: skip
+    code, _, err = run_tool(train_simclr, argv, capsys)
+    assert_one_line_error(code, err, "carries code (a Lambda layer 'evil')", str(path))
+    assert not marker.exists() and not (tmp_path / "m.h5").exists()
+    assert not (tmp_path / "run").exists()  # the refused run leaves nothing
+
+
+def test_weights_only_files_and_bc_keras_models_pass_the_check(tmp_path):
+    model = models.compile_classifier(models.build_baseline_cnn(SIZE, dense_units=4), 1e-3)
+    weights = tmp_path / "only.weights.h5"
+    model.save_weights(weights)
+    saving.check_model_file(weights)
+    path = models.save_model(model, tmp_path / "cnn.h5", _metadata())
+    with h5py.File(path, "r") as file:
+        assert "training_config" in file.attrs  # the compiled model's losses are checked too
+    loaded, metadata = models.load_model(path, compile=True)
+    assert metadata == _metadata()
+    for saved, read in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, read)
+
+
+class Unregistered(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs
+
+
+@keras.saving.register_keras_serializable(package="elsewhere")
+class OtherPackage(keras.layers.Layer):
+    def call(self, inputs):
+        return inputs
+
+
+def doubled(x):
+    return x * 2
+
+
+@pytest.mark.parametrize(
+    ("layer", "found"),
+    [
+        (Unregistered, "a class 'Unregistered' that is neither Keras' nor bc_keras'"),
+        (OtherPackage, "a class 'elsewhere>OtherPackage' that is neither Keras' nor bc_keras'"),
+        (
+            lambda: keras.layers.Dense(2, activation=doubled),
+            "an unregistered function 'doubled' of module 'builtins'",
+        ),
+    ],
+)
+def test_unknown_classes_and_functions_are_refused(layer, found, tmp_path):
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = layer()(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, models.sigmoid_output(x))
+    path = models.save_model(model, tmp_path / "custom.h5", _metadata())
+    with pytest.raises(ModelFileError, match=f"carries code \\({found}\\)"):
+        models.load_model(path)
+
+
+def _first_kernel(file: h5py.File) -> str:
+    kernels = []
+    file["model_weights"].visititems(
+        lambda name, item: kernels.append(name) if name.endswith("kernel") else None
+    )
+    return f"model_weights/{kernels[0]}"
+
+
+def test_a_model_with_nan_weights_is_refused(tmp_path, capsys):
+    model = models.build_baseline_cnn(SIZE, dense_units=4)
+    path = models.save_model(model, tmp_path / "nan.h5", _metadata())
+    with h5py.File(path, "a") as file:
+        kernel = file[_first_kernel(file)]
+        kernel[...] = np.full(kernel.shape, np.nan, dtype=kernel.dtype)
+    with pytest.raises(ModelFileError, match="has non-finite weights \\(1 variables, e.g. "):
+        models.load_model(path)
+    code, out, err = run_tool(predict, [path, tmp_path, "--out", tmp_path / "p.csv"], capsys)
+    assert_one_line_error(code, err, "non-finite weights", "diverged run", "retrain it")
+    assert "predicting" not in out and not (tmp_path / "p.csv").exists()
+
+
+def test_a_folder_is_named_a_folder(tmp_path, capsys):
+    folder = tmp_path / "model.h5"
+    folder.mkdir()
+    code, _, err = run_tool(predict, [folder, tmp_path], capsys)
+    assert_one_line_error(code, err, f"Model file {folder} is a folder; pass the .h5 file")
+
+
+def test_a_load_failure_gives_its_reason_not_truncation(tmp_path):
+    model = models.build_baseline_cnn(SIZE, dense_units=4)
+    path = models.save_model(model, tmp_path / "odd.h5", _metadata())
+    with h5py.File(path, "a") as file:
+        config = json.loads(file.attrs["model_config"])
+        dense = next(layer for layer in config["config"]["layers"] if layer["name"] == "dense")
+        dense["config"]["units"] = "many"
+        file.attrs["model_config"] = json.dumps(config)
+    with pytest.raises(ModelFileError) as refused:
+        models.load_model(path)
+    message = str(refused.value)
+    assert message.startswith(f"{path} cannot be loaded: ") and "\n" not in message
+    assert "truncated" not in message and "many" in message
+    assert message.endswith("; use a .h5 saved by a bc_keras training script with this version "
+                            "of Keras")  # fmt: skip
+
+
+def test_long_reasons_are_cut_between_words():
+    text = " ".join(f"word{index}" for index in range(200))
+    short = saving.shorten(ValueError(text), limit=50)
+    assert short == "word0 word1 word2 word3 word4 word5 word6 word7 ..."
+    assert saving.shorten(ValueError("a\n  b")) == "a b"
