@@ -10,6 +10,20 @@ from bc_keras import cli
 from bc_keras.errors import DataError, ModelFileError, RunError
 
 
+def probability(text: str) -> float:
+    """A decision threshold: a probability strictly between 0 and 1 (NaN refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(
+            f"must be a probability in (0, 1), e.g. 0.5, got {text} (predict.py has no "
+            "validation set to choose one by a method)"
+        )
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Predict with a model saved by train_cnn.py, train_transfer.py or "
@@ -31,9 +45,10 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--threshold",
-        type=float,
+        type=probability,
         default=None,
-        help="malignant at or above this probability (default: the one stored in the model)",
+        help="malignant at or above this probability, in (0, 1) (default: the one stored in "
+        "the model)",
     )
     parser.add_argument(
         "--gradcam",
@@ -98,13 +113,21 @@ def main(argv=None) -> int:
     if args.gradcam:
         good = [row["path"] for row in rows]
         try:
-            overlays = inference.write_gradcam_overlays(model, metadata, good, args.gradcam)
+            overlays, renamed = inference.write_gradcam_overlays(
+                model, metadata, good, args.gradcam
+            )
         except OSError as error:
             raise RunError(
                 f"cannot write Grad-CAM overlays to {args.gradcam} ({error.strerror}); choose a "
                 "writable --gradcam DIR"
             ) from error
         print(f"wrote {len(overlays)} Grad-CAM overlays to {args.gradcam}")
+        if renamed:
+            print(
+                f"note: {renamed} images share a file name with another input; their overlays "
+                "are named <name>_<hash>_gradcam.png (the hash of the full path) so that none "
+                f"replaces another; {written} lists each full path"
+            )
     return 0
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from bc_keras import cli, models
 from bc_keras.data.decode import decode_and_resize
-from bc_keras.evaluation import gradcam
+from bc_keras.evaluation import gradcam, inference
 from bc_keras.models import simclr, transfer
 from bc_keras.models.resnet import build_resnet18
 
@@ -57,3 +57,42 @@ def test_gradcam_overlays_for_every_classifier(kind, tmp_path, capsys):
     with Image.open(written[0]) as image:
         difference = np.abs(np.asarray(image).astype(int) - expected.astype(int))
         assert difference.max() <= 3 and difference.mean() < 0.1
+
+
+@pytest.mark.parametrize("value", ["2", "-1", "nan", "0", "1", "youden", "inf"])
+def test_threshold_must_be_a_probability(value, capsys):
+    with pytest.raises(SystemExit) as stop:
+        predict.parse_args(["model.h5", "images", "--threshold", value])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument --threshold: must be a probability in (0, 1), e.g. 0.5, got {value}" in error
+    assert predict.parse_args(["m.h5", "i", "--threshold", "0.3"]).threshold == 0.3
+
+
+def test_overlays_of_inputs_sharing_a_name_never_replace_each_other(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    metadata = {"kind": "classifier", "image_size": SIZE, "preprocess": "rescale",
+                "interpolation": "nearest", "threshold": 0.5}  # fmt: skip
+    path = models.save_model(_builders()["cnn"](), tmp_path / "cnn.h5", metadata)
+    rng = np.random.default_rng(2)
+    inputs = [tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", tmp_path / "b" / "x.jpg",
+              tmp_path / "b" / "y.png"]  # fmt: skip
+    for image in inputs:
+        image.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(image)
+    out = tmp_path / "cams"
+    argv = [str(path), *map(str, inputs[:3]), str(inputs[3]), "--out", str(tmp_path / "p.csv"),
+            "--gradcam", str(out)]  # fmt: skip
+    assert cli.run_script(predict.main, argv) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 4 Grad-CAM overlays" in printed
+    assert "note: 3 images share a file name with another input" in printed
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert len(names) == 4 and "y_gradcam.png" in names
+    hashed = [name for name in names if name.startswith("x_")]
+    assert len(hashed) == 3 and all(len(name) == len("x_12345678_gradcam.png") for name in hashed)
+    # Each overlay is its own input's (every input holds other random pixels).
+    overlays = {name: np.asarray(Image.open(out / name)) for name in hashed}
+    assert len({array.tobytes() for array in overlays.values()}) == 3
+    names_again, disambiguated = inference.overlay_names(list(map(str, inputs)))
+    assert disambiguated == 3 and sorted(names_again) == names

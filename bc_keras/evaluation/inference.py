@@ -4,8 +4,9 @@ patient, with optional test-time augmentation."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -167,14 +168,43 @@ def write_csv(path, columns, rows) -> Path:
     return path
 
 
-def write_gradcam_overlays(model, metadata: dict, files, out_dir, batch_size: int = 32) -> list:
-    """Grad-CAM of the malignant class for every image, written as `<name>_gradcam.png`
-    overlays (the image at the model's input size under its heat map) in `out_dir`."""
+def overlay_names(files) -> tuple[list[str], int]:
+    """The overlay file name of every image, `<stem>_gradcam.png`; images whose stem another
+    image shares (same name in other folders, or another extension) get `<stem>_<hash>_gradcam
+    .png` instead, the hash being the first 8 hex digits of the SHA-1 of the full path, so that
+    no overlay replaces another.
+
+    Returns:
+        `(names, disambiguated)`: the names, in order, and how many carry a hash.
+    """
+    stems = [Path(path).stem for path in files]
+    # Lower case: on a case-insensitive file system A.png and a.png are one file.
+    counts = Counter(stem.lower() for stem in stems)
+    names = []
+    for path, stem in zip(files, stems, strict=True):
+        if counts[stem.lower()] > 1:
+            digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
+            stem = f"{stem}_{digest}"
+        names.append(f"{stem}_gradcam.png")
+    return names, sum(count for count in counts.values() if count > 1)
+
+
+def write_gradcam_overlays(
+    model, metadata: dict, files, out_dir, batch_size: int = 32
+) -> tuple[list[Path], int]:
+    """Grad-CAM of the malignant class for every image, written as overlays (the image at the
+    model's input size under its heat map) in `out_dir`, named by `overlay_names`.
+
+    Returns:
+        `(written, disambiguated)`: the overlay paths in the order of `files`, and how many
+        names carry a hash because images share a file name.
+    """
     from bc_keras.data.decode import decode_and_resize
     from bc_keras.evaluation import gradcam
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    names, disambiguated = overlay_names(files)
     size = int(metadata["image_size"])
     interpolation = metadata.get("interpolation", DEFAULT_INTERPOLATION)
     dataset = files_dataset(
@@ -187,10 +217,11 @@ def write_gradcam_overlays(model, metadata: dict, files, out_dir, batch_size: in
     written, start = [], 0
     for inputs, _ in dataset:
         heatmaps = gradcam.gradcam(model, inputs.numpy())
-        for heatmap, path in zip(heatmaps, files[start : start + len(heatmaps)], strict=True):
-            image = decode_and_resize(path, size, interpolation).numpy()
-            target = out_dir / f"{Path(path).stem}_gradcam.png"
+        batch = range(start, start + len(heatmaps))
+        for heatmap, index in zip(heatmaps, batch, strict=True):
+            image = decode_and_resize(files[index], size, interpolation).numpy()
+            target = out_dir / names[index]
             Image.fromarray(gradcam.overlay(image, heatmap)).save(target)
             written.append(target)
         start += len(heatmaps)
-    return written
+    return written, disambiguated
