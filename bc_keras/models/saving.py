@@ -344,7 +344,9 @@ def check_model_file(path) -> None:
     """
     import h5py
 
-    from bc_keras.models import simclr  # noqa: F401  (registers bc_keras' Keras objects)
+    # Importing bc_keras.models.simclr registers NTXentLoss, bc_keras' only Keras-registered
+    # object (`import bc_keras` alone registers nothing), so compiled files resolve it.
+    from bc_keras.models import simclr  # noqa: F401
 
     path = Path(path)
     try:
