@@ -26,11 +26,10 @@ def _metadata(kind: str = "classifier") -> dict:
     return {"kind": kind, "image_size": SIZE, "preprocess": "rescale", "threshold": 0.5}
 
 
-@pytest.fixture
-def hostile(tmp_path):
-    """(a saved bc_keras model whose Lambda layer, nested in a sub-model, writes a marker file
-    when it runs, the marker path)."""
-    marker = tmp_path / "owned.txt"
+def _save_hostile(path, metadata: dict):
+    """Saves a bc_keras model whose Lambda layer, nested in a sub-model, writes a marker file
+    beside `path` when it runs; returns (the model file, the marker path)."""
+    marker = path.parent / "owned.txt"
     # The path is a constant of the lambda's code, so the saved bytecode carries it.
     payload = eval(f"lambda t: (open({str(marker)!r}, 'w').close(), t)[1]")  # noqa: S307
     inner_input = keras.Input((SIZE, SIZE, 3))
@@ -38,9 +37,15 @@ def hostile(tmp_path):
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.GlobalAveragePooling2D()(inner(inputs))
     model = keras.Model(inputs, models.sigmoid_output(x))
-    path = models.save_model(model, tmp_path / "hostile.h5", _metadata())
+    path = models.save_model(model, path, metadata)
     marker.unlink()  # building the model ran the lambda once
     return path, marker
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """(a saved hostile model, the marker its Lambda writes when it runs)."""
+    return _save_hostile(tmp_path / "hostile.h5", _metadata())
 
 
 def test_the_hostile_file_really_runs_its_code_when_loaded_unsafely(hostile):
@@ -88,6 +93,27 @@ def test_simclr_encoder_refuses_a_lambda(hostile, synthetic_split, tmp_path, cap
     assert_one_line_error(code, err, "carries code (a Lambda layer 'evil')", str(path))
     assert not marker.exists() and not (tmp_path / "m.h5").exists()
     assert not (tmp_path / "run").exists()  # the refused run leaves nothing
+
+
+def test_the_report_skips_the_grad_cam_of_a_hostile_model(tmp_path):
+    from test_report import SOURCE, file_names, scores, section, write_run, write_split
+
+    from bc_keras import report
+
+    names = file_names(["SOB_B_A-14-1001", "SOB_M_DC-14-2001"], (1,))
+    write_split(tmp_path / "data" / "patient", names, {"split": "patient", **SOURCE})
+    runs = tmp_path / "runs"
+    metadata = {**_metadata(), "experiment": "cnn", "run_dir": str(runs / "hostile")}
+    (tmp_path / "models").mkdir()
+    path, marker = _save_hostile(tmp_path / "models" / "hostile.h5", metadata)
+    config = {"experiment": "cnn", "data": str(tmp_path / "data" / "patient"),
+              "model_out": str(path)}  # fmt: skip
+    write_run(runs / "hostile", config, names, scores(names, 2.0, 0))
+    report.build_report([runs], tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "Grad-CAM failed (" in section(text, "## Models")
+    assert "carries code (a Lambda layer 'evil')" in section(text, "## Models")
+    assert not marker.exists()
 
 
 def test_weights_only_files_and_bc_keras_models_pass_the_check(tmp_path):
