@@ -206,7 +206,7 @@ def load_encoder(config: LinearConfig):
     """The pretrained encoder named by --encoder, or a fresh one for --encoder none."""
     if config.encoder.lower() == ENCODER_NONE:
         return build_resnet18(config.image_size)
-    if not Path(config.encoder).is_file():
+    if not Path(config.encoder).exists():
         raise ModelFileError(
             f"encoder {config.encoder} does not exist; pretrain one with `train_simclr.py "
             "pretrain --data DIR` (or pass --encoder PATH), or use --encoder none"
