@@ -41,3 +41,12 @@ class TrainingError(UserError):
 def one_line(text: str) -> str:
     """Folds white space so that a message (e.g. a library's) stays on one line."""
     return " ".join(str(text).split())
+
+
+def shorten(error, limit: int = 300) -> str:
+    """A library's message on one line, cut at a word boundary after at most `limit` chars."""
+    text = one_line(error) or type(error).__name__
+    if len(text) <= limit:
+        return text
+    cut = text[:limit].rsplit(" ", 1)[0]
+    return f"{cut} ..."

@@ -13,7 +13,7 @@ import pytest
 from helpers import assert_one_line_error, load_script, run_tool
 
 from bc_keras import models
-from bc_keras.errors import ModelFileError
+from bc_keras.errors import ModelFileError, shorten
 from bc_keras.models import saving
 
 SIZE = 32
@@ -212,6 +212,6 @@ def test_a_load_failure_gives_its_reason_not_truncation(tmp_path):
 
 def test_long_reasons_are_cut_between_words():
     text = " ".join(f"word{index}" for index in range(200))
-    short = saving.shorten(ValueError(text), limit=50)
+    short = shorten(ValueError(text), limit=50)
     assert short == "word0 word1 word2 word3 word4 word5 word6 word7 ..."
-    assert saving.shorten(ValueError("a\n  b")) == "a b"
+    assert shorten(ValueError("a\n  b")) == "a b"

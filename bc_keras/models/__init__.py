@@ -1,18 +1,27 @@
 """Models: the classifier head and compile, the baseline CNN, ResNet-18, transfer backbones, the
 SimCLR trainer, and saving with the .h5 metadata."""
 
-from bc_keras.models.saving import (  # noqa: F401
-    METADATA_ATTRIBUTE,
+from bc_keras.models.classifier import (  # noqa: F401
     OUTPUT_NAME,
-    build_baseline_cnn,
-    check_finite_weights,
-    check_model_out,
     classifier_metrics,
     compile_classifier,
+    sigmoid_output,
+)
+from bc_keras.models.cnn import (  # noqa: F401
+    build_baseline_cnn,
+)
+from bc_keras.models.saving import (  # noqa: F401
+    CODE_LAYERS,
+    METADATA_ATTRIBUTE,
+    check_finite_weights,
+    check_model_file,
+    check_model_out,
     float32_copy,
     load_model,
-    model_scope,
+    nonfinite_weights,
     read_metadata,
     save_model,
-    sigmoid_output,
+)
+from bc_keras.models.scope import (  # noqa: F401
+    model_scope,
 )

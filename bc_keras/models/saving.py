@@ -1,8 +1,8 @@
-"""Model builders, the scope every model is built and compiled in, and .h5 save/load."""
+"""Saving and loading bc_keras models: .h5 files with their metadata, written atomically, and
+checked as untrusted input before Keras reads them."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import tempfile
@@ -10,100 +10,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
-from bc_keras.errors import ModelFileError, RunError, TrainingError, one_line
+from bc_keras.errors import ModelFileError, RunError, TrainingError, one_line, shorten
 
 # The name of the HDF5 attribute holding what inference needs to know about a saved model.
 METADATA_ATTRIBUTE = "bc_keras_metadata"
-OUTPUT_NAME = "malignant_probability"
-
-
-@contextlib.contextmanager
-def model_scope(strategy: tf.distribute.Strategy | None = None, mixed_precision: bool = False):
-    """The one place models are built and compiled: a strategy scope and a precision policy.
-
-    Keras' dtype policy is process-wide, so the previous policy is restored on exit. Builders
-    keep the sigmoid output in float32 so that mixed precision never rounds probabilities.
-    """
-    previous = keras.config.dtype_policy()
-    if mixed_precision:
-        keras.config.set_dtype_policy("mixed_float16")
-    try:
-        with (strategy or tf.distribute.get_strategy()).scope():
-            yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def sigmoid_output(x, name: str = OUTPUT_NAME):
-    """The binary head's last layer: Dense(1, sigmoid), always float32."""
-    return keras.layers.Dense(1, activation="sigmoid", dtype="float32", name=name)(x)
-
-
-def build_baseline_cnn(
-    image_size: int = 224,
-    dense_units: int = 128,
-    dropout: float = 0.5,
-    batch_norm_momentum: float = 0.99,
-    name: str = "baseline_cnn",
-    synchronized_batch_norm: bool = False,
-) -> keras.Model:
-    """The report's baseline: 3 x [Conv 3x3 same -> BatchNorm -> ReLU -> MaxPool 2x2] with
-    32/64/128 filters, Flatten, Dense(dense_units, ReLU), Dropout, Dense(1, sigmoid).
-
-    `batch_norm_momentum` is Keras' default, 0.99, as in the report. On a small dataset (few
-    steps per epoch) the moving statistics then lag the weights for several epochs and the
-    validation predictions are miscalibrated; 0.9 (PyTorch's default) fixes that.
-    `synchronized_batch_norm` normalises with the statistics of the global batch when training
-    on several replicas, so that the result does not depend on how the batch is split.
-    """
-    if image_size < 8:
-        raise ValueError(f"image_size must be at least 8. Received: image_size={image_size}")
-    if dense_units < 1:
-        raise ValueError(f"dense_units must be positive. Received: dense_units={dense_units}")
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = inputs
-    for index, filters in enumerate((32, 64, 128), start=1):
-        x = keras.layers.Conv2D(filters, 3, padding="same", name=f"conv{index}")(x)
-        x = keras.layers.BatchNormalization(
-            momentum=batch_norm_momentum, synchronized=synchronized_batch_norm, name=f"bn{index}"
-        )(x)
-        x = keras.layers.ReLU(name=f"relu{index}")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"pool{index}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(dense_units, activation="relu", name="dense")(x)
-    x = keras.layers.Dropout(dropout, name="dropout")(x)
-    return keras.Model(inputs, sigmoid_output(x), name=name)
-
-
-def classifier_metrics() -> list:
-    """The report's metrics (accuracy, AUC, precision, recall) plus the confusion counts at
-    0.5, from which the history shows a model that predicts one class for everything."""
-    return [
-        keras.metrics.BinaryAccuracy(name="accuracy"),
-        keras.metrics.AUC(name="auc"),
-        keras.metrics.Precision(name="precision"),
-        keras.metrics.Recall(name="recall"),
-        keras.metrics.TruePositives(name="tp"),
-        keras.metrics.FalsePositives(name="fp"),
-        keras.metrics.TrueNegatives(name="tn"),
-        keras.metrics.FalseNegatives(name="fn"),
-    ]
-
-
-def compile_classifier(
-    model: keras.Model, learning_rate: float, jit_compile: bool = False
-) -> keras.Model:
-    """Binary cross-entropy, Adam(learning_rate) and the report's metrics; `jit_compile`
-    compiles the training step with XLA."""
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
-        metrics=classifier_metrics(),
-        jit_compile=jit_compile,
-    )
-    return model
 
 
 def check_model_out(path) -> Path:
@@ -407,12 +318,3 @@ def load_model(path, compile: bool = False) -> tuple[keras.Model, dict]:
             "was saved from a diverged run and would predict nothing meaningful; retrain it"
         )
     return model, metadata
-
-
-def shorten(error, limit: int = 300) -> str:
-    """A library's message on one line, cut at a word boundary after at most `limit` chars."""
-    text = one_line(error) or type(error).__name__
-    if len(text) <= limit:
-        return text
-    cut = text[:limit].rsplit(" ", 1)[0]
-    return f"{cut} ..."

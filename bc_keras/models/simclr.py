@@ -6,8 +6,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from bc_keras.models.classifier import sigmoid_output
 from bc_keras.models.resnet import EMBEDDING_DIM, ENCODER_NAME
-from bc_keras.models.saving import sigmoid_output
 
 DEFAULT_TEMPERATURE = 0.5
 PROJECTION_HIDDEN_DIM = 256

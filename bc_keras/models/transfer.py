@@ -13,12 +13,9 @@ import keras
 from bc_keras.backbones import BACKBONES, KERAS_APPLICATIONS_URL
 from bc_keras.backbones import get_backbone as backbone_record
 from bc_keras.errors import WeightsError
-from bc_keras.models.saving import (
-    check_model_file,
-    compile_classifier,
-    model_scope,
-    sigmoid_output,
-)
+from bc_keras.models.classifier import compile_classifier, sigmoid_output
+from bc_keras.models.saving import check_model_file
+from bc_keras.models.scope import model_scope
 
 WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_NONE = "none"
