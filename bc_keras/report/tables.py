@@ -26,7 +26,7 @@ TABLE_METRICS = (
 )
 PUBLISHED_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc")
 
-# The report's own test-set numbers (/work/shared/seed/report.txt, "Results" -> "Comparisons":
+# The report's own test-set numbers (the original project report, "Results" -> "Comparisons":
 # each model's classification report and printed precision/recall/F1/AUC-ROC; 1187 test images,
 # 372 benign and 815 malignant). The CNN's accuracy is its classification report's 0.91; its
 # "Conclusion" ("2. Basic CNN") says instead that it "plateaued at ~68% accuracy". All come from
