@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from bc_keras.report import compare
 
 
@@ -65,9 +67,102 @@ def test_comparison_table_from_saved_runs(tmp_path, capsys):
     assert rows["cnn/a"]["model"] == "baseline CNN" and rows["cnn/a"]["test_images"] == "40"
     table = (runs / "comparison.md").read_text()
     assert (
-        "| cnn/a | baseline CNN | report | split | 0.800 | 0.750 | 0.600 | 0.750 | 0.900 | 0.818 "
-        "| 0.910 | 0.700 | 40 |  |" in table
+        "| cnn/a | baseline CNN | report | split | 1.000 | 0.800 | 0.750 | 0.600 | 0.750 | 0.900 "
+        "| 0.818 | 0.910 | 0.700 | 40 |  |" in table
     )
     assert "**predicts malignant for every image**" in table
     assert compare.main([str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+GOOD = {"experiment": "cnn", "recipe": "report", "data": "split"}
+# Run folders of a shape no training script writes: (config.json, metrics.json, the reason
+# printed). A text is written as is, anything else as JSON.
+BAD_RUNS = {
+    "truncated": (GOOD, json.dumps(SCORES)[:40], "unreadable metrics.json"),
+    "list": (GOOD, [SCORES], "unreadable metrics.json (holds a list, not an object)"),
+    "number": (GOOD, 0.8, "unreadable metrics.json (holds a float, not an object)"),
+    "text_metric": (
+        GOOD,
+        {**SCORES, "accuracy": "0.8"},
+        "malformed metrics.json (accuracy is '0.8', not a finite number)",
+    ),
+    "nan": (GOOD, '{"accuracy": NaN}', "malformed metrics.json (accuracy is nan, not a finite"),
+    "infinite_interval": (
+        GOOD,
+        {**SCORES, "bootstrap_95ci_by_patient": {"accuracy": [0.1, float("inf")]}},
+        "malformed metrics.json (bootstrap_95ci_by_patient is not",
+    ),
+    "boolean_metric": (GOOD, {**SCORES, "f1": True}, "f1 is True, not a finite number"),
+    "text_count": (GOOD, {**SCORES, "counts": {"images": "40"}}, "counts.images is '40'"),
+    "flag_not_text": (GOOD, {**SCORES, "flags": [1]}, "flags is not a list of texts"),
+    "no_scores": (GOOD, {"loss": 1.0}, "holds neither classifier scores nor a pretraining"),
+    "config_corrupt": ('{"experiment": "cnn",', SCORES, "unreadable config.json"),
+    "config_list": (["cnn"], SCORES, "unreadable config.json (holds a list, not an object)"),
+    "config_missing": (None, SCORES, "no config.json"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_RUNS))
+def test_a_run_folder_of_the_wrong_shape_is_left_out_with_a_note(tmp_path, capsys, bad):
+    """Run folders are untrusted: a bad one is named with its reason and counted; the good
+    runs stay in the table, every cell of which is a number or a text, never a traceback."""
+    runs = tmp_path / "runs"
+    _run(runs, "cnn/good", GOOD, SCORES)
+    config, metrics, reason = BAD_RUNS[bad]
+    folder = runs / "cnn" / bad
+    folder.mkdir(parents=True)
+    if config is not None:
+        (folder / "config.json").write_text(
+            config if isinstance(config, str) else json.dumps(config)
+        )
+    (folder / "metrics.json").write_text(
+        metrics if isinstance(metrics, str) else json.dumps(metrics)
+    )
+    assert compare.main([str(runs)]) == 0
+    out, err = capsys.readouterr()
+    assert f"left out cnn/{bad}: " in err and reason in err, err
+    assert "1 classifier run(s); 1 run folder(s) left out" in out
+    with open(runs / "comparison.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["run"] for row in rows] == ["cnn/good"]
+    assert float(rows[0]["accuracy"]) == 0.8 and rows[0]["test_images"] == "40"
+
+
+def test_only_bad_runs_is_one_error_line(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    _run(runs, "cnn/nan", GOOD, '{"accuracy": NaN}')
+    assert compare.main([str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "left out cnn/nan: malformed metrics.json" in err
+    assert err.strip().splitlines()[-1].startswith("error: no finished run")
+    assert not (runs / "comparison.md").exists()
+
+
+def test_label_fraction_of_every_experiment_is_the_share_actually_used(tmp_path, capsys):
+    """label_fraction_used (metrics.json, else config.json) wins over the requested share,
+    for the CNN and transfer runs as for SimCLR."""
+    runs = tmp_path / "runs"
+    _run(runs, "cnn/tiny", {**GOOD, "label_fraction": 0.001, "label_fraction_used": 0.125},
+         {**SCORES, "label_fraction_used": 0.125})  # fmt: skip
+    transfer = {"experiment": "transfer", "backbone": "resnet50", "data": "split"}
+    _run(runs, "transfer/half", {**transfer, "label_fraction_used": 0.5}, SCORES)
+    _run(runs, "transfer/quarter", {**transfer, "label_fraction": 0.25}, SCORES)
+    _run(runs, "transfer/all", transfer, SCORES)
+    linear = {"experiment": "simclr_linear", "encoder": "none", "label_fraction": 0.1}
+    _run(runs, "simclr/random", linear, {**SCORES, "label_fraction_used": 0.2})
+    assert compare.main([str(runs)]) == 0
+    capsys.readouterr()
+    with open(runs / "comparison.csv", newline="") as file:
+        rows = {row["run"]: row for row in csv.DictReader(file)}
+    fractions = {name: float(row["label_fraction"]) for name, row in rows.items()}
+    assert fractions == {"cnn/tiny": 0.125, "transfer/half": 0.5, "transfer/quarter": 0.25,
+                         "transfer/all": 1.0, "simclr/random": 0.2}  # fmt: skip
+    assert rows["cnn/tiny"]["model"] == "baseline CNN (12.5% labels)"
+    assert rows["transfer/quarter"]["model"] == "transfer resnet50 (25% labels)"
+    assert rows["transfer/all"]["model"] == "transfer resnet50"
+    assert rows["simclr/random"]["model"] == "linear ResNet-18 (random init, 20% labels)"
+    assert (
+        "| cnn/tiny | baseline CNN (12.5% labels) | report | split | 0.125 |"
+        in (runs / "comparison.md").read_text()
+    )

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from pathlib import Path
 
 from bc_keras.errors import DataError, UserError, one_line
-from bc_keras.runs import CONFIG_FILE, METRICS_FILE
+from bc_keras.report.runs import ENCODER_RANDOM, KIND_CLASSIFIER, Run, find_runs
 
 METRIC_COLUMNS = (
     "accuracy",
@@ -21,7 +20,16 @@ METRIC_COLUMNS = (
     "auc_roc",
     "patient_recognition_rate",
 )
-COLUMNS = ("run", "model", "recipe", "split_data", *METRIC_COLUMNS, "test_images", "flags")
+COLUMNS = (
+    "run",
+    "model",
+    "recipe",
+    "split_data",
+    "label_fraction",
+    *METRIC_COLUMNS,
+    "test_images",
+    "flags",
+)
 DISPLAY = {
     "cnn": "baseline CNN",
     "simclr_finetune": "finetune ResNet-18",
@@ -29,51 +37,46 @@ DISPLAY = {
 }
 
 
-def model_name(config: dict) -> str:
-    """A short description of the model a run trained, from its config.json."""
-    experiment = config.get("experiment", "")
+def model_name(run: Run) -> str:
+    """A short description of the model a run trained, with the share of labels it used."""
+    experiment = run.experiment
+    fraction = run.label_fraction
+    labels = f"{fraction * 100:g}% labels" if fraction < 1 else ""
     if experiment == "transfer":
-        return f"transfer {config.get('backbone', '?')}"
-    if experiment.startswith("simclr_"):
-        encoder = config.get("encoder")
-        pretrained = "random init" if encoder in (None, "none") else "SimCLR"
-        fraction = config.get("label_fraction")
-        suffix = f", {fraction:.0%} labels" if fraction and fraction < 1 else ""
-        return f"{DISPLAY.get(experiment, experiment)} ({pretrained}{suffix})"
-    return DISPLAY.get(experiment, experiment or "unknown")
+        name = f"transfer {run.config.get('backbone') or '?'}"
+    elif experiment.startswith("simclr_"):
+        pretrained = "random init" if run.encoder == ENCODER_RANDOM else "SimCLR"
+        details = ", ".join(filter(None, (pretrained, labels)))
+        return f"{DISPLAY.get(experiment, experiment)} ({details})"
+    else:
+        name = DISPLAY.get(experiment, experiment)
+    return f"{name} ({labels})" if labels else name
 
 
 def collect_runs(root) -> tuple[list[dict], list[str]]:
-    """One row per finished classifier run under `root` (a folder with a readable
-    metrics.json of classifier metrics), and a note for every run folder left out."""
-    root = Path(root)
-    rows, left_out = [], []
-    for config_path in sorted(root.rglob(CONFIG_FILE)):
-        run_dir = config_path.parent
-        name = str(run_dir.relative_to(root)) if run_dir != root else run_dir.name
-        metrics_path = run_dir / METRICS_FILE
-        if not metrics_path.is_file():
-            left_out.append(f"{name}: unfinished (no {METRICS_FILE})")
-            continue
-        try:
-            metrics = json.loads(metrics_path.read_text())
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as error:
-            left_out.append(f"{name}: unreadable ({one_line(error)[:80]})")
-            continue
-        if "accuracy" not in metrics:
-            continue  # SimCLR pretraining reports a contrastive loss, not a classifier
-        rows.append(
-            {
-                "run": name,
-                "model": model_name(config),
-                "recipe": config.get("recipe", "report"),
-                "split_data": config.get("data", ""),
-                **{key: metrics.get(key) for key in METRIC_COLUMNS},
-                "test_images": metrics.get("counts", {}).get("images"),
-                "flags": "; ".join(metrics.get("flags", [])),
-            }
-        )
+    """One row per finished classifier run under `root`, and a note for every run folder left
+    out. Run folders are untrusted: one whose config.json or metrics.json is unreadable, not
+    an object, or holds a score that is not a finite number is left out with the reason (the
+    same rules as the study report, `bc_keras.report.runs.read_run`).
+
+    Raises:
+        DataError: if `root` is not a folder.
+    """
+    runs, left_out = find_runs([root])
+    rows = [
+        {
+            "run": run.name,
+            "model": model_name(run),
+            "recipe": run.recipe,
+            "split_data": run.data,
+            "label_fraction": run.label_fraction,
+            **{key: run.metrics.get(key) for key in METRIC_COLUMNS},
+            "test_images": run.count.get("images"),
+            "flags": "; ".join(run.metrics.get("flags") or []),
+        }
+        for run in runs
+        if run.kind == KIND_CLASSIFIER  # SimCLR pretraining reports a contrastive loss
+    ]
     return rows, left_out
 
 
@@ -81,7 +84,9 @@ def markdown_table(rows) -> str:
     """The rows as a markdown table, metrics to three decimals; a flagged run is marked."""
 
     def cell(value):
-        return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+        if value is None:
+            return ""
+        return f"{value:.3f}" if isinstance(value, float) else str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
@@ -137,8 +142,8 @@ def _compare(root: Path, out) -> int:
         ) from error
     print(table)
     print(
-        f"\n{len(rows)} run(s); {len(left_out)} left out. Wrote {prefix.with_suffix('.md')} and "
-        f"{prefix.with_suffix('.csv')}"
+        f"\n{len(rows)} classifier run(s); {len(left_out)} run folder(s) left out. Wrote "
+        f"{prefix.with_suffix('.md')} and {prefix.with_suffix('.csv')}"
     )
     return 0
 

@@ -21,6 +21,7 @@ from bc_keras.runs import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 SCORES = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc_roc",
           "patient_recognition_rate", "threshold", "initial_val_loss", "best_val_loss",
           "best_val_contrastive_accuracy")  # fmt: skip
+LABEL_FRACTION_USED = "label_fraction_used"
 KIND_CLASSIFIER = "classifier"
 KIND_PRETRAIN = "pretrain"
 PROTOCOL_UNKNOWN = "unknown"
@@ -115,8 +116,16 @@ class Run:
 
     @property
     def label_fraction(self) -> float:
-        value = self.config.get("label_fraction")
-        return float(value) if isinstance(value, int | float) and 0 < value <= 1 else 1.0
+        """The share of training labels the run used: `label_fraction_used` (what it
+        actually trained on, metrics.json then config.json), else the requested one."""
+        for value in (
+            self.metrics.get(LABEL_FRACTION_USED),
+            self.config.get(LABEL_FRACTION_USED),
+            self.config.get("label_fraction"),
+        ):
+            if _is_number(value) and 0 < value <= 1:
+                return float(value)
+        return 1.0
 
     @property
     def encoder(self) -> str:
@@ -268,10 +277,13 @@ def find_runs(roots) -> tuple[list[Run], list[str]]:
     common = Path(os.path.commonpath([str(root) for root in resolved]))
     found: dict[str, tuple[str, Path]] = {}
     for root in resolved:
-        for config in root.rglob(CONFIG_FILE):
-            name = _run_name(config.parent, common)
-            key = os.path.realpath(config.parent)
-            found[key] = min(found.get(key, (name, config.parent)), (name, config.parent))
+        # A folder with metrics.json but no config.json is a run too (one that lost its
+        # config): it is listed as left out rather than silently ignored.
+        for path in (*root.rglob(CONFIG_FILE), *root.rglob(METRICS_FILE)):
+            run_dir = path.parent
+            name = _run_name(run_dir, common)
+            key = os.path.realpath(run_dir)
+            found[key] = min(found.get(key, (name, run_dir)), (name, run_dir))
     runs, left_out = [], []
     for name, run_dir in sorted(found.values()):
         run = read_run(run_dir, name)
@@ -286,27 +298,45 @@ def _is_number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _is_finite(value) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
 def _malformed(metrics: dict) -> str | None:
-    """What makes a metrics.json unusable for the tables, or None."""
-    for key in SCORES:
-        if metrics.get(key) is not None and not _is_number(metrics[key]):
-            return f"{key} is {metrics[key]!r}, not a number"
+    """What makes a metrics.json unusable for the tables, or None. Every score must be a
+    finite number or null (undefined): NaN, infinity, text or booleans are refused."""
+    for key in (*SCORES, LABEL_FRACTION_USED):
+        if metrics.get(key) is not None and not _is_finite(metrics[key]):
+            return f"{key} is {metrics[key]!r}, not a finite number"
     intervals = metrics.get("bootstrap_95ci_by_patient", {})
     if not isinstance(intervals, dict) or not all(
-        isinstance(pair, list) and len(pair) == 2 and all(map(_is_number, pair))
+        isinstance(pair, list) and len(pair) == 2 and all(map(_is_finite, pair))
         for pair in intervals.values()
     ):
-        return "bootstrap_95ci_by_patient is not {metric: [low, high]}"
+        return "bootstrap_95ci_by_patient is not {metric: [low, high]} of finite numbers"
     for key in ("counts", "per_magnification", "classification_report"):
         if not isinstance(metrics.get(key, {}), dict):
             return f"{key} is not an object"
-    if not isinstance(metrics.get("flags", []), list):
-        return "flags is not a list"
+    counts = metrics.get("counts", {})
+    for key, value in counts.items():
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            return f"counts.{key} is {value!r}, not a count"
+    for name, entry in metrics.get("per_magnification", {}).items():
+        if not isinstance(entry, dict):
+            return f"per_magnification.{name} is not an object"
+        for key in SCORES:
+            if entry.get(key) is not None and not _is_finite(entry[key]):
+                return f"per_magnification.{name}.{key} is {entry[key]!r}, not a finite number"
+    flags = metrics.get("flags", [])
+    if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags):
+        return "flags is not a list of texts"
     return None
 
 
 def read_run(run_dir: Path, name: str) -> Run | str:
-    """A finished run, or the reason it is left out."""
+    """A finished run, or the reason it is left out (run folders are untrusted input)."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        return f"no {CONFIG_FILE} (what the run was is unknown)"
     try:
         config = read_json(run_dir / CONFIG_FILE)
     except (OSError, ValueError) as error:
