@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -170,8 +171,8 @@ def study(tmp_path_factory):
         if metrics is not None:
             (runs / name / "metrics.json").write_text(metrics)
     metadata = {"kind": "classifier", "image_size": IMAGE_SIZE, "preprocess": "rescale",
-                "interpolation": "nearest", "threshold": 0.5,
-                "run_dir": str(runs / "cnn/patient")}  # fmt: skip
+                "interpolation": "nearest", "threshold": 0.5, "experiment": "cnn",
+                "recipe": "report", "run_dir": str(runs / "cnn/patient")}  # fmt: skip
     model = models.build_baseline_cnn(IMAGE_SIZE, dense_units=4)
     models.save_model(model, root / "models" / "cnn.h5", metadata)
     out = root / "report"
@@ -232,7 +233,9 @@ def test_results_table_equals_every_runs_metrics_json(study):
     left_out = section(text, "## Left out")
     assert "- broken: unreadable metrics.json" in left_out
     assert "- unfinished: unfinished (no metrics.json)" in left_out
-    assert "- malformed: malformed metrics.json (accuracy is 'high', not a number)" in left_out
+    assert (
+        "- malformed: malformed metrics.json (accuracy is 'high', not a finite number)" in left_out
+    )
 
 
 def test_results_csv_holds_the_same_rows_at_full_precision(study):
@@ -503,3 +506,112 @@ def test_broken_predictions_official_folds_and_relative_paths(tmp_path, monkeypa
     heading = "### Test set 1: `data/patient` (40 images, 10 patients)"
     calibration = section(section(text, "## Calibration"), heading)
     assert "| baseline CNN (report recipe) [broken] |  | n/a | n/a |" in calibration
+
+
+def test_copied_runs_folder_keeps_its_grad_cam(study, tmp_path):
+    """The model is identified by content (its recorded run folder's name, experiment, recipe
+    and threshold), not by path: a copy of the runs folder keeps the panel, and a run whose
+    model file holds another run's model still says so."""
+    root, _, _ = study
+    copy = tmp_path / "elsewhere" / "runs"
+    shutil.copytree(root / "runs", copy)
+    out = tmp_path / "copy_report"
+    report.build_report([copy], out)
+    models = section((out / "REPORT.md").read_text(), "## Models")
+    cnn = section(models, "### baseline CNN (report recipe): `cnn/patient`")
+    assert "![Grad-CAM](figures/cnn__patient/gradcam.png)" in cnn
+    assert (out / "figures/cnn__patient/gradcam.png").read_bytes().startswith(PNG_SIGNATURE)
+    ten = section(models, "### baseline CNN (report recipe, 10% labels): `cnn/patient_10`")
+    assert "now holds the model of another run" in ten
+
+
+def test_a_model_of_another_run_with_the_same_folder_name_is_not_taken():
+    from bc_keras.report.figures import ownership_problem
+    from bc_keras.report.runs import Run
+
+    run = Run("b/patient", Path("/nowhere/b/patient"), {"experiment": "cnn", "model_out": "m.h5"},
+              {"accuracy": 0.9, "threshold": 0.4})  # fmt: skip
+    mine = {"run_dir": "/old/place/patient", "experiment": "cnn", "recipe": "report",
+            "threshold": 0.4}  # fmt: skip
+    assert ownership_problem(run, mine) is None
+    for other in ({"experiment": "transfer"}, {"recipe": "robust"}, {"threshold": 0.5},
+                  {"run_dir": "/old/place/patient_10"}):  # fmt: skip
+        assert "now holds the model of another run" in ownership_problem(run, {**mine, **other})
+    assert ownership_problem(run, {"experiment": "cnn"}) == "its model file records no run folder"
+
+
+def test_bad_run_folders_are_left_out_and_counted(tmp_path):
+    """Run folders are untrusted: each bad shape is listed with its reason and counted; the
+    good run stays in the table."""
+    names = file_names(BENIGN + MALIGNANT, (1,))
+    write_split(tmp_path / "data" / "patient", names, {"split": "patient", **SOURCE})
+    runs = tmp_path / "runs"
+    config = {"experiment": "cnn", "data": str(tmp_path / "data" / "patient")}
+    good = write_run(runs / "good", config, names, scores(names, 2.0, 0))
+    bad = {
+        "truncated": (config, json.dumps(good)[:50], "unreadable metrics.json"),
+        "list": (config, json.dumps([good]), "unreadable metrics.json (holds a list"),
+        "text_metric": (config, json.dumps({**good, "auc_roc": "0.9"}),
+                        "malformed metrics.json (auc_roc is '0.9', not a finite number)"),
+        "nan": (config, json.dumps({**good, "recall": float("nan")}),
+                "malformed metrics.json (recall is nan, not a finite number)"),
+        "config_corrupt": ("{not json", json.dumps(good), "unreadable config.json"),
+        "config_missing": (None, json.dumps(good), "no config.json"),
+    }  # fmt: skip
+    for name, (run_config, metrics, _) in bad.items():
+        (runs / name).mkdir()
+        if run_config is not None:
+            text = run_config if isinstance(run_config, str) else json.dumps(run_config)
+            (runs / name / "config.json").write_text(text)
+        (runs / name / "metrics.json").write_text(metrics)
+    report.build_report([runs], tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert [row["run"] for row in table(section(text, "## Results"), "run")] == ["good"]
+    assert "1 classifier(s) and 0 SimCLR pretraining run(s); 6 left out" in text
+    left_out = section(text, "## Left out")
+    assert "Run folders left out: 6." in left_out
+    for name, (_, _, reason) in bad.items():
+        assert f"- {name}: {reason}" in left_out, name
+
+
+def test_unreadable_models_never_stop_the_report(tmp_path, monkeypatch):
+    """A garbage .h5, an HDF5 file with corrupt metadata and a model Keras fails to load in
+    any way: each run keeps its scores, its Grad-CAM is skipped with the reason and counted,
+    and REPORT.md is written."""
+    import h5py
+
+    from bc_keras import models
+    from bc_keras.models.saving import METADATA_ATTRIBUTE
+
+    names = file_names(BENIGN + MALIGNANT, (1,))
+    write_split(tmp_path / "data" / "patient", names, {"split": "patient", **SOURCE})
+    runs, model_dir = tmp_path / "runs", tmp_path / "models"
+    model_dir.mkdir()
+    (model_dir / "garbage.h5").write_bytes(np.random.default_rng(0).bytes(4096))
+    with h5py.File(model_dir / "metadata.h5", "w") as file:
+        file.attrs[METADATA_ATTRIBUTE] = "{not json"
+    metadata = {"kind": "classifier", "image_size": IMAGE_SIZE, "preprocess": "rescale",
+                "threshold": 0.5, "experiment": "cnn", "run_dir": str(runs / "keras")}  # fmt: skip
+    models.save_model(models.build_baseline_cnn(IMAGE_SIZE, dense_units=4),
+                      model_dir / "keras.h5", metadata)  # fmt: skip
+    for index, name in enumerate(("garbage", "metadata", "keras")):
+        config = {"experiment": "cnn", "data": str(tmp_path / "data" / "patient"),
+                  "model_out": str(model_dir / f"{name}.h5")}  # fmt: skip
+        write_run(runs / name, config, names, scores(names, 2.0, index))
+
+    def unloadable(path, compile=False):
+        raise TypeError("Could not locate function 'evil'")
+
+    monkeypatch.setattr(models, "load_model", unloadable)
+    report.build_report([runs], tmp_path / "out")
+    text = (tmp_path / "out" / "REPORT.md").read_text()
+    assert len(table(section(text, "## Results"), "run")) == 3
+    models_text = section(text, "## Models")
+    for name in ("garbage", "metadata"):
+        part = section(models_text, f"### baseline CNN (report recipe) [{name}]: `{name}`")
+        assert "Grad-CAM skipped: its model file cannot be read (" in part, name
+    part = section(models_text, "### baseline CNN (report recipe) [keras]: `keras`")
+    assert "Grad-CAM skipped: Grad-CAM failed (TypeError: Could not locate function" in part
+    left_out = section(text, "## Left out")
+    assert "Run folders left out: 0." in left_out and "Grad-CAM panels left out: 3." in left_out
+    assert "- `garbage`: its model file cannot be read" in left_out

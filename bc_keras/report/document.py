@@ -112,6 +112,7 @@ def _classifier_details(run: Run) -> list[str]:
 def _gradcam_lines(figures: Figures, run: Run) -> tuple[list[str], bool]:
     link, caption = gradcam_panel(figures, run)
     if link is None:
+        figures.skipped_gradcam.append(f"`{run.name}`: {caption}")
         return [f"Grad-CAM skipped: {caption}.", ""], False
     return [f"{caption}:", "", f"![Grad-CAM]({link})", ""], True
 
@@ -154,6 +155,7 @@ def _model_section(figures: Figures, model: Model, slug: str) -> list[str]:
     if panel is None:
         why = "; ".join(f"fold {', '.join(folds)}: {reason}" for reason, folds in reasons.items())
         lines += [f"Grad-CAM skipped ({why}).", ""]
+        figures.skipped_gradcam.append(f"{model.label} ({slug}): {why}")
     for run in model.runs:
         lines += [f"#### Fold {run.fold.index}: `{run.name}`", "", *_run_section(figures, run)]
         if panel is not None and panel[0] is run:
@@ -256,7 +258,11 @@ def report_markdown(
     for run in pretraining:
         lines += [f"### SimCLR pretraining: `{run.name}`", "", *_run_section(figures, run)]
     lines += ["## Left out", ""]
-    lines += [f"- {note}" for note in left_out] or ["Nothing."]
+    lines += [f"Run folders left out: {len(left_out)}.", ""]
+    lines += [f"- {note}" for note in left_out] + ([""] if left_out else [])
+    skipped = figures.skipped_gradcam
+    lines += [f"Grad-CAM panels left out: {len(skipped)}.", ""]
+    lines += [f"- {note}" for note in skipped]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -3,9 +3,10 @@ reliability diagrams, label-efficiency curves and Grad-CAM panels of saved model
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -55,6 +56,8 @@ class Figures:
     def __init__(self, out: Path):
         self.out = Path(out)
         self.folders: dict[str, str] = {}
+        # "run: why" for each model whose Grad-CAM panel was left out (listed in the report).
+        self.skipped_gradcam: list[str] = []
 
     def folder(self, name: str) -> Path:
         """The figure folder of a run or evaluation set (unique even if two slugs collide)."""
@@ -183,6 +186,40 @@ def gradcam_images(run: Run, per_kind: int = GRADCAM_PER_KIND) -> list[tuple[Pat
     return images
 
 
+def _same_number(a, b) -> bool:
+    return all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in (a, b)
+    ) and math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def ownership_problem(run: Run, metadata: dict) -> str | None:
+    """Why the model whose `metadata` this is was not saved by `run`, or None when it was.
+
+    Identified by content, not by path, so that a runs folder moved or copied elsewhere keeps
+    its models: the folder the model records (`run_dir`) has the run folder's own name (a
+    timestamp unless --run-dir named it), and the model's experiment, recipe and decision
+    threshold are the ones the run's config.json and metrics.json record. A model recorded at
+    this very folder is the run's own whatever its name.
+    """
+    owner = metadata.get("run_dir")
+    if not isinstance(owner, str) or not owner:
+        return "its model file records no run folder"
+    if same_folder(locate(owner, run.run_dir), run.run_dir):
+        return None
+    another = f"`{run.config.get('model_out')}` now holds the model of another run (`{owner}`)"
+    if PurePath(owner.replace("\\", "/")).name != run.run_dir.name:
+        return another
+    recorded = {"experiment": run.config.get("experiment"), "recipe": run.recipe}
+    for key, value in recorded.items():
+        if key in metadata and metadata[key] != value:
+            return another
+    threshold = run.metrics.get("threshold")
+    if "threshold" in metadata and threshold is not None:
+        if not _same_number(metadata["threshold"], threshold):
+            return another
+    return None
+
+
 def model_file_problem(run: Run) -> str | None:
     """Why the run's saved model cannot be used for Grad-CAM, or None when it can."""
     model_out = run.config.get("model_out")
@@ -195,13 +232,15 @@ def model_file_problem(run: Run) -> str | None:
 
     try:
         metadata = models.read_metadata(path)
-    except UserError as error:
+    except (UserError, OSError, ValueError) as error:  # an untrusted file: never a traceback
         return f"its model file cannot be read ({one_line(error)[:120]})"
-    owner = metadata.get("run_dir")
+    if not isinstance(metadata, dict):
+        return f"its model file's metadata is a {type(metadata).__name__}, not an object"
     if metadata.get("kind") != "classifier":
         return f"`{model_out}` holds a {metadata.get('kind', 'unknown')} model, not a classifier"
-    if not owner or not same_folder(locate(str(owner), run.run_dir), run.run_dir):
-        return f"`{model_out}` now holds the model of another run (`{owner}`)"
+    problem = ownership_problem(run, metadata)
+    if problem:
+        return problem
     if run.predictions is None or run.data_dir is None:
         return "no test predictions to choose images from"
     return None
@@ -238,6 +277,10 @@ def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
         heatmaps = gradcam.gradcam(model, np.asarray(inputs))
     except (UserError, ValueError, KeyError, OSError, tf.errors.OpError) as error:
         return None, f"Grad-CAM failed ({one_line(error)[:160]})"
+    except Exception as error:
+        # The model file is untrusted input and Keras raises many kinds of error on a bad
+        # one (TypeError, AttributeError, ...): one bad run never stops the report.
+        return None, f"Grad-CAM failed ({type(error).__name__}: {one_line(error)[:140]})"
     finally:
         keras.backend.clear_session()
     threshold = float(run.metrics.get("threshold", 0.5))
