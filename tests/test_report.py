@@ -615,3 +615,26 @@ def test_unreadable_models_never_stop_the_report(tmp_path, monkeypatch):
     left_out = section(text, "## Left out")
     assert "Run folders left out: 0." in left_out and "Grad-CAM panels left out: 3." in left_out
     assert "- `garbage`: its model file cannot be read" in left_out
+
+
+def test_the_label_fraction_shown_is_the_share_actually_used(tmp_path):
+    """label_fraction_used (metrics.json, else config.json) names the model in the table and
+    fills results.csv, for the CNN and transfer runs as for SimCLR."""
+    names = file_names(BENIGN + MALIGNANT, (1,))
+    data = tmp_path / "data" / "patient"
+    write_split(data, names, {"split": "patient", **SOURCE})
+    runs = tmp_path / "runs"
+    cnn = {"experiment": "cnn", "data": str(data), "label_fraction": 0.001}
+    metrics = write_run(runs / "cnn", cnn, names, scores(names, 2.0, 0))
+    write_json(runs / "cnn" / "metrics.json", {**metrics, "label_fraction_used": 0.125})
+    transfer = {"experiment": "transfer", "backbone": "resnet50", "data": str(data),
+                "label_fraction": 0.1, "label_fraction_used": 0.5}  # fmt: skip
+    write_run(runs / "transfer", transfer, names, scores(names, 2.0, 1))
+    report.build_report([runs], tmp_path / "out")
+    rows = table(section((tmp_path / "out" / "REPORT.md").read_text(), "## Results"), "run")
+    models = {row["run"]: row["model"] for row in rows}
+    assert models == {"cnn": "baseline CNN (report recipe, 12.5% labels)",
+                      "transfer": "resnet50 transfer (report recipe, 50% labels)"}  # fmt: skip
+    with open(tmp_path / "out" / "results.csv", newline="") as file:
+        fractions = {row["run"]: float(row["label_fraction"]) for row in csv.DictReader(file)}
+    assert fractions == {"cnn": 0.125, "transfer": 0.5}
