@@ -148,16 +148,23 @@ def test_patient_split_on_full_archive(full_patient_split, capsys):
         "patient",
         "magnification",
         "split",
+        "slide_id",
     ]
     assert len(rows) == 7909
     for split, target in zip(("train", "val", "test"), (0.70, 0.15, 0.15), strict=True):
         assert abs(image_fractions(rows)[split] - target) <= 0.03, image_fractions(rows)
     patients = {}
     for row in rows:
-        patients.setdefault(row["patient"], set()).add(row["split"])
+        # The patient is the slide id: 14-13412 is filed as DC and LC, one patient on one side.
+        patients.setdefault(row["slide_id"], set()).add(row["split"])
+        assert row["slide_id"] == parse_filename(row["filename"]).slide_id
         assert row["path"] == f"{row['split']}/{row['label']}/{row['filename']}"
-    assert len(patients) == 82
+    assert len(patients) == 81 and len({row["patient"] for row in rows}) == 82
     assert all(len(s) == 1 for s in patients.values())
+    assert {r["patient"] for r in rows if r["slide_id"] == "14-13412"} == {
+        "SOB_M_DC-14-13412",
+        "SOB_M_LC-14-13412",
+    }
     for split in ("train", "val", "test"):
         for label in ("benign", "malignant"):
             assert any(r["split"] == split and r["label"] == label for r in rows)
@@ -183,7 +190,9 @@ def test_stats_on_prepared_split_and_manifest(full_patient_split, capsys):
     assert out.startswith(SPEC_TABLE)
     for split in ("train", "val", "test"):
         assert f"## {split}" in out
-    assert "Patients per split: train" in out and "(total 82)" in out
+    # Per-split counts are patients (slide ids); the literature's 82 are patient folders.
+    assert "Patients per split: train" in out
+    assert "(total 81 patients in 82 patient folders)" in out
     code, manifest_out, _ = run(stats, [full_patient_split / "split.csv"], capsys)
     assert manifest_out == out
 
@@ -250,8 +259,11 @@ def test_image_split_warns_and_audit_catches_the_leak(full_archive, tmp_path, ca
     code, report, _ = run(audit, [out], capsys)
     assert code == 1
     assert "LEAK" in report
+    # `  14-13412 (SOB_M_DC-14-13412, SOB_M_LC-14-13412) -> train: ...`: the slide, its folders.
     leaked = report.splitlines()[1].split(" -> ")[0].strip()
-    assert parse_filename(f"{leaked}-40-001.png").patient == leaked
+    slide, folders = leaked.split(" ", 1)
+    for folder in folders.strip("()").split(", "):
+        assert parse_filename(f"{folder}-40-001.png").slide_id == slide
 
 
 def test_audit_names_a_leaked_patient_without_manifest(full_patient_split, tmp_path, capsys):

@@ -6,10 +6,12 @@ import os
 import shutil
 import tarfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, load_tool, make_records, run_tool
+from helpers import assert_one_line_error, load_tool, run_tool
+from helpers import make_records as helper_records
 from PIL import Image
 
 from bc_keras import cli
@@ -80,6 +82,27 @@ prepare = load_tool("prepare_breakhis")
 
 def run(argv, capsys):
     return run_tool(prepare, argv, capsys)
+
+
+def make_records(sizes_by_subtype):
+    """`helpers.make_records`, each subtype's slides in its own year: the helper numbers the
+    slides of every subtype from 1000, and the slide id (`14-1000`) is the patient key, so its
+    subtypes would share patients. Sort order, and so every split, is as with the helper."""
+    records = []
+    for offset, (subtype, sizes) in enumerate(sizes_by_subtype.items()):
+        for record in helper_records({subtype: sizes}):
+            name = record.filename.replace("-14-", f"-{14 + offset}-", 1)
+            parsed = parse_filename(name)
+            records.append(
+                replace(
+                    record,
+                    filename=name,
+                    source=name,
+                    patient=parsed.patient,
+                    slide_id=parsed.slide_id,
+                )
+            )
+    return records
 
 
 def fold_records(out, count=K):
@@ -239,7 +262,8 @@ def test_prepare_json_per_fold_and_at_the_top(kfold_out, tree):
     top = json.loads((kfold_out / "prepare.json").read_text())
     assert set(top) == TOP_KEYS
     assert (top["split"], top["folds"], top["fold_kind"], top["seed"]) == ("kfold", K, "kfold", 42)
-    assert (top["images"], top["patients"], top["fold_files"]) == (128, 32, None)
+    # 32 patient folders, 31 patients: the tree files one slide as DC and LC, as 14-13412 is.
+    assert (top["images"], top["patients"], top["fold_files"]) == (128, 31, None)
     assert top["counts"] == {f"fold_{k}": split_summary(records[k - 1]) for k in (1, 2, 3)}
     assert top["skipped"]["not_in_fold"] == 0
 
@@ -247,7 +271,7 @@ def test_prepare_json_per_fold_and_at_the_top(kfold_out, tree):
 def test_summary_per_fold_is_printed(tree, tmp_path, capsys):
     code, out, err = run([tree, "--out", tmp_path / "folds", "--folds", "2"], capsys)
     assert code == 0, err
-    assert "2 patient-grouped folds of 128 images (32 patients)" in out
+    assert "2 patient-grouped folds of 128 images (31 patients)" in out
     settings = fold_settings(tmp_path / "folds", 2)
     for k in (1, 2):
         test = settings[k - 1]["counts"]["test"]
@@ -304,10 +328,11 @@ def test_archive_source_extracts_into_the_store(tree, kfold_out, tmp_path, capsy
 
 def write_fold_files(records, folder):
     """Two official-format fold files testing on different patients; the second one omits one
-    image of a patient it trains on."""
-    patients = sorted({r.patient for r in records})
+    image of a patient it trains on. A patient is a slide id, so the DC and LC folders of the
+    tree's shared slide (14-13412) are on the same side."""
+    patients = sorted({r.slide_id for r in records})
     groups = [
-        {r.filename: "test" if r.patient in chosen else "train" for r in records}
+        {r.filename: "test" if r.slide_id in chosen else "train" for r in records}
         for chosen in (set(patients[0::3]), set(patients[1::3]))
     ]
     omitted = next(r.filename for r in records if groups[1][r.filename] == "train")

@@ -1,11 +1,12 @@
 """Tests of bc_keras.prepare: indexing, split algorithms and manifests."""
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_records
+from helpers import make_records as helper_records
 from PIL import Image
 
 from bc_keras.errors import DataError
@@ -30,6 +31,27 @@ from bc_keras.prepare import (
 )
 
 
+def make_records(sizes_by_subtype):
+    """`helpers.make_records`, each subtype's slides in its own year: the helper numbers the
+    slides of every subtype from 1000, and the slide id (`14-1000`) is the patient key, so its
+    subtypes would share patients. Sort order, and so every split, is as with the helper."""
+    records = []
+    for offset, (subtype, sizes) in enumerate(sizes_by_subtype.items()):
+        for record in helper_records({subtype: sizes}):
+            name = record.filename.replace("-14-", f"-{14 + offset}-", 1)
+            parsed = parse_filename(name)
+            records.append(
+                replace(
+                    record,
+                    filename=name,
+                    source=name,
+                    patient=parsed.patient,
+                    slide_id=parsed.slide_id,
+                )
+            )
+    return records
+
+
 def fractions(records):
     counts = Counter(r.split for r in records)
     return {split: counts[split] / len(records) for split in ("train", "val", "test")}
@@ -42,10 +64,19 @@ def test_validate_ratios():
     assert validate_ratios([0.7, 0.15, 0.15]) == (0.7, 0.15, 0.15)
     with pytest.raises(DataError, match="needs 3 values"):
         validate_ratios([0.8, 0.2])
-    with pytest.raises(DataError, match=r"sum to 1.*sum 1.1"):
+    with pytest.raises(DataError, match=r"0.8 0.15 0.15 sum to 1.1, not 1; give 3 fractions"):
         validate_ratios([0.8, 0.15, 0.15])
-    with pytest.raises(DataError, match="between 0 and 1"):
+    # The rule the message states is the rule applied: 1 0 0 sums to 1 but leaves val and
+    # test empty, which the message names, with why neither may be empty.
+    rule = "each above 0 (the training scripts validate on val and score on test"
+    with pytest.raises(DataError, match=r"--ratios 1 0 0 leaves val and test with no image") as e:
         validate_ratios([1.0, 0.0, 0.0])
+    assert rule in str(e.value) and "that sum to 1, e.g. 0.70 0.15 0.15" in str(e.value)
+    with pytest.raises(DataError, match=r"0.9 0.2 -0.1 leaves test with no image"):
+        validate_ratios([0.9, 0.2, -0.1])
+    with pytest.raises(DataError, match="not a number"):
+        validate_ratios([float("nan"), 0.5, 0.5])
+    assert validate_ratios([0.98, 0.01, 0.01]) == (0.98, 0.01, 0.01)
 
 
 def test_parse_magnifications():
@@ -223,11 +254,12 @@ def test_manifest_round_trip(tmp_path):
     records = split_by_patient(make_records({"A": [3, 4, 5], "DC": [2, 3, 4]}))
     write_manifest(records, tmp_path / "split.csv")
     header = (tmp_path / "split.csv").read_text().splitlines()[0]
-    assert header == "filename,path,label,subtype,patient,magnification,split"
+    assert header == "filename,path,label,subtype,patient,magnification,split,slide_id"
     loaded = read_manifest(tmp_path / "split.csv")
     assert [(r.filename, r.label, r.patient, r.magnification, r.split) for r in loaded] == [
         (r.filename, r.label, r.patient, r.magnification, r.split) for r in records
     ]
+    assert [r.slide_id for r in loaded] == [parse_filename(r.filename).slide_id for r in records]
     assert loaded[0].source == str(
         tmp_path / loaded[0].split / loaded[0].label / loaded[0].filename
     )

@@ -42,7 +42,9 @@ from bc_keras.histology.tissue import (
 # SHA-256 of the "easy" pixels, computed with the generator as it was before "hard" existed:
 # "easy" must keep giving exactly those images.
 EASY_IMAGES_SHA256 = "ff9cbf89eed8339e327ed0c11eb38e13f4000b2d8e72483a02137b8d01f3e429"
-EASY_TREE_SHA256 = "17d7a338d6e5d00069d657d12162b87c461071bbe25670cdc2cc4811e0da334b"
+# The tree's hash covers the paths too: it changed when the slide shared by DC and LC became
+# the real archive's 14-13412 (the pixels, EASY_IMAGES_SHA256, did not).
+EASY_TREE_SHA256 = "4249d5e78e5ada1fdb45e0205dbc9b62ff51eb448781b2ebe80fea486cd071cb"
 
 
 def test_synthetic_breakhis_plan_matches_official_counts():
@@ -59,9 +61,13 @@ def test_synthetic_breakhis_plan_matches_official_counts():
             assert max(sizes.values()) > 2 * min(sizes.values())  # uneven, as in BreaKHis
         for patient in sizes:  # every patient has every magnification
             assert {n.magnification for n in chosen if n.patient == patient} == set(MAGNIFICATIONS)
-    dc_slides = {n.slide for n in names if n.subtype == "DC"}
-    lc_slides = {n.slide for n in names if n.subtype == "LC"}
-    assert dc_slides & lc_slides  # one slide id is both DC and LC, as 14-13412 is
+    dc_slides = {n.slide_id for n in names if n.subtype == "DC"}
+    lc_slides = {n.slide_id for n in names if n.subtype == "LC"}
+    # As in the real archive, slide 14-13412 (and only it) is both a DC and an LC patient:
+    # 82 patient folders, 81 patients.
+    assert dc_slides & lc_slides == {"14-13412"}
+    assert {n.subtype for n in names if n.slide_id == "14-13412"} == {"DC", "LC"}
+    assert len({n.patient for n in names}) == 82 and len({n.slide_id for n in names}) == 81
     # The class balance only concerns the small layout.
     assert synthetic_plan("breakhis", seed=0, class_balance=CLASS_BALANCE_EQUAL) == names
 

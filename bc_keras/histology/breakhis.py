@@ -40,6 +40,9 @@ OFFICIAL_IMAGE_COUNTS = {
 }
 OFFICIAL_PATIENT_COUNTS = {"A": 4, "F": 10, "PT": 3, "TA": 7, "DC": 38, "LC": 5, "MC": 9, "PC": 6}
 OFFICIAL_TOTAL_IMAGES = 7909
+# The one slide (patient) of the archive filed under two subtypes: ductal and lobular carcinoma.
+SHARED_SLIDE = "14-13412"
+SHARED_SLIDE_SUBTYPES = ("DC", "LC")
 
 # SOB_B_A-14-22549AB-100-001.png: procedure, class, subtype, year, slide, magnification, sequence.
 _NAME_PATTERN = re.compile(
@@ -62,10 +65,17 @@ class BreaKHisName:
 
     @property
     def patient(self) -> str:
-        """Patient key `SOB_<B|M>_<T>-<yy>-<id>`: slide 14-13412 is both DC and LC, so the
-        class and subtype are part of the key (the official folds keep the two apart)."""
+        """The dataset's patient folder `SOB_<B|M>_<T>-<yy>-<id>`, the unit of the patient
+        recognition rate as the literature defines it: slide 14-13412 is two such folders, one
+        ductal, one lobular. Splits group by `slide_id` instead."""
         code = "B" if self.label == BENIGN else "M"
         return f"SOB_{code}_{self.subtype}-{self.year}-{self.slide}"
+
+    @property
+    def slide_id(self) -> str:
+        """The patient itself, `<yy>-<id>` (e.g. `14-13412`): what every split, fold, label
+        fraction and audit groups by, so one patient filed under two subtypes stays whole."""
+        return f"{self.year}-{self.slide}"
 
     @property
     def label_index(self) -> int:
@@ -167,8 +177,15 @@ def distribution_table(rows) -> str:
     return "\n".join(lines)
 
 
+def slide_id_of(filename: str, default: str = UNKNOWN) -> str:
+    """The slide (patient) id `<yy>-<id>` of a BreaKHis file name or path, else `default`."""
+    parsed = try_parse_filename(str(filename).replace("\\", "/").rsplit("/", 1)[-1])
+    return parsed.slide_id if parsed else default
+
+
 def describe_files(paths) -> tuple[list[str], list[str]]:
-    """Patient key and magnification of each file, from BreaKHis names ("unknown" otherwise)."""
+    """Patient folder key (the patient recognition rate's unit) and magnification of each file,
+    from BreaKHis names ("unknown" otherwise)."""
     patients, magnifications = [], []
     for path in paths:
         parsed = try_parse_filename(str(path).replace("\\", "/").rsplit("/", 1)[-1])

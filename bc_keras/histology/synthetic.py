@@ -13,6 +13,8 @@ from bc_keras.histology.breakhis import (
     MAGNIFICATIONS,
     OFFICIAL_IMAGE_COUNTS,
     OFFICIAL_PATIENT_COUNTS,
+    SHARED_SLIDE,
+    SHARED_SLIDE_SUBTYPES,
     SUBTYPES,
     BreaKHisName,
     archive_relative_path,
@@ -96,9 +98,9 @@ def synthetic_plan(
     share = BENIGN_IMAGE_SHARE if class_balance == CLASS_BALANCE_BREAKHIS else 1.0
     benign_images = max(1, round(images_per_patient * share))
     rng = np.random.default_rng(seed)
-    taken: set[str] = set()
+    # Drawn ids never collide with the shared slide, which only DC and LC get.
+    taken: set[str] = {SHARED_SLIDE}
     names = []
-    shared_slide = None
     for subtype, (label, _) in SUBTYPES.items():
         if layout == LAYOUT_BREAKHIS:
             patients = OFFICIAL_PATIENT_COUNTS[subtype]
@@ -111,11 +113,10 @@ def synthetic_plan(
             images = benign_images if label == "benign" else images_per_patient
             counts = np.full((patients, len(MAGNIFICATIONS)), images)
         slides = _slide_ids(rng, patients, taken)
-        # As in the real archive (slide 14-13412), one slide id is both a DC and an LC patient.
-        if subtype == "DC":
-            shared_slide = slides[0]
-        elif subtype == "LC" and shared_slide is not None:
-            slides[0] = shared_slide
+        # As in the real archive, slide 14-13412 is filed as a DC and as an LC patient: one
+        # patient in two patient folders.
+        if subtype in SHARED_SLIDE_SUBTYPES:
+            slides[0] = SHARED_SLIDE
         for slide, patient_counts in zip(slides, counts, strict=True):
             year, slide_number = slide.split("-", 1)
             for magnification, count in zip(MAGNIFICATIONS, patient_counts, strict=True):

@@ -235,7 +235,7 @@ def prepare_folds(
             "image_store_layout": store_layout,
             "fold_folders": [fold_folder_name(k + 1) for k in range(count)],
             "images": len(stored),
-            "patients": len({r.patient for r in stored}),
+            "patients": len({r.slide_id for r in stored}),
             "counts": {fold_folder_name(s["fold"]["index"]): s["counts"] for s in fold_settings},
             "skipped": skip_counts(index, len(records) - len(stored)),
             "converted_to_rgb": len(index.converted),

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from bc_keras.errors import DataError
-from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS, parse_filename
+from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS, parse_filename, slide_id_of
 from bc_keras.histology.images import check_bytes, check_image
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -36,7 +36,13 @@ def silent(message: str) -> None:
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One indexed image: where it is, what its name says, and (once split) its split."""
+    """One indexed image: where it is, what its name says, and (once split) its split.
+
+    `patient` is the dataset's patient folder (`SOB_M_DC-14-13412`), the unit of the patient
+    recognition rate; `slide_id` is the patient itself (`14-13412`), which splits, folds,
+    label fractions and the audit group by. Left empty, `slide_id` is read from the file name
+    (or, for a name that is not BreaKHis', taken from `patient`).
+    """
 
     filename: str
     source: str
@@ -45,6 +51,11 @@ class ImageRecord:
     patient: str
     magnification: int
     split: str = ""
+    slide_id: str = ""
+
+    def __post_init__(self):
+        if not self.slide_id:
+            object.__setattr__(self, "slide_id", slide_id_of(self.filename, self.patient))
 
 
 @dataclass
@@ -59,6 +70,8 @@ class IndexResult:
     duplicates: list[str] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     converted: list[tuple[str, str]] = field(default_factory=list)
+    # Folder links leading to a folder already walked (a link cycle, or a second way in).
+    walked_again: list[str] = field(default_factory=list)
 
     def warnings(self) -> list[str]:
         """One line per kind of problem, listing a few names and the count."""
@@ -73,6 +86,8 @@ class IndexResult:
             ([f"{name} ({mode})" for name, mode in self.converted],
              "kept {count} image(s) that are not RGB; they will be converted to RGB when loaded: "
              "{names}"),
+            (self.walked_again, "skipped {count} folder link(s) to a folder already walked (a "
+             "link cycle or a second path to the same images): {names}"),
         )  # fmt: skip
 
 
@@ -188,7 +203,45 @@ def _index_one(
         subtype=parsed.subtype,
         patient=parsed.patient,
         magnification=parsed.magnification,
+        slide_id=parsed.slide_id,
     )
+
+
+def _folder_key(path: str) -> tuple[int, int] | None:
+    """The (device, inode) of the folder `path` leads to, None if it cannot be read."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
+
+
+def walk_once(root: str | Path, again: list[str] | None = None):
+    """`os.walk(root, followlinks=True)` in sorted order that enters every real folder once.
+
+    A folder link is followed the first time its target is met; a link to a folder already
+    entered (a cycle back to an ancestor, or a second link to the same folder) is skipped and
+    its path appended to `again`, so no tree of links can make the walk go on forever.
+
+    Yields:
+        `(directory, sorted file names)` for every folder entered.
+    """
+    root = str(root)
+    seen = {_folder_key(root)}
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        kept = []
+        for name in sorted(subdirs):
+            path = os.path.join(directory, name)
+            key = _folder_key(path)
+            if key is None or key in seen:
+                if again is not None and key is not None:
+                    again.append(Path(path).relative_to(root).as_posix())
+                continue
+            seen.add(key)
+            kept.append(name)
+        # os.walk descends into what is left in `subdirs`, in this order.
+        subdirs[:] = kept
+        yield directory, sorted(files)
 
 
 def index_tree(source: str | Path, check_images: bool = True, log: Log = silent) -> IndexResult:
@@ -206,9 +259,8 @@ def index_tree(source: str | Path, check_images: bool = True, log: Log = silent)
     result = IndexResult(records=[], source_kind="folder", root=str(root.absolute()))
     seen: set[str] = set()
     count = 0
-    for directory, subdirs, files in os.walk(root, followlinks=True):
-        subdirs.sort()
-        for filename in sorted(files):
+    for directory, files in walk_once(root, result.walked_again):
+        for filename in files:
             if not filename.lower().endswith(".png"):
                 continue
             path = Path(directory) / filename

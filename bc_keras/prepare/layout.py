@@ -212,7 +212,7 @@ def prepare_split(
         if empty:
             raise DataError(
                 f"split {', '.join(empty)} would be empty ({len(records)} images, "
-                f"{len({r.patient for r in records})} patients); use --split image or more data"
+                f"{len({r.slide_id for r in records})} patients); use --split image or more data"
             )
         for line in class_gaps(records):
             _warn(line)

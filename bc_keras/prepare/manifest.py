@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -13,11 +12,15 @@ from pathlib import Path
 from bc_keras.errors import DataError
 from bc_keras.histology.breakhis import CLASS_NAMES, distribution_table, parse_filename
 from bc_keras.prepare.index import ImageRecord
-from bc_keras.prepare.split import SPLIT_NAMES
+from bc_keras.prepare.patients import SPLIT_NAMES, slide_overlap, split_order
 
 MANIFEST_NAME = "split.csv"
 SETTINGS_NAME = "prepare.json"
-MANIFEST_COLUMNS = ("filename", "path", "label", "subtype", "patient", "magnification", "split")
+MANIFEST_COLUMNS = (
+    "filename", "path", "label", "subtype", "patient", "magnification", "split", "slide_id"
+)  # fmt: skip
+# Columns a split.csv of an older bc_keras lacks; read from the file name when missing.
+OPTIONAL_COLUMNS = ("slide_id",)
 
 
 def manifest_path_of(record: ImageRecord) -> str:
@@ -40,16 +43,18 @@ def write_manifest(records: Iterable[ImageRecord], path: str | Path) -> None:
                     r.patient,
                     r.magnification,
                     r.split,
+                    r.slide_id,
                 ]
             )
 
 
 def read_manifest(path: str | Path) -> list[ImageRecord]:
-    """Reads a `split.csv`; each record's `source` is the absolute image path."""
+    """Reads a `split.csv`; each record's `source` is the absolute image path. A manifest
+    without the `slide_id` column (older bc_keras) gets it from the file names."""
     path = Path(path)
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        missing = set(MANIFEST_COLUMNS) - set(reader.fieldnames or ())
+        missing = set(MANIFEST_COLUMNS) - set(OPTIONAL_COLUMNS) - set(reader.fieldnames or ())
         if missing:
             raise DataError(
                 f"{path} is not a bc_keras split manifest: columns {sorted(missing)} are missing; "
@@ -64,6 +69,7 @@ def read_manifest(path: str | Path) -> list[ImageRecord]:
                 patient=row["patient"],
                 magnification=int(row["magnification"]),
                 split=row["split"],
+                slide_id=row.get("slide_id") or "",
             )
             for row in reader
         ]
@@ -137,31 +143,21 @@ def missing_files(records: Iterable[ImageRecord]) -> list[str]:
 
 
 def patient_overlap(records: Iterable[ImageRecord]) -> dict[str, dict[str, int]]:
-    """Patients found in more than one split -> {split: image count}."""
-    counts: dict[str, Counter] = defaultdict(Counter)
-    for record in records:
-        counts[record.patient][record.split] += 1
-    return {
-        patient: dict(sorted(per_split.items(), key=lambda kv: _split_order(kv[0])))
-        for patient, per_split in sorted(counts.items())
-        if len(per_split) > 1
-    }
-
-
-def _split_order(split: str) -> tuple[int, str]:
-    return (SPLIT_NAMES.index(split) if split in SPLIT_NAMES else len(SPLIT_NAMES), split)
+    """Patients (slide ids, so one slide filed under two subtypes is one patient) found in
+    more than one split -> {split: image count}."""
+    return slide_overlap(list(records))
 
 
 def split_summary(records: Sequence[ImageRecord]) -> dict:
-    """Counts per split and class, patients per split, and image fractions per split."""
+    """Counts per split and class, patients (slide ids) per split, and image fractions."""
     total = len(records) or 1
     summary = {}
-    for split in sorted({r.split for r in records}, key=_split_order):
+    for split in sorted({r.split for r in records}, key=split_order):
         chosen = [r for r in records if r.split == split]
         summary[split] = {
             "images": len(chosen),
             "fraction": round(len(chosen) / total, 4),
-            "patients": len({r.patient for r in chosen}),
+            "patients": len({r.slide_id for r in chosen}),
             **{label: sum(r.label == label for r in chosen) for label in CLASS_NAMES},
         }
     return summary
@@ -176,7 +172,7 @@ def stats_report(records: Sequence[ImageRecord], per_split: bool) -> str:
         lines.append(
             "Patients per split: "
             + ", ".join(f"{split} {info['patients']}" for split, info in summary.items())
-            + f" (total {len({r.patient for r in records})})"
+            + f" (total {_patient_total(records)})"
         )
         for split in summary:
             chosen = [r for r in records if r.split == split]
@@ -190,6 +186,14 @@ def stats_report(records: Sequence[ImageRecord], per_split: bool) -> str:
                 f"({100 * summary[split]['fraction']:.1f}%)",
             ]
     return "\n".join(lines)
+
+
+def _patient_total(records: Sequence[ImageRecord]) -> str:
+    """`81`, or `81 patients in 82 patient folders` where a slide is filed under two subtypes
+    (the per-split counts are patients, the literature's 82 are folders)."""
+    slides = len({r.slide_id for r in records})
+    folders = len({r.patient for r in records})
+    return str(slides) if slides == folders else f"{slides} patients in {folders} patient folders"
 
 
 def record_dict(record: ImageRecord) -> dict:

@@ -5,13 +5,21 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from bc_keras.errors import DataError
 from bc_keras.prepare.index import ImageRecord, problem_lines
+from bc_keras.prepare.patients import (
+    SPLIT_NAMES,
+    describe_sides,
+    patients_by_class,
+    slide_folders,
+    slide_overlap,
+)
+from bc_keras.prepare.patients import summary as patient_summary
 
 SPLIT_PATIENT = "patient"
 SPLIT_IMAGE = "image"
@@ -19,7 +27,6 @@ SPLIT_FOLD = "fold"
 SPLIT_MODES = (SPLIT_PATIENT, SPLIT_IMAGE, SPLIT_FOLD)
 # Patient-grouped K-fold cross-validation (`--folds K`); not a `--split` choice.
 SPLIT_KFOLD = "kfold"
-SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_RATIOS = (0.70, 0.15, 0.15)
 DEFAULT_SEED = 42
 DEFAULT_TRIALS = 300
@@ -33,19 +40,37 @@ NOT_IN_TREE = (
 )
 
 
+RATIOS_RULE = (
+    "give 3 fractions train val test, each above 0 (the training scripts validate on val and "
+    "score on test, so neither may be empty), that sum to 1, e.g. 0.70 0.15 0.15"
+)
+
+
 def validate_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
-    """Checks train/val/test fractions: three positive values adding up to 1."""
+    """Checks train/val/test fractions: three finite values above 0 that sum to 1.
+
+    Val and test may not be 0: every training script validates on val and scores on test, so
+    a split without one is not usable (and with --folds val still takes val / (train + val)).
+
+    Raises:
+        DataError: naming the rule that `ratios` breaks.
+    """
     values = tuple(float(r) for r in ratios)
+    shown = " ".join(f"{r:g}" for r in values)
     if len(values) != 3:
         raise DataError(
-            f"--ratios needs 3 values (train val test), e.g. 0.70 0.15 0.15; received {len(values)}: "
-            f"{' '.join(str(r) for r in ratios)}"
+            f"--ratios needs 3 values (train val test), received {len(values)}: {shown}; "
+            f"{RATIOS_RULE}"
         )
-    if any(not 0.0 < r < 1.0 for r in values) or abs(sum(values) - 1.0) > 1e-6:
+    if not all(np.isfinite(values)):
+        raise DataError(f"--ratios {shown} holds a value that is not a number; {RATIOS_RULE}")
+    empty = [name for name, r in zip(SPLIT_NAMES, values, strict=True) if r <= 0.0]
+    if empty:
         raise DataError(
-            f"--ratios must be 3 values between 0 and 1 that sum to 1 (e.g. 0.70 0.15 0.15); "
-            f"received {' '.join(f'{r:g}' for r in values)} (sum {sum(values):g})"
+            f"--ratios {shown} leaves {' and '.join(empty)} with no image; {RATIOS_RULE}"
         )
+    if abs(sum(values) - 1.0) > 1e-6:
+        raise DataError(f"--ratios {shown} sum to {sum(values):g}, not 1; {RATIOS_RULE}")
     return values  # type: ignore[return-value]
 
 
@@ -113,6 +138,9 @@ def split_by_patient(
 ) -> list[ImageRecord]:
     """Patient-disjoint split, each class's patients split separately, balanced by image count.
 
+    A patient is a slide id (`patients_by_class`), so a slide filed under two subtypes is on
+    one side.
+
     Args:
         records: the images to split.
         ratios: target image fraction per split, one per name in `split_names`.
@@ -129,9 +157,7 @@ def split_by_patient(
     if len(ratios) != len(split_names):
         raise ValueError(f"One ratio per split is needed. Received: ratios={ratios}")
     rng = np.random.default_rng(seed)
-    by_class: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
-    for record in records:
-        by_class[record.label][record.patient].append(record)
+    by_class = patients_by_class(records)
     split_of: dict[str, str] = {}
     for label in sorted(by_class):
         patients = by_class[label]
@@ -141,10 +167,11 @@ def split_by_patient(
                 f"patient(s) but {'/'.join(split_names)} need at least one each; use "
                 "--split image (leaks patients) or more data"
             )
-        summary = [(p, len(images), images[0].subtype) for p, images in sorted(patients.items())]
-        for patient, index in _assign_patients(summary, ratios, rng, trials).items():
+        for patient, index in _assign_patients(
+            patient_summary(patients), ratios, rng, trials
+        ).items():
             split_of[patient] = split_names[index]
-    return [replace(r, split=split_of[r.patient]) for r in records]
+    return [replace(r, split=split_of[r.slide_id]) for r in records]
 
 
 def split_by_image(
@@ -220,13 +247,25 @@ def read_fold_file(path: str | Path) -> dict[str, str]:
 
 @dataclass
 class FoldReport:
-    """What a fold split left out."""
+    """What a fold split left out, and the patients (slides) it puts on both sides."""
 
     not_in_fold: list[str]
     not_in_tree: list[str]
+    # Slide -> {split: images}, for slides the fold file puts in its train and test groups.
+    crossing: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Slide -> its patient folders, for the slides in `crossing`.
+    folders: dict[str, list[str]] = field(default_factory=dict)
 
     def warnings(self) -> list[str]:
-        return problem_lines((self.not_in_fold, NOT_IN_FOLD), (self.not_in_tree, NOT_IN_TREE))
+        lines = problem_lines((self.not_in_fold, NOT_IN_FOLD), (self.not_in_tree, NOT_IN_TREE))
+        for slide, per_split in self.crossing.items():
+            lines.append(
+                f"the fold file puts patient {slide} (folders "
+                f"{', '.join(self.folders.get(slide, []))}) on both sides ({describe_sides(per_split)}); "
+                "kept as the published protocol assigns it, so its test images are not from an "
+                "unseen patient; use --split patient or --folds for patient-disjoint splits"
+            )
+        return lines
 
 
 def split_by_fold(
@@ -237,6 +276,10 @@ def split_by_fold(
     trials: int = DEFAULT_TRIALS,
 ) -> tuple[list[ImageRecord], FoldReport]:
     """Official-fold split: test = the fold's test group; val carved by patient from its train.
+
+    The fold file's assignment is kept exactly (the published protocol), even where it puts a
+    patient on both sides (slide 14-13412, filed as DC and LC, in fold 1); the report lists such
+    patients, with their images per split, for a warning.
 
     Args:
         records: the images (already filtered by magnification).
@@ -278,6 +321,12 @@ def split_by_fold(
     )
     order = {r.filename: i for i, r in enumerate(records)}
     result = sorted(carved + test, key=lambda r: order[r.filename])
+    test_slides = {r.slide_id for r in test}
+    report.crossing = {
+        slide: sides for slide, sides in slide_overlap(result).items() if slide in test_slides
+    }
+    folders = slide_folders(result)
+    report.folders = {slide: folders[slide] for slide in report.crossing}
     return result, report
 
 
@@ -324,9 +373,7 @@ def split_kfold_by_patient(
     if not 0.0 < val_ratio < 1.0:
         raise ValueError(f"val_ratio must be between 0 and 1. Received: val_ratio={val_ratio}")
     rng = np.random.default_rng(seed)
-    by_class: dict[str, dict[str, list[ImageRecord]]] = defaultdict(lambda: defaultdict(list))
-    for record in records:
-        by_class[record.label][record.patient].append(record)
+    by_class = patients_by_class(records)
     for label in sorted(by_class):
         if len(by_class[label]) < folds:
             raise _fold_patient_error(
@@ -339,8 +386,7 @@ def split_kfold_by_patient(
     totals = np.zeros(folds)
     for label in sorted(by_class):
         patients = by_class[label]
-        summary = [(p, len(images), images[0].subtype) for p, images in sorted(patients.items())]
-        groups = _assign_patients(summary, [1.0 / folds] * folds, rng, trials)
+        groups = _assign_patients(patient_summary(patients), [1.0 / folds] * folds, rng, trials)
         sizes = np.zeros(folds)
         for patient, group in groups.items():
             sizes[group] += len(patients[patient])
@@ -364,7 +410,7 @@ def split_kfold_by_patient(
                 )
     result = []
     for fold in range(folds):
-        rest = [i for i, r in enumerate(records) if fold_of[r.patient] != fold]
+        rest = [i for i, r in enumerate(records) if fold_of[r.slide_id] != fold]
         carved = split_by_patient(
             [records[i] for i in rest],
             ratios=(1.0 - val_ratio, val_ratio),

@@ -23,7 +23,8 @@ def label_fraction_indices(
 
     Args:
         labels: the 0/1 label of every training image.
-        patients: the patient of every image, or None to draw single images.
+        patients: the patient (slide id, see `patients_of_paths`) of every image, or None
+            to draw single images.
         fraction: share of the labelled images to keep, in (0, 1].
         seed: seeds the draw.
 
@@ -65,11 +66,12 @@ def label_fraction_indices(
 
 
 def patients_of_paths(paths) -> list[str] | None:
-    """The BreaKHis patient of every image path, or None if any file name is not BreaKHis'."""
+    """The BreaKHis patient (slide id, `14-13412`, whatever subtype folder holds the image) of
+    every image path, or None if any file name is not BreaKHis'."""
     patients = []
     for path in paths:
         try:
-            patients.append(parse_filename(Path(path).name).patient)
+            patients.append(parse_filename(Path(path).name).slide_id)
         except ValueError:
             return None
     return patients
