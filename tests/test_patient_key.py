@@ -14,6 +14,7 @@ from PIL import Image
 from bc_keras.histology.breakhis import (
     SHARED_SLIDE,
     archive_relative_path,
+    describe_files,
     parse_filename,
     slide_id_of,
 )
@@ -223,3 +224,13 @@ def test_ratios_are_refused_with_the_rule_they_break(ratios, fragments, tmp_path
     code, _, err = run_tool(prepare, [tmp_path / "src", "--out", out, "--ratios", *ratios], capsys)
     assert_one_line_error(code, err, *fragments)
     assert not os.path.exists(out)
+
+
+def test_the_patient_recognition_rate_counts_patient_folders():
+    # The literature's patient recognition rate is over the dataset's patient folders, so the
+    # evaluation's key keeps 14-13412's DC and LC folders apart while splits group them.
+    paths = ["test/malignant/SOB_M_DC-14-13412-40-001.png", "SOB_M_LC-14-13412-100-002.png"]
+    patients, magnifications = describe_files(paths)
+    assert patients == ["SOB_M_DC-14-13412", "SOB_M_LC-14-13412"]
+    assert magnifications == ["40", "100"]
+    assert {parse_filename(p).slide_id for p in paths} == {SHARED_SLIDE}
