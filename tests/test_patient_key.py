@@ -79,9 +79,10 @@ def test_the_full_archive_layout_files_14_13412_under_dc_and_lc(archive_records)
     assert slide_id_of("not-breakhis.png", "fallback") == "fallback"
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3, 42])
+# The old key put this patient on two sides at 6 of 8 seeds; prepare's default trials.
+@pytest.mark.parametrize("seed", [*range(8), 42])
 def test_patient_split_keeps_slide_14_13412_on_one_side(archive_records, seed):
-    records = split_by_patient(archive_records, seed=seed, trials=20)
+    records = split_by_patient(archive_records, seed=seed)
     sides = Counter(r.split for r in records if r.slide_id == SHARED_SLIDE)
     assert len(sides) == 1 and sum(sides.values()) == sum(
         r.slide_id == SHARED_SLIDE for r in archive_records
@@ -90,7 +91,7 @@ def test_patient_split_keeps_slide_14_13412_on_one_side(archive_records, seed):
 
 
 def test_five_folds_keep_slide_14_13412_on_one_side(archive_records):
-    folds = split_kfold_by_patient(archive_records, 5, seed=0, trials=20)
+    folds = split_kfold_by_patient(archive_records, 5, seed=0)
     assert len(folds) == 5
     tested = []
     for records in folds:
