@@ -33,6 +33,8 @@ class Backbone:
         weight_sizes: the input sizes with weights of their own (others use `default_size`).
         default_size: the input side the ImageNet weights were trained at.
         min_image_size: the smallest input side keras.applications accepts.
+        builder_options: extra keyword arguments of the keras.applications builder.
+        in_report: whether the original report published transfer results with it.
     """
 
     name: str
@@ -47,6 +49,8 @@ class Backbone:
     default_size: int = 224
     min_image_size: int = 32
     builder_options: dict = field(default_factory=dict)
+    # Whether the original report published transfer results with this backbone.
+    in_report: bool = False
 
     @property
     def has_alpha(self) -> bool:
@@ -104,6 +108,7 @@ register_backbone(
         weights_file="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5",
         weights_folder="resnet/",
         weights_hash="4d473c1dd8becc155b73f8504c6f6626",
+        in_report=True,
     )
 )
 register_backbone(

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from bc_keras.errors import DataError
+from bc_keras.errors import DataError, shorten
 from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS, parse_filename, slide_id_of
 from bc_keras.histology.images import check_bytes, check_image
 
@@ -342,7 +342,7 @@ def index_archive(
                 if len(result.records) % PROGRESS_EVERY == 0:
                     log(f"extracted {len(result.records)} images ...")
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-        detail = " ".join(str(error).split())[:160]
+        detail = shorten(error, 160)
         raise DataError(
             f"archive {archive} is corrupt or truncated ({type(error).__name__}: {detail}); "
             "download BreaKHis_v1.tar.gz again or pass its extracted folder"

@@ -8,18 +8,11 @@ import sys
 from pathlib import Path
 
 from bc_keras.errors import DataError, UserError, one_line
+from bc_keras.evaluation.metrics import VIEW_COMPARE, metrics_in
+from bc_keras.experiments import EXPERIMENTS
 from bc_keras.report.runs import ENCODER_RANDOM, KIND_CLASSIFIER, Run, find_runs
 
-METRIC_COLUMNS = (
-    "accuracy",
-    "balanced_accuracy",
-    "specificity",
-    "precision",
-    "recall",
-    "f1",
-    "auc_roc",
-    "patient_recognition_rate",
-)
+METRIC_COLUMNS = tuple(metric.key for metric in metrics_in(VIEW_COMPARE))
 COLUMNS = (
     "run",
     "model",
@@ -30,11 +23,8 @@ COLUMNS = (
     "test_images",
     "flags",
 )
-DISPLAY = {
-    "cnn": "baseline CNN",
-    "simclr_finetune": "finetune ResNet-18",
-    "simclr_linear": "linear ResNet-18",
-}
+# Experiment name -> its short label (the experiments registry; transfer is named per backbone).
+DISPLAY = {e.name: e.label for e in EXPERIMENTS.values() if "{" not in e.label}
 
 
 def model_name(run: Run) -> str:

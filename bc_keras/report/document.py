@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bc_keras import cli
 from bc_keras.errors import DataError, RunError
+from bc_keras.evaluation.metrics import VIEW_SUMMARY, metrics_in
 from bc_keras.report.claims import (
     comparison_lines,
     label_efficiency_lines,
@@ -45,15 +46,7 @@ REPORT_FILE = "REPORT.md"
 RESULTS_FILE = "results.csv"
 OUTPUTS = (REPORT_FILE, RESULTS_FILE, FIGURES_DIR)
 STAGING = ".report-staging"
-SUMMARY_METRICS = (
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("specificity", "specificity"),
-    ("recall", "recall"),
-    ("f1", "F1"),
-    ("auc_roc", "AUC"),
-    ("patient_recognition_rate", "patient recognition rate"),
-)
+SUMMARY_METRICS = tuple((metric.key, metric.title) for metric in metrics_in(VIEW_SUMMARY))
 PRETRAIN_SUMMARY = (
     ("initial_val_loss", "validation NT-Xent, untrained encoder"),
     ("best_val_loss", "best validation NT-Xent"),

@@ -10,7 +10,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from bc_keras.errors import UserError, one_line
+from bc_keras.errors import UserError, shorten
 from bc_keras.evaluation import plots
 from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.report.runs import Run, locate, same_folder
@@ -88,7 +88,7 @@ class Figures:
                 except (OSError, ValueError, KeyError) as error:
                     notes.append(
                         f"{filename}: missing, and {HISTORY_FILE} cannot be drawn "
-                        f"({one_line(error)[:80]})"
+                        f"({shorten(error, 80)})"
                     )
                     continue
                 notes.append(f"{filename} was missing: redrawn from {HISTORY_FILE}")
@@ -233,7 +233,7 @@ def model_file_problem(run: Run) -> str | None:
     try:
         metadata = models.read_metadata(path)
     except (UserError, OSError, ValueError) as error:  # an untrusted file: never a traceback
-        return f"its model file cannot be read ({one_line(error)[:120]})"
+        return f"its model file cannot be read ({shorten(error, 120)})"
     if not isinstance(metadata, dict):
         return f"its model file's metadata is a {type(metadata).__name__}, not an object"
     if metadata.get("kind") != "classifier":
@@ -276,11 +276,11 @@ def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
         inputs = data.apply_preprocess(shown.astype(np.float32), metadata["preprocess"])
         heatmaps = gradcam.gradcam(model, np.asarray(inputs))
     except (UserError, ValueError, KeyError, OSError, tf.errors.OpError) as error:
-        return None, f"Grad-CAM failed ({one_line(error)[:160]})"
+        return None, f"Grad-CAM failed ({shorten(error, 160)})"
     except Exception as error:
         # The model file is untrusted input and Keras raises many kinds of error on a bad
         # one (TypeError, AttributeError, ...): one bad run never stops the report.
-        return None, f"Grad-CAM failed ({type(error).__name__}: {one_line(error)[:140]})"
+        return None, f"Grad-CAM failed ({type(error).__name__}: {shorten(error, 140)})"
     finally:
         keras.backend.clear_session()
     threshold = float(run.metrics.get("threshold", 0.5))

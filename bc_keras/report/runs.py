@@ -13,7 +13,7 @@ from pathlib import Path, PurePath
 import numpy as np
 
 from bc_keras.config import ENCODER_NONE
-from bc_keras.errors import DataError, one_line
+from bc_keras.errors import DataError, shorten
 from bc_keras.prepare.manifest import SETTINGS_NAME
 from bc_keras.runs import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 
@@ -340,13 +340,13 @@ def read_run(run_dir: Path, name: str) -> Run | str:
     try:
         config = read_json(run_dir / CONFIG_FILE)
     except (OSError, ValueError) as error:
-        return f"unreadable {CONFIG_FILE} ({one_line(error)[:100]})"
+        return f"unreadable {CONFIG_FILE} ({shorten(error, 100)})"
     if not (run_dir / METRICS_FILE).is_file():
         return f"unfinished (no {METRICS_FILE})"
     try:
         metrics = read_json(run_dir / METRICS_FILE)
     except (OSError, ValueError) as error:
-        return f"unreadable {METRICS_FILE} ({one_line(error)[:100]})"
+        return f"unreadable {METRICS_FILE} ({shorten(error, 100)})"
     if "accuracy" not in metrics and "best_val_loss" not in metrics:
         return f"{METRICS_FILE} holds neither classifier scores nor a pretraining summary"
     problem = _malformed(metrics)
@@ -357,7 +357,7 @@ def read_run(run_dir: Path, name: str) -> Run | str:
         try:
             run.prepare = read_json(run.data_dir / SETTINGS_NAME)
         except (OSError, ValueError) as error:
-            run.notes.append(f"unreadable {run.data}/{SETTINGS_NAME} ({one_line(error)[:80]})")
+            run.notes.append(f"unreadable {run.data}/{SETTINGS_NAME} ({shorten(error, 80)})")
     if run.kind == KIND_CLASSIFIER:
         path = run_dir / PREDICTIONS_FILE
         try:
@@ -365,7 +365,7 @@ def read_run(run_dir: Path, name: str) -> Run | str:
         except FileNotFoundError:
             run.notes.append(f"no {PREDICTIONS_FILE}")
         except (OSError, ValueError, csv.Error) as error:
-            run.notes.append(f"unreadable {PREDICTIONS_FILE} ({one_line(error)[:80]})")
+            run.notes.append(f"unreadable {PREDICTIONS_FILE} ({shorten(error, 80)})")
         images = run.count.get("images")
         if run.predictions is not None and images not in (None, len(run.predictions["label"])):
             run.notes.append(

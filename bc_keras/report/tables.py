@@ -6,8 +6,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from bc_keras.backbones import BACKBONES
 from bc_keras.evaluation import statistics
-from bc_keras.evaluation.metrics import BOOTSTRAP_METRICS
+from bc_keras.evaluation.metrics import BOOTSTRAP_METRICS, VIEW_TABLE, metrics_in
 from bc_keras.prepare.split import SPLIT_IMAGE
 from bc_keras.report.runs import ENCODER_PRETRAINED, ModelKey, Run
 from bc_keras.report.sets import EvaluationSet
@@ -15,15 +16,7 @@ from bc_keras.report.sets import EvaluationSet
 DECIMALS = 3
 CALIBRATION_BINS = 10
 # (metrics.json key, column title); the results table shows each with its 95% interval.
-TABLE_METRICS = (
-    ("accuracy", "accuracy"),
-    ("balanced_accuracy", "balanced accuracy"),
-    ("precision", "precision"),
-    ("recall", "recall"),
-    ("f1", "F1"),
-    ("auc_roc", "AUC"),
-    ("patient_recognition_rate", "patient recognition rate"),
-)
+TABLE_METRICS = tuple((metric.key, metric.title) for metric in metrics_in(VIEW_TABLE))
 PUBLISHED_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc")
 
 # The report's own test-set numbers (the original project report, "Results" -> "Comparisons":
@@ -135,7 +128,8 @@ def published_for(key: ModelKey) -> dict | None:
         return None
     if key.experiment == "cnn":
         return PUBLISHED["cnn"]
-    if key.experiment == "transfer" and key.backbone == "resnet50" and not key.weights:
+    backbone = BACKBONES.get(key.backbone)
+    if key.experiment == "transfer" and backbone and backbone.in_report and not key.weights:
         return PUBLISHED["transfer"]
     if key.experiment == "simclr_finetune" and key.encoder == ENCODER_PRETRAINED:
         return PUBLISHED["simclr"]
