@@ -29,7 +29,7 @@ from bc_keras.report.runs import read_predictions
 from bc_keras.report.tables import classification_report_text, p_value
 from bc_keras.runs import write_json
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = 32
 BENIGN = ["SOB_B_A-14-1001", "SOB_B_F-14-1002", "SOB_B_TA-14-1003", "SOB_B_PT-14-1004"]
 MALIGNANT = [f"SOB_M_{t}-14-20{i}" for i, t in enumerate(("DC", "LC", "MC", "PC", "DC", "DC"))]

@@ -23,7 +23,7 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 def run_case(case: str, tmp_path: Path) -> dict[str, np.ndarray]:
     """Runs `case` of this file in a new Python process and returns the arrays it saved."""
     output = tmp_path / f"{case}.npz"
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     # A script's sys.path starts with its own folder: the child finds bc_keras through this.
     paths = [str(root), os.environ.get("PYTHONPATH", "")]
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}

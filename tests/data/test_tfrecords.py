@@ -20,7 +20,7 @@ from bc_keras.data import tfrecords
 from bc_keras.errors import DataError
 from bc_keras.histology.breakhis import CLASS_NAMES
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL_PATH = REPO_ROOT / "data_tools" / "export_tfrecords.py"
 SHARDS = 3
 

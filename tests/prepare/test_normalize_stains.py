@@ -25,7 +25,7 @@ from bc_keras.histology.stain import (
 )
 from bc_keras.prepare import normalize
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOL_PATH = REPO_ROOT / "data_tools" / "normalize_stains.py"
 
 

@@ -20,7 +20,7 @@ from bc_keras.histology.breakhis import archive_relative_path, parse_filename
 from bc_keras.histology.synthetic import write_synthetic_tree
 from bc_keras.prepare import layout, read_fold_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 TOOLS = REPO_ROOT / "data_tools"
 # The table in SPEC.md section 1, copied by hand: it is the specification, not the code's output.
 SPEC_TABLE = """\

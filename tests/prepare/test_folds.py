@@ -27,7 +27,7 @@ from bc_keras.prepare import (
     split_summary,
 )
 
-TOOLS = Path(__file__).resolve().parents[1] / "data_tools"
+TOOLS = Path(__file__).resolve().parents[2] / "data_tools"
 SPLITS = ("train", "val", "test")
 K = 3
 # The tree below: 4 patients per subtype, so 16 per class, each with one image at each of the

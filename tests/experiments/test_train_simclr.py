@@ -14,7 +14,7 @@ from helpers import load_script
 from bc_keras import models, runs, training
 from bc_keras.experiments import common
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 train_simclr = load_script("train_simclr")
