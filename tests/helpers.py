@@ -67,16 +67,23 @@ def make_split(tmp_path_factory, **tree) -> Path:
 
 
 def make_records(sizes_by_subtype):
-    """Records for patients of the given image counts, e.g. {"A": [10, 50], "DC": [5]}."""
+    """Records for patients of the given image counts, e.g. {"A": [10, 50], "DC": [5]}. Each
+    subtype's slides are numbered from 1000 in a year of its own, so that no two subtypes share
+    a slide id (the patient key)."""
     records = []
-    for subtype, sizes in sizes_by_subtype.items():
+    for offset, (subtype, sizes) in enumerate(sizes_by_subtype.items()):
         label = SUBTYPES[subtype][0]
         code = "B" if label == "benign" else "M"
         for number, size in enumerate(sizes):
             for sequence in range(size):
-                name = f"SOB_{code}_{subtype}-14-{1000 + number}-40-{sequence + 1:03d}.png"
+                name = (
+                    f"SOB_{code}_{subtype}-{14 + offset}-{1000 + number}-40-{sequence + 1:03d}.png"
+                )
                 parsed = parse_filename(name)
-                records.append(ImageRecord(name, name, label, subtype, parsed.patient, 40))
+                records.append(
+                    ImageRecord(name, name, label, subtype, parsed.patient, 40,
+                                slide_id=parsed.slide_id)  # fmt: skip
+                )
     return records
 
 

@@ -6,12 +6,10 @@ import os
 import shutil
 import tarfile
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from helpers import assert_one_line_error, load_tool, run_tool
-from helpers import make_records as helper_records
+from helpers import assert_one_line_error, load_tool, make_records, run_tool
 from PIL import Image
 
 from bc_keras import cli
@@ -82,27 +80,6 @@ prepare = load_tool("prepare_breakhis")
 
 def run(argv, capsys):
     return run_tool(prepare, argv, capsys)
-
-
-def make_records(sizes_by_subtype):
-    """`helpers.make_records`, each subtype's slides in its own year: the helper numbers the
-    slides of every subtype from 1000, and the slide id (`14-1000`) is the patient key, so its
-    subtypes would share patients. Sort order, and so every split, is as with the helper."""
-    records = []
-    for offset, (subtype, sizes) in enumerate(sizes_by_subtype.items()):
-        for record in helper_records({subtype: sizes}):
-            name = record.filename.replace("-14-", f"-{14 + offset}-", 1)
-            parsed = parse_filename(name)
-            records.append(
-                replace(
-                    record,
-                    filename=name,
-                    source=name,
-                    patient=parsed.patient,
-                    slide_id=parsed.slide_id,
-                )
-            )
-    return records
 
 
 def fold_records(out, count=K):

@@ -1,12 +1,11 @@
 """Tests of bc_keras.prepare: indexing, split algorithms and manifests."""
 
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import make_records as helper_records
+from helpers import make_records
 from PIL import Image
 
 from bc_keras.errors import DataError
@@ -29,27 +28,6 @@ from bc_keras.prepare import (
     validate_ratios,
     write_manifest,
 )
-
-
-def make_records(sizes_by_subtype):
-    """`helpers.make_records`, each subtype's slides in its own year: the helper numbers the
-    slides of every subtype from 1000, and the slide id (`14-1000`) is the patient key, so its
-    subtypes would share patients. Sort order, and so every split, is as with the helper."""
-    records = []
-    for offset, (subtype, sizes) in enumerate(sizes_by_subtype.items()):
-        for record in helper_records({subtype: sizes}):
-            name = record.filename.replace("-14-", f"-{14 + offset}-", 1)
-            parsed = parse_filename(name)
-            records.append(
-                replace(
-                    record,
-                    filename=name,
-                    source=name,
-                    patient=parsed.patient,
-                    slide_id=parsed.slide_id,
-                )
-            )
-    return records
 
 
 def fractions(records):
