@@ -34,6 +34,10 @@ PRETRAIN_FIGURES = (
     ("augmented_pairs.png", "augmented pairs"),
 )
 GRADCAM_PER_KIND = 4
+# The largest input side a model file may ask Grad-CAM for: a hostile or corrupt metadata
+# value must not make the report decode eight images of a million pixels a side.
+MAX_IMAGE_SIZE = 4096
+DEFAULT_THRESHOLD = 0.5
 
 
 def is_png(path) -> bool:
@@ -170,7 +174,7 @@ def gradcam_images(run: Run, per_kind: int = GRADCAM_PER_KIND) -> list[tuple[Pat
     images of the run (the most confident of each), found under `<data>/test/<class>/`."""
     predictions = run.predictions
     labels, probabilities = predictions["label"], predictions["probability"]
-    threshold = float(run.metrics.get("threshold", 0.5))
+    threshold = run_threshold(run)
     correct = (probabilities >= threshold).astype(int) == labels
     confidence = np.abs(probabilities - threshold)
     filenames = predictions["filename"]
@@ -180,10 +184,30 @@ def gradcam_images(run: Run, per_kind: int = GRADCAM_PER_KIND) -> list[tuple[Pat
         chosen += _choose(indices, labels, confidence, filenames, per_kind)
     images = []
     for index in chosen:
-        path = run.data_dir / "test" / CLASS_NAMES[labels[index]] / filenames[index]
+        name = PurePath(filenames[index])
+        if not name.parts or name.is_absolute() or ".." in name.parts:
+            continue  # predictions.csv is untrusted: never read an image outside the split
+        path = run.data_dir / "test" / CLASS_NAMES[labels[index]] / name
         if path.is_file():
             images.append((path, int(labels[index]), float(probabilities[index])))
     return images
+
+
+def run_threshold(run: Run) -> float:
+    """The run's decision threshold (metrics.json), 0.5 where it records none."""
+    threshold = run.metrics.get("threshold")
+    return float(threshold) if threshold is not None else DEFAULT_THRESHOLD
+
+
+def _metadata_problem(metadata: dict) -> str | None:
+    """What in a model file's metadata Grad-CAM cannot use, or None."""
+    size = metadata.get("image_size")
+    if not (isinstance(size, int) and not isinstance(size, bool) and 0 < size <= MAX_IMAGE_SIZE):
+        return f"its model file records image_size {shorten(repr(size), 40)}, not a side in pixels"
+    for key in ("preprocess", "interpolation"):
+        if key in metadata and not isinstance(metadata[key], str):
+            return f"its model file records {key} {shorten(repr(metadata[key]), 40)}, not a text"
+    return None
 
 
 def _same_number(a, b) -> bool:
@@ -226,6 +250,8 @@ def model_file_problem(run: Run) -> str | None:
     if not model_out:
         return "config.json names no model file"
     path = locate(str(model_out), run.run_dir)
+    if path.is_dir():
+        return f"its model file `{model_out}` is a folder, not a .h5 file"
     if not path.is_file():
         return f"its model file `{model_out}` no longer exists"
     from bc_keras import models  # imports TensorFlow: only once a model file is there
@@ -238,7 +264,7 @@ def model_file_problem(run: Run) -> str | None:
         return f"its model file's metadata is a {type(metadata).__name__}, not an object"
     if metadata.get("kind") != "classifier":
         return f"`{model_out}` holds a {metadata.get('kind', 'unknown')} model, not a classifier"
-    problem = ownership_problem(run, metadata)
+    problem = ownership_problem(run, metadata) or _metadata_problem(metadata)
     if problem:
         return problem
     if run.predictions is None or run.data_dir is None:
@@ -283,7 +309,7 @@ def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
         return None, f"Grad-CAM failed ({type(error).__name__}: {shorten(error, 140)})"
     finally:
         keras.backend.clear_session()
-    threshold = float(run.metrics.get("threshold", 0.5))
+    threshold = run_threshold(run)
     titles = []
     for _, label, probability in images:
         verdict = "correct" if int(probability >= threshold) == label else "WRONG"

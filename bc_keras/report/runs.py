@@ -330,7 +330,29 @@ def _malformed(metrics: dict) -> str | None:
     flags = metrics.get("flags", [])
     if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags):
         return "flags is not a list of texts"
+    return _bad_share(metrics, (LABEL_FRACTION_USED,))
+
+
+# config.json keys the report reads as text (null where unset) and as a share of the labels.
+CONFIG_TEXTS = ("experiment", "recipe", "data", "model_out", "backbone", "weights", "encoder")
+CONFIG_SHARES = ("label_fraction", LABEL_FRACTION_USED)
+
+
+def _bad_share(record: dict, keys) -> str | None:
+    for key in keys:
+        value = record.get(key)
+        if value is not None and not (_is_finite(value) and 0 < value <= 1):
+            return f"{key} is {value!r}, not a share in (0, 1]"
     return None
+
+
+def _malformed_config(config: dict) -> str | None:
+    """What makes a config.json unusable (a key the report reads of the wrong type), or None:
+    a share read as 1.0 or a list shown as an experiment would be silently wrong."""
+    for key in CONFIG_TEXTS:
+        if config.get(key) is not None and not isinstance(config[key], str):
+            return f"{key} is {shorten(repr(config[key]), 40)}, not a text"
+    return _bad_share(config, CONFIG_SHARES)
 
 
 def read_run(run_dir: Path, name: str) -> Run | str:
@@ -341,6 +363,9 @@ def read_run(run_dir: Path, name: str) -> Run | str:
         config = read_json(run_dir / CONFIG_FILE)
     except (OSError, ValueError) as error:
         return f"unreadable {CONFIG_FILE} ({shorten(error, 100)})"
+    problem = _malformed_config(config)
+    if problem:
+        return f"malformed {CONFIG_FILE} ({problem})"
     if not (run_dir / METRICS_FILE).is_file():
         return f"unfinished (no {METRICS_FILE})"
     try:

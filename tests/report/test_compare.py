@@ -100,6 +100,21 @@ BAD_RUNS = {
     "config_corrupt": ('{"experiment": "cnn",', SCORES, "unreadable config.json"),
     "config_list": (["cnn"], SCORES, "unreadable config.json (holds a list, not an object)"),
     "config_missing": (None, SCORES, "no config.json"),
+    "config_fraction_text": (
+        {**GOOD, "label_fraction": "0.1"},
+        SCORES,
+        "malformed config.json (label_fraction is '0.1', not a share in (0, 1])",
+    ),
+    "config_experiment_list": (
+        {**GOOD, "experiment": ["cnn"]},
+        SCORES,
+        "malformed config.json (experiment is ['cnn'], not a text)",
+    ),
+    "fraction_used_zero": (
+        GOOD,
+        {**SCORES, "label_fraction_used": 0},
+        "malformed metrics.json (label_fraction_used is 0, not a share in (0, 1])",
+    ),
 }
 
 

@@ -638,3 +638,49 @@ def test_the_label_fraction_shown_is_the_share_actually_used(tmp_path):
     with open(tmp_path / "out" / "results.csv", newline="") as file:
         fractions = {row["run"]: float(row["label_fraction"]) for row in csv.DictReader(file)}
     assert fractions == {"cnn": 0.125, "transfer": 0.5}
+
+
+def test_grad_cam_reads_no_untrusted_value_blindly(tmp_path):
+    """A run with no recorded threshold still gets its panel (at 0.5); predictions.csv naming
+    images outside the split, a model recording an absurd input size or a model path that is
+    a folder skip the panel with the reason; REPORT.md is written either way."""
+    from bc_keras import models
+
+    names = file_names(BENIGN + MALIGNANT, (1,))
+    data = tmp_path / "data" / "patient"
+    write_split(data, names, {"split": "patient", **SOURCE})
+    runs, model_dir = tmp_path / "runs", tmp_path / "models"
+    (model_dir / "folder.h5").mkdir(parents=True)
+    sizes = {"no_threshold": IMAGE_SIZE, "escaping": IMAGE_SIZE, "huge": 10**6, "folder": None}
+    for index, (name, size) in enumerate(sizes.items()):
+        config = {
+            "experiment": "cnn",
+            "data": str(data),
+            "model_out": str(model_dir / f"{name}.h5"),
+        }
+        metrics = write_run(runs / name, config, names, scores(names, 2.0, index))
+        if size is None:
+            continue
+        metadata = {"kind": "classifier", "image_size": size, "preprocess": "rescale",
+                    "experiment": "cnn", "threshold": 0.5, "run_dir": str(runs / name)}  # fmt: skip
+        model = models.build_baseline_cnn(IMAGE_SIZE, dense_units=4)
+        models.save_model(model, model_dir / f"{name}.h5", metadata)
+    write_json(runs / "no_threshold" / "metrics.json", {**metrics, "threshold": None})
+    predictions = runs / "escaping" / "predictions.csv"
+    rows = list(csv.reader(predictions.open(newline="")))
+    for row in rows[1:]:  # absolute paths to real images, outside the split's test/<class>/
+        row[0] = str(data / "test" / CLASS_NAMES[int(row[3])] / row[0])
+    with open(predictions, "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    report.build_report([runs], tmp_path / "out")
+    text = section((tmp_path / "out" / "REPORT.md").read_text(), "## Models")
+    # escaping's test file names differ, so it forms its own test set (no [name] suffix)
+    headings = {name: re.search(rf"^### .*: `{name}`$", text, re.M).group(0) for name in sizes}
+    parts = {name: section(text, heading) for name, heading in headings.items()}
+    assert "Threshold n/a" in parts["no_threshold"]
+    assert "![Grad-CAM](figures/no_threshold/gradcam.png)" in parts["no_threshold"]
+    assert "Grad-CAM skipped: its test images are no longer under" in parts["escaping"]
+    assert not (tmp_path / "out" / "figures" / "escaping" / "gradcam.png").exists()
+    huge, folder = parts["huge"], parts["folder"]
+    assert "Grad-CAM skipped: its model file records image_size 1000000, not a side" in huge
+    assert f"Grad-CAM skipped: its model file `{model_dir / 'folder.h5'}` is a folder" in folder
