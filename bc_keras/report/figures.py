@@ -3,6 +3,7 @@ reliability diagrams, label-efficiency curves and Grad-CAM panels of saved model
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import shutil
@@ -38,6 +39,9 @@ GRADCAM_PER_KIND = 4
 # value must not make the report decode eight images of a million pixels a side.
 MAX_IMAGE_SIZE = 4096
 DEFAULT_THRESHOLD = 0.5
+# metrics.json: the SHA-256 of the model file the run saved, when the training script records
+# it; the surest way to tell the run's own model from another run's written to the same path.
+MODEL_HASH_KEY = "model_sha256"
 
 
 def is_png(path) -> bool:
@@ -244,6 +248,32 @@ def ownership_problem(run: Run, metadata: dict) -> str | None:
     return None
 
 
+def file_sha256(path) -> str:
+    """The SHA-256 of a file (hex), read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def recorded_hash_problem(run: Run, path: Path) -> str | None:
+    """When the run recorded its model's SHA-256 (metrics.json `model_sha256`, written as
+    the model is saved), whether the file still is that model: None when it is, the reason
+    when it is not; "" when no usable hash is recorded (identify the model by its metadata)."""
+    recorded = run.metrics.get(MODEL_HASH_KEY)
+    if not (isinstance(recorded, str) and re.fullmatch(r"[0-9a-f]{64}", recorded)):
+        return ""
+    try:
+        actual = file_sha256(path)
+    except OSError as error:
+        return f"its model file cannot be read ({shorten(error, 120)})"
+    if actual != recorded:
+        model_out = run.config.get("model_out")
+        return f"`{model_out}` now holds the model of another run (its SHA-256 is not the run's)"
+    return None
+
+
 def model_file_problem(run: Run) -> str | None:
     """Why the run's saved model cannot be used for Grad-CAM, or None when it can."""
     model_out = run.config.get("model_out")
@@ -264,7 +294,10 @@ def model_file_problem(run: Run) -> str | None:
         return f"its model file's metadata is a {type(metadata).__name__}, not an object"
     if metadata.get("kind") != "classifier":
         return f"`{model_out}` holds a {metadata.get('kind', 'unknown')} model, not a classifier"
-    problem = ownership_problem(run, metadata) or _metadata_problem(metadata)
+    owned = recorded_hash_problem(run, path)
+    if owned == "":
+        owned = ownership_problem(run, metadata)
+    problem = owned or _metadata_problem(metadata)
     if problem:
         return problem
     if run.predictions is None or run.data_dir is None:

@@ -684,3 +684,26 @@ def test_grad_cam_reads_no_untrusted_value_blindly(tmp_path):
     huge, folder = parts["huge"], parts["folder"]
     assert "Grad-CAM skipped: its model file records image_size 1000000, not a side" in huge
     assert f"Grad-CAM skipped: its model file `{model_dir / 'folder.h5'}` is a folder" in folder
+
+
+def test_a_recorded_model_hash_decides_which_run_owns_the_model(study, tmp_path):
+    """With metrics.json `model_sha256` (recorded as the model is saved) the file's bytes
+    decide, whatever its metadata names: cnn/patient_10 recording the hash of models/cnn.h5
+    (whose metadata names cnn/patient) gets its panel; cnn/patient recording another hash is
+    refused although the metadata names it."""
+    from bc_keras.report.figures import file_sha256
+
+    root, _, _ = study
+    copy = tmp_path / "moved" / "runs"
+    shutil.copytree(root / "runs" / "cnn", copy / "cnn")
+    model = root / "models" / "cnn.h5"
+    for name, digest in (("patient", "0" * 64), ("patient_10", file_sha256(model))):
+        metrics = json.loads((copy / "cnn" / name / "metrics.json").read_text())
+        write_json(copy / "cnn" / name / "metrics.json", {**metrics, "model_sha256": digest})
+    out = tmp_path / "hash_report"
+    report.build_report([copy], out)
+    models = section((out / "REPORT.md").read_text(), "## Models")
+    cnn = section(models, "### baseline CNN (report recipe): `cnn/patient`")
+    assert "now holds the model of another run (its SHA-256 is not the run's)" in cnn
+    ten = section(models, "### baseline CNN (report recipe, 10% labels): `cnn/patient_10`")
+    assert "![Grad-CAM](figures/cnn__patient_10/gradcam.png)" in ten
