@@ -257,19 +257,27 @@ def read_config(run_dir) -> dict:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "w", **open_options):
-    """Opens a temporary file beside `path` and moves it onto `path` once the block ends
-    without an error (a reader never sees half a file; on an error nothing is left). Files
-    get the user's usual permissions. The one way bc_keras writes an output file."""
+def atomic_path(path, keep_suffix: bool = False):
+    """A temporary path beside `path`, moved onto `path` once the block ends without an error
+    (a reader never sees half a file; on an error nothing is left). `keep_suffix` keeps the
+    extension for writers that choose the format by it (Keras' `.h5`). The one way bc_keras
+    writes an output file; files get the user's usual permissions."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp")
+    name = f".{path.stem}.tmp{path.suffix}" if keep_suffix else f".{path.name}.tmp"
+    temporary = path.with_name(name)
     try:
-        with open(temporary, mode, **open_options) as file:
-            yield file
+        yield temporary
         os.replace(temporary, path)
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", **open_options):
+    """`atomic_path` opened as a file: `with atomic_write(path) as file: ...`."""
+    with atomic_path(path) as temporary, open(temporary, mode, **open_options) as file:
+        yield file
 
 
 def write_json(path, values) -> Path:

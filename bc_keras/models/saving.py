@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from bc_keras import runs
 from bc_keras.errors import ModelFileError, RunError, TrainingError, one_line, shorten
 
 # The name of the HDF5 attribute holding what inference needs to know about a saved model.
@@ -92,20 +92,10 @@ def save_model(model: keras.Model, path, metadata: dict) -> Path:
 
     path = check_model_out(path)
     check_finite_weights(model)
-    handle, temporary = tempfile.mkstemp(suffix=".h5", dir=path.parent, prefix=f".{path.stem}.")
-    os.close(handle)
-    try:
+    with runs.atomic_path(path, keep_suffix=True) as temporary:
         float32_copy(model).save(temporary)
         with h5py.File(temporary, "a") as file:
             file.attrs[METADATA_ATTRIBUTE] = json.dumps(metadata)
-        # mkstemp makes 0600 files; a saved model gets the user's usual permissions.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(temporary, 0o666 & ~mask)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return path
 
 

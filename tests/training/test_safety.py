@@ -93,7 +93,7 @@ def test_predict_refuses_a_model_with_broken_weights(split, tmp_path, capsys):
     code = cli.run_script(
         predict.main, [str(tmp_path / "cnn.h5"), str(split / "test"), "--out", str(out)]
     )
-    assert code == 2 and "non-finite probabilities" in _error_line(capsys)
+    assert code == 2 and "has non-finite weights" in _error_line(capsys)
     assert not out.exists()
 
 
