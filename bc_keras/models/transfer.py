@@ -12,9 +12,9 @@ import keras
 
 from bc_keras.backbones import BACKBONES, KERAS_APPLICATIONS_URL
 from bc_keras.backbones import get_backbone as backbone_record
-from bc_keras.errors import WeightsError
+from bc_keras.errors import WeightsError, shorten
 from bc_keras.models.classifier import compile_classifier, sigmoid_output
-from bc_keras.models.saving import check_model_file
+from bc_keras.models.saving import check_model_file, nonfinite_weights
 from bc_keras.models.scope import model_scope
 
 WEIGHTS_IMAGENET = "imagenet"
@@ -140,7 +140,8 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
     with `check_model_file` first, although only its weights are read.
 
     Raises:
-        WeightsError: if the file is missing, not HDF5, or does not match the architecture.
+        WeightsError: if the file is missing, a folder, not HDF5, does not match the
+            architecture, or holds NaN or infinite weights.
         ModelFileError: if the file's configuration carries code (a Lambda layer, ...).
     """
     import h5py
@@ -149,6 +150,10 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
     expected = f"the no-top {backbone} weights keras.applications uses"
     if backbone_record(backbone).has_alpha:
         expected += f" for alpha {alpha}"
+    if path.is_dir():
+        raise WeightsError(
+            f"Weights file {path} is a folder; pass the .h5 file inside it with {expected}."
+        )
     if not path.is_file():
         raise WeightsError(
             f"Weights file {path} does not exist; pass {WEIGHTS_IMAGENET!r}, {WEIGHTS_NONE!r} or "
@@ -162,8 +167,16 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
     except (ValueError, KeyError, OSError, TypeError) as error:
         raise WeightsError(
             f"Weights file {path.name} ({path}) does not match the {backbone} backbone: expected "
-            f"{expected} (include_top=False). Keras said: {error}"
+            f"{expected} (include_top=False). Keras said: {shorten(error)}"
         ) from error
+    broken = nonfinite_weights(model)
+    if broken:
+        # A NaN backbone makes every prediction NaN (or 0.5 after the head): never train on it.
+        raise WeightsError(
+            f"Weights file {path} holds non-finite weights ({len(broken)} variables, e.g. "
+            f"{broken[0]}): it was saved from a diverged run; pass another file, "
+            f"{WEIGHTS_IMAGENET!r} or {WEIGHTS_NONE!r}."
+        )
 
 
 def build_backbone(

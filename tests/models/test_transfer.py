@@ -268,6 +268,32 @@ def test_weights_path_errors_name_the_file(tmp_path):
     assert "no-top mobilenet weights" in message and "alpha 0.25" in message
 
 
+def test_a_weights_folder_is_named_a_folder(tmp_path):
+    folder = tmp_path / "weights.h5"
+    folder.mkdir()
+    with pytest.raises(transfer.WeightsError, match=f"Weights file {folder} is a folder; pass"):
+        transfer.build_backbone("mobilenet", IMAGE_SIZE, weights=folder, alpha=0.25)
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    backbone = transfer.build_backbone("mobilenet", IMAGE_SIZE, weights=None, alpha=0.25)
+    path = tmp_path / "diverged.weights.h5"
+    backbone.save_weights(path)
+    transfer.build_backbone("mobilenet", IMAGE_SIZE, weights=path, alpha=0.25)  # finite: loads
+    with h5py.File(path, "a") as file:
+        kernels = []  # the convolution kernels (4-D datasets)
+        file.visititems(
+            lambda name, item: kernels.append(name) if getattr(item, "ndim", 0) == 4 else None
+        )
+        file[kernels[0]][...] = np.inf
+    with pytest.raises(transfer.WeightsError) as refused:
+        transfer.build_backbone("mobilenet", IMAGE_SIZE, weights=path, alpha=0.25)
+    assert str(refused.value).startswith(
+        f"Weights file {path} holds non-finite weights (1 variables, e.g. "
+    )
+    assert "diverged run" in str(refused.value)
+
+
 def test_weights_of_another_width_do_not_match(mobilenet_weights):
     with pytest.raises(transfer.WeightsError, match="mobilenet_2_5_224_tf_no_top.h5 .* alpha 0.5"):
         transfer.build_backbone("mobilenet", IMAGE_SIZE, weights=mobilenet_weights, alpha=0.5)
