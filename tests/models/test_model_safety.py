@@ -96,9 +96,11 @@ def test_simclr_encoder_refuses_a_lambda(hostile, synthetic_split, tmp_path, cap
 
 
 def test_the_report_skips_the_grad_cam_of_a_hostile_model(tmp_path):
-    from test_report import SOURCE, file_names, scores, section, write_run, write_split
-
     from bc_keras import report
+
+    helpers = load_script("tests/report/test_report")  # the report tests' run-folder writers
+    SOURCE, file_names, scores = helpers.SOURCE, helpers.file_names, helpers.scores
+    section, write_run, write_split = helpers.section, helpers.write_run, helpers.write_split
 
     names = file_names(["SOB_B_A-14-1001", "SOB_M_DC-14-2001"], (1,))
     write_split(tmp_path / "data" / "patient", names, {"split": "patient", **SOURCE})
@@ -113,6 +115,68 @@ def test_the_report_skips_the_grad_cam_of_a_hostile_model(tmp_path):
     text = (tmp_path / "out" / "REPORT.md").read_text()
     assert "Grad-CAM failed (" in section(text, "## Models")
     assert "carries code (a Lambda layer 'evil')" in section(text, "## Models")
+    assert not marker.exists()
+
+
+def _unsafe_keras(monkeypatch):
+    """Makes Keras load every file with safe mode off, as Keras before 3.11.3 did for .h5."""
+    original = keras.models.load_model
+
+    def load_unsafely(*args, **kwargs):
+        return original(*args, **{**kwargs, "safe_mode": False})
+
+    monkeypatch.setattr(keras.models, "load_model", load_unsafely)
+
+
+def test_the_refusal_does_not_rest_on_keras_safe_mode(hostile, monkeypatch):
+    path, marker = hostile
+    _unsafe_keras(monkeypatch)
+    with pytest.raises(ModelFileError, match="carries code \\(a Lambda layer 'evil'\\)"):
+        models.load_model(path)
+    assert not marker.exists()
+
+
+def _paste_lambda(hostile_path, folder):
+    """A bc_keras model whose configuration, two models deep (a Sequential inside a
+    Functional), has the hostile Lambda's marshalled code pasted in by hand: no Keras saved
+    this Lambda."""
+    with h5py.File(hostile_path, "r") as file:
+        layers = json.loads(file.attrs["model_config"])["config"]["layers"]
+    inner = next(layer for layer in layers if layer["class_name"] == "Functional")
+    evil = next(layer for layer in inner["config"]["layers"] if layer["class_name"] == "Lambda")
+    inputs = keras.Input((SIZE, SIZE, 3))
+    block = keras.Sequential([keras.layers.Identity(name="plain")], name="block")
+    nested = keras.Model(inputs, block(inputs), name="nested")
+    x = keras.layers.GlobalAveragePooling2D()(nested(inputs))
+    model = keras.Model(inputs, models.sigmoid_output(x))
+    path = models.save_model(model, folder / "pasted.h5", _metadata())
+    with h5py.File(path, "a") as file:
+        config = json.loads(file.attrs["model_config"])
+        outer = next(layer for layer in config["config"]["layers"] if layer["name"] == "nested")
+        block = next(layer for layer in outer["config"]["layers"] if layer["name"] == "block")
+        plain = block["config"]["layers"][-1]
+        plain.update(class_name="Lambda", config={**evil["config"], "name": "pasted"})
+        file.attrs["model_config"] = json.dumps(config)
+    return path
+
+
+def test_a_lambda_pasted_into_a_clean_model_is_live_without_the_check(
+    hostile, tmp_path, monkeypatch
+):
+    hostile_path, marker = hostile
+    path = _paste_lambda(hostile_path, tmp_path)
+    _unsafe_keras(monkeypatch)
+    monkeypatch.setattr(saving, "check_model_file", lambda path: None)
+    models.load_model(path)
+    assert marker.exists(), "the pasted code runs when nothing inspects the file"
+
+
+def test_a_lambda_pasted_into_a_clean_model_is_refused(hostile, tmp_path, monkeypatch):
+    hostile_path, marker = hostile
+    path = _paste_lambda(hostile_path, tmp_path)
+    _unsafe_keras(monkeypatch)
+    with pytest.raises(ModelFileError, match="carries code \\(a Lambda layer 'pasted'\\)"):
+        models.load_model(path)
     assert not marker.exists()
 
 
