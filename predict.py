@@ -72,6 +72,8 @@ def main(argv=None) -> int:
         raise RunError(
             f"--out {out} is a folder; name a .csv file (e.g. {out / 'predictions.csv'})"
         )
+    if args.gradcam and Path(args.gradcam).exists() and not Path(args.gradcam).is_dir():
+        raise RunError(f"--gradcam {args.gradcam} is a file; name a folder for the overlays")
     from bc_keras import models
     from bc_keras.evaluation import inference
 
@@ -85,7 +87,13 @@ def main(argv=None) -> int:
     if args.threshold is not None:
         metadata["threshold"] = args.threshold
     tta = bool(metadata.get("tta", False)) if args.tta is None else args.tta
-    files = inference.collect_images(args.paths)
+    files, repeated = inference.collect_images(args.paths)
+    if repeated:
+        print(
+            f"warning: {len(repeated)} image(s) were named more than once (e.g. {repeated[0]}); "
+            "each is predicted once, so that every row of the CSV is a different image",
+            file=sys.stderr,
+        )
     print(
         f"predicting {len(files)} image(s) at {metadata['image_size']} px, preprocessing "
         f"{metadata.get('preprocess')}, threshold {float(metadata.get('threshold', 0.5)):.4g}"
@@ -121,12 +129,13 @@ def main(argv=None) -> int:
                 f"cannot write Grad-CAM overlays to {args.gradcam} ({error.strerror}); choose a "
                 "writable --gradcam DIR"
             ) from error
-        print(f"wrote {len(overlays)} Grad-CAM overlays to {args.gradcam}")
+        index = Path(args.gradcam) / inference.OVERLAY_INDEX
+        print(f"wrote {len(overlays)} Grad-CAM overlays to {args.gradcam} (listed in {index})")
         if renamed:
             print(
                 f"note: {renamed} images share a file name with another input; their overlays "
                 "are named <name>_<hash>_gradcam.png (the hash of the full path) so that none "
-                f"replaces another; {written} lists each full path"
+                f"replaces another; {index} names each image's overlay"
             )
     return 0
 

@@ -19,6 +19,9 @@ from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, describe_files
 from bc_keras.histology.images import IMAGE_EXTENSIONS, check_images
 
 IMAGE_COLUMNS = ("path", "probability_malignant", "label")
+# Beside the Grad-CAM overlays: which image each overlay shows (names may carry a hash).
+OVERLAY_INDEX = "gradcam.csv"
+OVERLAY_COLUMNS = ("path", "overlay")
 PATIENT_COLUMNS = (
     "patient",
     "images",
@@ -67,8 +70,15 @@ def predict_probabilities(model, dataset, tta: bool = False) -> np.ndarray:
     return probabilities
 
 
-def collect_images(paths) -> list[str]:
-    """Image files named directly or found (recursively, sorted) in the folders given.
+def collect_images(paths) -> tuple[list[str], list[str]]:
+    """Image files named directly or found (recursively, sorted) in the folders given, each
+    once: an image named twice (twice on the command line, or as a file and inside a folder
+    given too) is predicted once, so that every prediction row is a different image.
+
+    Returns:
+        `(files, repeated)`: the images in the order found, and the names given again
+        (two names are the same image when their absolute paths are equal; links are
+        distinct names and kept).
 
     Raises:
         DataError: if a path does not exist or nothing to predict is found.
@@ -89,7 +99,15 @@ def collect_images(paths) -> list[str]:
         raise DataError(
             f"No image ({', '.join(IMAGE_EXTENSIONS)}) found in {', '.join(map(str, paths))}."
         )
-    return found
+    files, repeated, seen = [], [], set()
+    for name in found:
+        key = os.path.normcase(os.path.abspath(name))
+        if key in seen:
+            repeated.append(name)
+        else:
+            seen.add(key)
+            files.append(name)
+    return files, repeated
 
 
 def predict_files(
@@ -171,8 +189,8 @@ def write_csv(path, columns, rows) -> Path:
 def overlay_names(files) -> tuple[list[str], int]:
     """The overlay file name of every image, `<stem>_gradcam.png`; images whose stem another
     image shares (same name in other folders, or another extension) get `<stem>_<hash>_gradcam
-    .png` instead, the hash being the first 8 hex digits of the SHA-1 of the full path, so that
-    no overlay replaces another.
+    .png` instead, the hash being the first 8 hex digits of the SHA-1 of the absolute path, so
+    that no overlay replaces another (a further `-2`, `-3` should two hashes ever agree).
 
     Returns:
         `(names, disambiguated)`: the names, in order, and how many carry a hash.
@@ -180,11 +198,19 @@ def overlay_names(files) -> tuple[list[str], int]:
     stems = [Path(path).stem for path in files]
     # Lower case: on a case-insensitive file system A.png and a.png are one file.
     counts = Counter(stem.lower() for stem in stems)
+    taken = {f"{stem}_gradcam.png".lower() for stem in stems if counts[stem.lower()] == 1}
     names = []
     for path, stem in zip(files, stems, strict=True):
         if counts[stem.lower()] > 1:
-            digest = hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:8]
-            stem = f"{stem}_{digest}"
+            # The absolute path, not the resolved one: two links to one file are two inputs.
+            digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+            stem = candidate = f"{stem}_{digest}"
+            number = 1
+            while f"{candidate}_gradcam.png".lower() in taken:
+                number += 1
+                candidate = f"{stem}-{number}"
+            stem = candidate
+            taken.add(f"{stem}_gradcam.png".lower())
         names.append(f"{stem}_gradcam.png")
     return names, sum(count for count in counts.values() if count > 1)
 
@@ -197,7 +223,8 @@ def write_gradcam_overlays(
 
     Returns:
         `(written, disambiguated)`: the overlay paths in the order of `files`, and how many
-        names carry a hash because images share a file name.
+        names carry a hash because images share a file name. `out_dir/gradcam.csv`
+        (`OVERLAY_INDEX`) maps each image's path to its overlay.
     """
     from bc_keras.data.decode import decode_and_resize
     from bc_keras.evaluation import gradcam
@@ -224,4 +251,7 @@ def write_gradcam_overlays(
             Image.fromarray(gradcam.overlay(image, heatmap)).save(target)
             written.append(target)
         start += len(heatmaps)
+    pairs = zip(files, written, strict=True)
+    index = [{"path": path, "overlay": target.name} for path, target in pairs]
+    write_csv(out_dir / OVERLAY_INDEX, OVERLAY_COLUMNS, index)
     return written, disambiguated

@@ -1,12 +1,15 @@
-"""predict.py --gradcam on every kind of saved classifier (flat CNN, nested backbone, nested
-SimCLR encoder): one overlay per image, where the maps come from the model's Grad-CAM."""
+"""predict.py: --gradcam on every kind of saved classifier (flat CNN, nested backbone, nested
+SimCLR encoder), one overlay per image, where the maps come from the model's Grad-CAM; names
+that never collide (overlays, prediction rows) and a validated --threshold."""
 
 from __future__ import annotations
+
+import csv
 
 import keras
 import numpy as np
 import pytest
-from helpers import load_script
+from helpers import assert_one_line_error, load_script, run_tool
 from PIL import Image
 
 from bc_keras import cli, models
@@ -96,3 +99,64 @@ def test_overlays_of_inputs_sharing_a_name_never_replace_each_other(tmp_path, ca
     assert len({array.tobytes() for array in overlays.values()}) == 3
     names_again, disambiguated = inference.overlay_names(list(map(str, inputs)))
     assert disambiguated == 3 and sorted(names_again) == names
+    with open(out / inference.OVERLAY_INDEX, newline="") as file:
+        index = {row["path"]: row["overlay"] for row in csv.DictReader(file)}
+    assert index == dict(zip(map(str, inputs), names_again, strict=True))
+
+
+def _cnn_file(tmp_path):
+    keras.utils.set_random_seed(0)
+    metadata = {"kind": "classifier", "image_size": SIZE, "preprocess": "rescale",
+                "interpolation": "nearest", "threshold": 0.5}  # fmt: skip
+    return models.save_model(_builders()["cnn"](), tmp_path / "cnn.h5", metadata)
+
+
+def test_an_image_named_twice_is_one_row_and_one_overlay(tmp_path, capsys):
+    path = _cnn_file(tmp_path)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / name)
+    again = tmp_path / "images" / ".." / "images" / "a.png"  # the same file, spelt otherwise
+    argv = [path, folder, folder / "a.png", again, "--out", tmp_path / "p.csv",
+            "--gradcam", tmp_path / "cams"]  # fmt: skip
+    code, out, err = run_tool(predict, argv, capsys)
+    assert code == 0, err
+    assert "warning: 2 image(s) were named more than once (e.g. " in err
+    assert "predicting 2 image(s)" in out and "wrote 2 Grad-CAM overlays" in out
+    with open(tmp_path / "p.csv", newline="") as file:
+        paths = [row["path"] for row in csv.DictReader(file)]
+    assert paths == [str(folder / "a.png"), str(folder / "b.png")]
+    overlays = sorted(p.name for p in (tmp_path / "cams").glob("*.png"))
+    assert overlays == ["a_gradcam.png", "b_gradcam.png"]
+
+
+def test_two_links_to_one_image_are_two_inputs_with_their_own_overlays(tmp_path):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.png").symlink_to(image)
+    links = [str(tmp_path / "a" / "x.png"), str(tmp_path / "b" / "x.png")]
+    files, repeated = inference.collect_images(links)
+    assert files == links and repeated == []
+    names, disambiguated = inference.overlay_names(files)
+    assert disambiguated == 2 and len(set(names)) == 2
+
+
+def test_overlay_names_stay_unique_when_a_hash_name_is_taken():
+    first = inference.overlay_names(["/a/x.png", "/b/x.png"])[0][0]  # x_<hash>_gradcam.png
+    taken_stem = first.removesuffix("_gradcam.png")
+    names, _ = inference.overlay_names(["/a/x.png", "/b/x.png", f"/c/{taken_stem}.png"])
+    assert len({name.lower() for name in names}) == 3 and names[2] == first
+    assert names[0] == f"{taken_stem}-2_gradcam.png"
+
+
+def test_a_gradcam_path_that_is_a_file_is_refused_before_predicting(tmp_path, capsys):
+    taken = tmp_path / "cams"
+    taken.write_text("not a folder")
+    argv = [tmp_path / "missing.h5", tmp_path, "--out", tmp_path / "p.csv", "--gradcam", taken]
+    code, out, err = run_tool(predict, argv, capsys)
+    assert_one_line_error(code, err, f"--gradcam {taken} is a file; name a folder")
+    assert out == "" and not (tmp_path / "p.csv").exists()
