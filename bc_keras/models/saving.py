@@ -141,8 +141,9 @@ def read_metadata(path) -> dict:
 
 
 # Built-in layers that run code or a graph from elsewhere: refused like Lambda (Keras' safe
-# mode refuses them too, but only the Keras versions that enforce it for .h5).
-CODE_LAYERS = ("Lambda", "TFSMLayer")
+# mode refuses them too, but only the Keras versions that enforce it for .h5). A
+# TorchModuleWrapper's configuration is a pickled torch module; Jax/FlaxLayer wrap functions.
+CODE_LAYERS = ("Lambda", "TFSMLayer", "TorchModuleWrapper", "JaxLayer", "FlaxLayer")
 # Keras' markers for values inside a config (tensors, arrays, slices), not classes; its marker
 # for Python code, "__lambda__", is refused.
 _VALUE_MARKERS = frozenset(
@@ -263,12 +264,18 @@ def check_model_file(path) -> None:
             continue
         try:
             config = json.loads(text.decode() if isinstance(text, bytes) else str(text))
+            found = _code_in(config)
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ModelFileError(
                 f"{path} has a {key} that is not JSON ({shorten(error, 80)}); it is corrupt or "
                 "not a Keras model: copy it again or retrain"
             ) from error
-        found = _code_in(config)
+        except RecursionError as error:
+            # No Keras model nests hundreds of levels deep: a crafted file, not to be read.
+            raise ModelFileError(
+                f"{path} has a {key} nested too deeply to inspect; it is not a bc_keras model "
+                "and will not be loaded: use a model saved by a bc_keras training script"
+            ) from error
         if found:
             raise ModelFileError(
                 f"{path} carries code ({found}) that bc_keras will not run; retrain the model "

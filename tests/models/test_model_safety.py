@@ -279,3 +279,30 @@ def test_long_reasons_are_cut_between_words():
     short = shorten(ValueError(text), limit=50)
     assert short == "word0 word1 word2 word3 word4 word5 word6 word7 ..."
     assert shorten(ValueError("a\n  b")) == "a b"
+
+
+def _with_model_config(tmp_path, text: str):
+    """A bc_keras CNN file whose model_config attribute is `text`."""
+    path = models.save_model(models.build_baseline_cnn(SIZE, dense_units=4), tmp_path / "c.h5",
+                             _metadata())  # fmt: skip
+    with h5py.File(path, "a") as file:
+        file.attrs["model_config"] = text
+    return path
+
+
+@pytest.mark.parametrize("wrapper", ["TorchModuleWrapper", "JaxLayer", "FlaxLayer", "TFSMLayer"])
+def test_layers_wrapping_code_from_elsewhere_are_refused(wrapper, tmp_path):
+    layer = {"module": "keras.layers", "class_name": wrapper, "config": {"name": "wrapped"}}
+    config = {"class_name": "Functional", "config": {"name": "m", "layers": [layer]}}
+    path = _with_model_config(tmp_path, json.dumps(config))
+    with pytest.raises(ModelFileError, match=f"carries code \\(a {wrapper} layer 'wrapped'\\)"):
+        models.load_model(path)
+
+
+def test_a_configuration_nested_too_deeply_or_not_json_is_refused(tmp_path, capsys):
+    deep = _with_model_config(tmp_path, '{"config": ' * 100_000 + "0" + "}" * 100_000)
+    code, _, err = run_tool(predict, [deep, tmp_path], capsys)
+    assert_one_line_error(code, err, "has a model_config nested too deeply to inspect")
+    garbage = _with_model_config(tmp_path, "{not json")
+    code, _, err = run_tool(predict, [garbage, tmp_path], capsys)
+    assert_one_line_error(code, err, "has a model_config that is not JSON")
