@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from bc_keras import runs
 from bc_keras.data import DEFAULT_INTERPOLATION, PREPROCESS_RESCALE, files_dataset
 from bc_keras.errors import DataError, ModelFileError
 from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, describe_files
@@ -167,22 +168,16 @@ def write_csv(path, columns, rows) -> Path:
     """Writes rows (dicts) as CSV atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temporary, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=columns)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(
-                    {
-                        key: (f"{value:.6f}" if isinstance(value, float) else value)
-                        for key, value in row.items()
-                    }
-                )
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with runs.atomic_write(path, newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    key: (f"{value:.6f}" if isinstance(value, float) else value)
+                    for key, value in row.items()
+                }
+            )
     return path
 
 
