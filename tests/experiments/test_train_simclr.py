@@ -49,9 +49,10 @@ def pretrained(synthetic_split, tmp_path_factory):
     return root / "run", encoder
 
 
-def _linear_run(split, encoder, out: Path) -> dict:
+def _linear_run(split, encoder, out: Path, *extra: str) -> dict:
     argv = ["linear", "--data", str(split), "--encoder", str(encoder), "--epochs", "3"]
     argv += ["--run-dir", str(out), "--model-out", str(out / "classifier.h5")] + CLASSIFIER_FLAGS
+    argv += list(extra)
     assert train_simclr.main(argv) == 0
     return json.loads((out / runs.METRICS_FILE).read_text())
 
@@ -98,10 +99,19 @@ def test_pretraining_lowers_validation_nt_xent(pretrained):
 
 @pytest.mark.slow
 def test_linear_evaluation_beats_a_random_encoder(pretrained, synthetic_split, tmp_path):
+    # Validation AUC (val holds its own patients) averaged over two head seeds: the test split of
+    # this tiny tree has few patients, and one seed's test AUC is mostly noise.
     _, encoder_path = pretrained
-    with_pretraining = _linear_run(synthetic_split, encoder_path, tmp_path / "pretrained")
-    without = _linear_run(synthetic_split, "none", tmp_path / "random")
-    assert with_pretraining["auc_roc"] > without["auc_roc"] + 0.05
+
+    def mean_val_auc(encoder, name):
+        scores = []
+        for seed in ("1", "2"):
+            out = tmp_path / f"{name}_{seed}"
+            _linear_run(synthetic_split, encoder, out, "--seed", seed)
+            scores.append(max(runs.read_history(out)["val_auc"]))
+        return sum(scores) / len(scores)
+
+    assert mean_val_auc(encoder_path, "pretrained") > mean_val_auc("none", "random") + 0.05
 
 
 @pytest.mark.slow
