@@ -32,6 +32,14 @@ PRECISION_RECALL_FIGURE = "precision_recall_curve.png"
 SAMPLE_PREDICTIONS_FIGURE = "sample_predictions.png"
 TSNE_FIGURE = "tsne_test_embeddings.png"
 AUGMENTED_PAIRS_FIGURE = "augmented_pairs.png"
+# Every classifier run's figures.
+CLASSIFIER_RUN_FIGURES = (
+    TRAINING_CURVES_FIGURE,
+    CONFUSION_MATRIX_FIGURE,
+    ROC_FIGURE,
+    PRECISION_RECALL_FIGURE,
+    SAMPLE_PREDICTIONS_FIGURE,
+)
 
 
 def timestamp() -> str:

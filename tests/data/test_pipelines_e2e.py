@@ -19,13 +19,7 @@ train_transfer = load_script("train_transfer")
 train_simclr = load_script("train_simclr")
 export_tool = load_tool("export_tfrecords")
 
-FIGURES = (
-    "training_curves.png",
-    "confusion_matrix.png",
-    "roc_curve.png",
-    "precision_recall_curve.png",
-    "sample_predictions.png",
-)
+FIGURES = runs.CLASSIFIER_RUN_FIGURES
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--image-size", "32", "--batch-size", "8", "--epochs", "1", "--seed", "3"]
 EXPERIMENTS = {

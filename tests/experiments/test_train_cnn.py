@@ -14,15 +14,9 @@ from sklearn import metrics as sk
 import bc_keras  # noqa: F401  (registers custom objects, as a user would)
 import predict
 import train_cnn
-from bc_keras import cli, data
+from bc_keras import cli, data, runs
 
-FIGURES = (
-    "training_curves.png",
-    "confusion_matrix.png",
-    "roc_curve.png",
-    "precision_recall_curve.png",
-    "sample_predictions.png",
-)
+FIGURES = runs.CLASSIFIER_RUN_FIGURES
 
 
 def _args(split, run_dir, model_out, *extra):
