@@ -52,11 +52,11 @@ def metrics_in(view: str) -> tuple[Metric, ...]:
     """The registry's metrics shown in `view` (VIEW_COMPARE, VIEW_TABLE or VIEW_SUMMARY)."""
     return tuple(metric for metric in METRICS if view in metric.views)
 
+
 FLAG_ONLY_BENIGN = "only benign images"
 FLAG_ONLY_MALIGNANT = "only malignant images"
 FLAG_ALL_PREDICTED_MALIGNANT = "predicts malignant for every image"
 FLAG_ALL_PREDICTED_BENIGN = "predicts benign for every image"
-
 
 
 def validate_binary_inputs(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
@@ -297,11 +297,83 @@ def youden_threshold(labels, probabilities) -> float:
 BOOTSTRAP_METRICS = tuple(metric.key for metric in METRICS if metric.bootstrap)
 
 
+def _patient_index(patients, labels) -> tuple[np.ndarray, int]:
+    """Each image's patient as an index into the sorted distinct keys, and how many there are."""
+    patients = np.asarray(patients)
+    if patients.shape != labels.shape:
+        raise ValueError(
+            "patients must give one key per image. Received: "
+            f"patients.shape={patients.shape!r} for {len(labels)} images"
+        )
+    keys, index = np.unique(patients, return_inverse=True)
+    return index.reshape(-1), len(keys)
+
+
+def _resampled_auc(weights, labels, probabilities) -> np.ndarray:
+    """Per row of `weights` (samples, images), the AUC of the images counted that many times:
+    the weighted Mann-Whitney statistic over the images sorted once by probability, ties
+    counting half; NaN where a row has no malignant or no benign weight."""
+    order = np.argsort(probabilities, kind="stable")
+    ordered = probabilities[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # one group per score
+    weights = weights[:, order]
+    malignant = np.add.reduceat(weights * labels[order], starts, axis=1)
+    benign = np.add.reduceat(weights * (1 - labels[order]), starts, axis=1)
+    below = np.cumsum(benign, axis=1) - benign  # benign weight strictly below each score
+    wins = np.sum(malignant * (below + benign / 2), axis=1)
+    pairs = malignant.sum(axis=1) * benign.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pairs > 0, wins / pairs, np.nan)
+
+
+def _resampled_scores(multiplicity, index, labels, probabilities, threshold) -> dict:
+    """`BOOTSTRAP_METRICS` of every resample at once, NaN where `binary_scores` gives None.
+
+    Args:
+        multiplicity: (samples, patients) how often each patient is drawn in each resample.
+        index: each image's patient index.
+    """
+    # Each image's confusion cell: 0 true positive, 1 false negative, 2 false positive, 3 true
+    # negative; counted per patient, then per resample, exactly in float64.
+    cells = 2 * (labels == 0) + (probabilities < threshold)
+    patients = multiplicity.shape[1]
+    per_patient = np.bincount(index * 4 + cells, minlength=4 * patients).reshape(patients, 4)
+    tp, fn, fp, tn = (multiplicity @ per_patient).T
+    positives, negatives = tp + fn, tn + fp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # sklearn's zero_division=0: precision, recall and F1 are 0 where undefined; specificity,
+        # balanced accuracy and AUC are None (NaN here) as in `binary_scores`.
+        recall = np.where(positives > 0, tp / positives, 0.0)
+        specificity = np.where(negatives > 0, tn / negatives, np.nan)
+        scores = {
+            "accuracy": (tp + tn) / (positives + negatives),
+            "balanced_accuracy": np.where(positives > 0, (recall + specificity) / 2, np.nan),
+            "specificity": specificity,
+            "precision": np.where(tp + fp > 0, tp / (tp + fp), 0.0),
+            "recall": recall,
+            "f1": np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0),
+        }
+    # Chunks of resamples keep the (samples, images) weights near 32 MB whatever the split.
+    rows = max(1, 2**22 // len(labels))
+    scores["auc_roc"] = np.concatenate(
+        [
+            _resampled_auc(multiplicity[i : i + rows][:, index], labels, probabilities)
+            for i in range(0, len(multiplicity), rows)
+        ]
+        or [np.empty(0)]
+    )
+    return scores
+
+
 def bootstrap_by_patient(
     labels, probabilities, patients, *, threshold: float = 0.5, samples: int = 1000, seed: int = 0
 ) -> dict:
     """95% confidence intervals resampling PATIENTS with replacement (images of one patient
     are not independent, so resampling images would understate the uncertainty).
+
+    Every resample's scores come from one vectorised pass: per-patient confusion counts times
+    how often each patient is drawn, and the AUC as a weighted Mann-Whitney statistic. They
+    equal `binary_scores` on the concatenated images of the drawn patients.
 
     Returns:
         `{metric: [low, high]}` for each of `BOOTSTRAP_METRICS`; a metric undefined in a
@@ -309,25 +381,17 @@ def bootstrap_by_patient(
         a metric undefined in every resample is absent.
     """
     labels, probabilities = validate_binary_inputs(labels, probabilities)
-    patients = np.asarray(patients)
-    if patients.shape != labels.shape:
-        raise ValueError(
-            "patients must give one key per image. Received: "
-            f"patients.shape={patients.shape!r} for {len(labels)} images"
-        )
-    unique = np.unique(patients)
-    groups = [np.flatnonzero(patients == p) for p in unique]
+    index, count = _patient_index(patients, labels)
     rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {key: [] for key in BOOTSTRAP_METRICS}
-    for _ in range(samples):
-        chosen = rng.integers(0, len(groups), len(groups))
-        index = np.concatenate([groups[i] for i in chosen])
-        scores = binary_scores(labels[index], probabilities[index], threshold)
-        for key in draws:
-            if scores[key] is not None:
-                draws[key].append(scores[key])
-    return {
-        key: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-        for key, values in draws.items()
-        if values
-    }
+    # One (samples, patients) draw is the same stream as one draw of `count` per resample.
+    chosen = rng.integers(0, count, (samples, count))
+    offsets = (np.arange(samples) * count)[:, None]
+    multiplicity = np.bincount((chosen + offsets).ravel(), minlength=samples * count)
+    multiplicity = multiplicity.reshape(samples, count).astype(float)
+    scores = _resampled_scores(multiplicity, index, labels, probabilities, threshold)
+    intervals = {}
+    for key in BOOTSTRAP_METRICS:
+        values = scores[key][~np.isnan(scores[key])]
+        if values.size:
+            intervals[key] = [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+    return intervals
