@@ -1,5 +1,6 @@
 """Evaluation metrics: the metric registry, sklearn's metrics, BreaKHis' patient recognition
-rate, per-magnification views, degenerate-prediction flags and the validation-chosen threshold."""
+rate, patient-level decisions, per-magnification views, degenerate-prediction flags, the
+validation-chosen threshold and the patient bootstrap."""
 
 from __future__ import annotations
 
@@ -150,6 +151,32 @@ def binary_scores(labels, probabilities, threshold: float = 0.5) -> dict:
     }
 
 
+def patient_level_scores(labels, probabilities, patients, threshold: float = 0.5) -> dict:
+    """`binary_scores` with one decision per patient: the mean of its images' probabilities
+    against `threshold`.
+
+    A patient's label is its images' label. BreaKHis gives every image its patient's diagnosis,
+    so mixed labels only come from a shared key; such a patient takes its images' majority
+    label, and a tie counts as malignant (a missed cancer is the costlier error).
+
+    Returns:
+        `binary_scores` of the patient-level arrays (AUC over the mean probabilities) plus
+        `"patients"`, `"benign_patients"` and `"malignant_patients"` (counts).
+    """
+    labels, probabilities = validate_binary_inputs(labels, probabilities)
+    index, count = _patient_index(patients, labels)
+    images = np.bincount(index, minlength=count)
+    patient_labels = (2 * np.bincount(index, weights=labels, minlength=count) >= images).astype(int)
+    mean_probabilities = np.bincount(index, weights=probabilities, minlength=count) / images
+    malignant = int(patient_labels.sum())
+    return {
+        **binary_scores(patient_labels, mean_probabilities, threshold),
+        "patients": count,
+        "benign_patients": count - malignant,
+        "malignant_patients": malignant,
+    }
+
+
 def prediction_flags(labels, probabilities, threshold: float = 0.5) -> list[str]:
     """Human-readable warnings for an evaluation that cannot tell a classifier from a constant.
 
@@ -181,7 +208,8 @@ def compute_metrics(
         labels: 0/1 true labels (benign 0, malignant 1).
         probabilities: predicted probability of malignant.
         threshold: probability at or above which an image is called malignant.
-        patients: optional patient key per image (enables the patient recognition rate).
+        patients: optional patient key per image (enables the patient recognition rate and
+            `patient_level`, the scores of one decision per patient: `patient_level_scores`).
         magnifications: optional magnification per image (enables the per-magnification view).
 
     Returns:
@@ -208,6 +236,7 @@ def compute_metrics(
     if patients is not None:
         patients = np.asarray(patients)
         result["patient_recognition_rate"] = patient_recognition_rate(labels, predicted, patients)
+        result["patient_level"] = patient_level_scores(labels, probabilities, patients, threshold)
         result["counts"]["patients"] = int(len(np.unique(patients)))
     if magnifications is not None:
         magnifications = np.asarray(magnifications)

@@ -223,3 +223,65 @@ def test_bootstrap_reports_balanced_accuracy_and_specificity():
     for key in ("balanced_accuracy", "specificity"):
         low, high = intervals[key]
         assert 0 <= low <= point[key] <= high <= 1
+
+
+def _patient_level_split():
+    # Patient: labels, probabilities -> patient label, mean probability (binary fractions, so
+    # the means tie exactly where meant to).
+    # A malignant (0.875, 0.625, 0.375) -> 1, 0.625;  B benign (0.25, 0.375) -> 0, 0.3125;
+    # C malignant (0.125, 0.5) -> 1, 0.3125;  D benign (0.75) -> 0, 0.75;
+    # E mixed (1, 0), a tie -> malignant, 0.75;  F mixed (0, 0, 1), majority -> benign, 0.125.
+    patients = list("AAABBCCDEEFFF")
+    labels = [1, 1, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1]
+    probabilities = [0.875, 0.625, 0.375, 0.25, 0.375, 0.125, 0.5, 0.75, 0.875, 0.625] + [0.125] * 3
+    return labels, probabilities, patients
+
+
+def test_patient_level_scores_hand_computed():
+    labels, probabilities, patients = _patient_level_split()
+    # At 0.5 the calls are A 1, B 0, C 0, D 1, E 1, F 0: tp A, E; fn C; fp D; tn B, F.
+    result = metrics.patient_level_scores(labels, probabilities, patients)
+    assert (result["patients"], result["benign_patients"], result["malignant_patients"]) == (
+        6,
+        3,
+        3,
+    )
+    assert result["confusion_matrix"] == [[2, 1], [1, 2]]
+    assert result["accuracy"] == pytest.approx(4 / 6)
+    for key in ("precision", "recall", "specificity", "f1", "balanced_accuracy"):
+        assert result[key] == pytest.approx(2 / 3)
+    # Malignant means {0.625, 0.3125, 0.75} against benign {0.3125, 0.75, 0.125}: 2 + 1.5 + 2.5
+    # of 9 pairs (ties count half).
+    assert result["auc_roc"] == pytest.approx(6 / 9)
+    # At 0.7 only E and D are called malignant: tp E; fn A, C; fp D; tn B, F.
+    strict = metrics.patient_level_scores(labels, probabilities, patients, threshold=0.7)
+    assert strict["confusion_matrix"] == [[2, 1], [2, 1]]
+    assert strict["accuracy"] == pytest.approx(3 / 6)
+    assert strict["recall"] == pytest.approx(1 / 3)
+    assert strict["precision"] == pytest.approx(1 / 2)
+    assert strict["specificity"] == pytest.approx(2 / 3)
+    assert strict["f1"] == pytest.approx(2 / 5)
+    assert strict["balanced_accuracy"] == pytest.approx(1 / 2)
+    assert strict["auc_roc"] == pytest.approx(6 / 9)
+
+
+def test_patient_level_scores_one_class_and_bad_patients():
+    # Two malignant patients, one right (mean 0.8) and one wrong (mean 0.3): no benign patient.
+    result = metrics.patient_level_scores([1, 1, 1], [0.9, 0.7, 0.3], ["a", "a", "b"])
+    assert result["recall"] == pytest.approx(0.5)
+    assert result["specificity"] is None and result["auc_roc"] is None
+    assert (result["benign_patients"], result["malignant_patients"]) == (0, 2)
+    with pytest.raises(ValueError, match="one key per image"):
+        metrics.patient_level_scores([0, 1], [0.2, 0.8], ["a", "b", "c"])
+
+
+def test_compute_metrics_adds_the_patient_level_scores_with_patients():
+    labels, probabilities, patients = _patient_level_split()
+    result = metrics.compute_metrics(labels, probabilities, threshold=0.7, patients=patients)
+    assert result["patient_level"] == metrics.patient_level_scores(
+        labels, probabilities, patients, threshold=0.7
+    )
+    assert result["patient_level"]["accuracy"] == pytest.approx(3 / 6)
+    # Image-level accuracy at 0.7 differs: 2 of the 7 malignant and 5 of the 6 benign images.
+    assert result["accuracy"] == pytest.approx((2 + 5) / 13)
+    assert "patient_level" not in metrics.compute_metrics(labels, probabilities)
