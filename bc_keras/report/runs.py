@@ -14,14 +14,18 @@ import numpy as np
 
 from bc_keras.config import ENCODER_NONE
 from bc_keras.errors import DataError, shorten
+from bc_keras.evaluation.metrics import FLAG_ALL_PREDICTED_BENIGN, FLAG_ALL_PREDICTED_MALIGNANT
 from bc_keras.prepare.manifest import SETTINGS_NAME
+from bc_keras.report.validation import (
+    LABEL_FRACTION_USED,
+    is_number,
+    malformed_config,
+    malformed_metrics,
+)
 from bc_keras.runs import CONFIG_FILE, METRICS_FILE, PREDICTIONS_FILE
 
-# The scores the report shows from metrics.json (numbers, or null where undefined).
-SCORES = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1", "auc_roc",
-          "patient_recognition_rate", "threshold", "initial_val_loss", "best_val_loss",
-          "best_val_contrastive_accuracy")  # fmt: skip
-LABEL_FRACTION_USED = "label_fraction_used"
+# A run flagged so predicts one class for every test image: it can answer no claim.
+ONE_CLASS_FLAGS = (FLAG_ALL_PREDICTED_MALIGNANT, FLAG_ALL_PREDICTED_BENIGN)
 KIND_CLASSIFIER = "classifier"
 KIND_PRETRAIN = "pretrain"
 PROTOCOL_UNKNOWN = "unknown"
@@ -48,7 +52,8 @@ class Fold:
 @dataclass(frozen=True, order=True)
 class ModelKey:
     """What makes two runs the same model: experiment, backbone (and its start), recipe,
-    encoder (SimCLR-pretrained or random) and the share of training labels."""
+    encoder (SimCLR-pretrained or random), the share of training labels and cross-fitting
+    (K folds, 0 for a single split, and the final model)."""
 
     experiment: str
     backbone: str = ""
@@ -56,9 +61,12 @@ class ModelKey:
     recipe: str = "report"
     encoder: str = ""
     label_fraction: float = 1.0
+    cross_fit: int = 0
+    cross_fit_final: str = ""
 
     def name(self) -> str:
-        """E.g. "baseline CNN (report recipe, 10% labels)"."""
+        """E.g. "baseline CNN (report recipe, 10% labels)" or "baseline CNN (robust recipe,
+        cross-fit 5 ensemble)"."""
         if self.experiment == "transfer":
             base = f"{self.backbone} transfer"
             base += f" ({self.weights})" if self.weights else ""
@@ -69,6 +77,8 @@ class ModelKey:
         details = [f"{self.recipe} recipe"]
         if self.label_fraction < 1.0:
             details.append(f"{self.label_fraction * 100:g}% labels")
+        if self.cross_fit:
+            details.append(f"cross-fit {self.cross_fit} {self.cross_fit_final}".rstrip())
         return f"{base} ({', '.join(details)})"
 
     def family(self) -> ModelKey:
@@ -76,7 +86,8 @@ class ModelKey:
         return replace(self, label_fraction=1.0)
 
     def order(self) -> tuple:
-        """Report order: CNN, transfer, linear, fine-tuned; SimCLR encoder before random."""
+        """Report order: CNN, transfer, linear, fine-tuned; SimCLR encoder before random; a
+        cross-fitted model right after its single-split twin."""
         rank = EXPERIMENTS.index(self.experiment) if self.experiment in EXPERIMENTS else 99
         return (
             rank,
@@ -86,6 +97,8 @@ class ModelKey:
             self.recipe,
             self.encoder != ENCODER_PRETRAINED,
             -self.label_fraction,
+            self.cross_fit,
+            self.cross_fit_final,
         )
 
 
@@ -123,7 +136,7 @@ class Run:
             self.config.get(LABEL_FRACTION_USED),
             self.config.get("label_fraction"),
         ):
-            if _is_number(value) and 0 < value <= 1:
+            if is_number(value) and 0 < value <= 1:
                 return float(value)
         return 1.0
 
@@ -147,8 +160,28 @@ class Run:
                 else ("random init" if start.lower() == "none" else "weights file")
             )
         return ModelKey(
-            self.experiment, backbone, weights, self.recipe, self.encoder, self.label_fraction
+            self.experiment,
+            backbone,
+            weights,
+            self.recipe,
+            self.encoder,
+            self.label_fraction,
+            *self.cross_fitting,
         )
+
+    @property
+    def cross_fitting(self) -> tuple[int, str]:
+        """`(K, final)` of a cross-fitted run (config.json), `(0, "")` for a single split."""
+        folds = self.config.get("cross_fit") or 0
+        if not folds:
+            return 0, ""
+        return folds, str(self.config.get("cross_fit_final") or "")
+
+    @property
+    def degenerate(self) -> str | None:
+        """The flag saying the run predicts one class for every test image, or None."""
+        flags = self.metrics.get("flags") or []
+        return next((flag for flag in flags if flag in ONE_CLASS_FLAGS), None)
 
     @property
     def protocol(self) -> str:
@@ -294,67 +327,6 @@ def find_runs(roots) -> tuple[list[Run], list[str]]:
     return runs, left_out
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_finite(value) -> bool:
-    return _is_number(value) and math.isfinite(value)
-
-
-def _malformed(metrics: dict) -> str | None:
-    """What makes a metrics.json unusable for the tables, or None. Every score must be a
-    finite number or null (undefined): NaN, infinity, text or booleans are refused."""
-    for key in (*SCORES, LABEL_FRACTION_USED):
-        if metrics.get(key) is not None and not _is_finite(metrics[key]):
-            return f"{key} is {metrics[key]!r}, not a finite number"
-    intervals = metrics.get("bootstrap_95ci_by_patient", {})
-    if not isinstance(intervals, dict) or not all(
-        isinstance(pair, list) and len(pair) == 2 and all(map(_is_finite, pair))
-        for pair in intervals.values()
-    ):
-        return "bootstrap_95ci_by_patient is not {metric: [low, high]} of finite numbers"
-    for key in ("counts", "per_magnification", "classification_report"):
-        if not isinstance(metrics.get(key, {}), dict):
-            return f"{key} is not an object"
-    counts = metrics.get("counts", {})
-    for key, value in counts.items():
-        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
-            return f"counts.{key} is {value!r}, not a count"
-    for name, entry in metrics.get("per_magnification", {}).items():
-        if not isinstance(entry, dict):
-            return f"per_magnification.{name} is not an object"
-        for key in SCORES:
-            if entry.get(key) is not None and not _is_finite(entry[key]):
-                return f"per_magnification.{name}.{key} is {entry[key]!r}, not a finite number"
-    flags = metrics.get("flags", [])
-    if not isinstance(flags, list) or not all(isinstance(flag, str) for flag in flags):
-        return "flags is not a list of texts"
-    return _bad_share(metrics, (LABEL_FRACTION_USED,))
-
-
-# config.json keys the report reads as text (null where unset) and as a share of the labels.
-CONFIG_TEXTS = ("experiment", "recipe", "data", "model_out", "backbone", "weights", "encoder")
-CONFIG_SHARES = ("label_fraction", LABEL_FRACTION_USED)
-
-
-def _bad_share(record: dict, keys) -> str | None:
-    for key in keys:
-        value = record.get(key)
-        if value is not None and not (_is_finite(value) and 0 < value <= 1):
-            return f"{key} is {value!r}, not a share in (0, 1]"
-    return None
-
-
-def _malformed_config(config: dict) -> str | None:
-    """What makes a config.json unusable (a key the report reads of the wrong type), or None:
-    a share read as 1.0 or a list shown as an experiment would be silently wrong."""
-    for key in CONFIG_TEXTS:
-        if config.get(key) is not None and not isinstance(config[key], str):
-            return f"{key} is {shorten(repr(config[key]), 40)}, not a text"
-    return _bad_share(config, CONFIG_SHARES)
-
-
 def read_run(run_dir: Path, name: str) -> Run | str:
     """A finished run, or the reason it is left out (run folders are untrusted input)."""
     if not (run_dir / CONFIG_FILE).is_file():
@@ -363,7 +335,7 @@ def read_run(run_dir: Path, name: str) -> Run | str:
         config = read_json(run_dir / CONFIG_FILE)
     except (OSError, ValueError) as error:
         return f"unreadable {CONFIG_FILE} ({shorten(error, 100)})"
-    problem = _malformed_config(config)
+    problem = malformed_config(config)
     if problem:
         return f"malformed {CONFIG_FILE} ({problem})"
     if not (run_dir / METRICS_FILE).is_file():
@@ -374,7 +346,7 @@ def read_run(run_dir: Path, name: str) -> Run | str:
         return f"unreadable {METRICS_FILE} ({shorten(error, 100)})"
     if "accuracy" not in metrics and "best_val_loss" not in metrics:
         return f"{METRICS_FILE} holds neither classifier scores nor a pretraining summary"
-    problem = _malformed(metrics)
+    problem = malformed_metrics(metrics)
     if problem:
         return f"malformed {METRICS_FILE} ({problem})"
     run = Run(name, run_dir, config, metrics)
