@@ -1,7 +1,10 @@
-"""Figures as PNG files: training curves, confusion matrix, ROC, PR, samples, t-SNE, view pairs."""
+"""Figures as PNG files: training curves, confusion matrix, ROC, PR, calibration, label
+efficiency, forest plot, samples, t-SNE, view pairs."""
 
 from __future__ import annotations
 
+import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +17,13 @@ import seaborn as sns  # noqa: E402
 from PIL import Image  # noqa: E402
 from sklearn import metrics as sk  # noqa: E402
 
+from bc_keras.evaluation.styles import (  # noqa: E402
+    PALETTE,
+    REFERENCE,
+    distinct_styles,
+    outside_legend,
+    styled_plot,
+)
 from bc_keras.histology.breakhis import CLASS_NAMES  # noqa: E402
 
 
@@ -21,7 +31,8 @@ def _save(figure, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    # A tight box keeps the legends drawn outside the axes inside the image.
+    figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
 
@@ -39,19 +50,17 @@ def plot_history(history: dict, path, title: str = "", phase_key: str = "phase")
     panels = [("loss", "Loss")]
     if "accuracy" in history:
         panels.insert(0, ("accuracy", "Accuracy"))
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4))
     axes = np.atleast_1d(axes)
     phases = history.get(phase_key)
+    styles = distinct_styles(2)
     for axis, (key, label) in zip(axes, panels, strict=True):
-        axis.plot(epochs, history[key], marker="o", markersize=3, label=f"training {label.lower()}")
-        if f"val_{key}" in history:
-            axis.plot(
-                epochs,
-                history[f"val_{key}"],
-                marker="o",
-                markersize=3,
-                label=f"validation {label.lower()}",
-            )
+        for (colour, linestyle, marker), (column, name) in zip(
+            styles, ((key, "training"), (f"val_{key}", "validation")), strict=True
+        ):
+            if column in history:
+                axis.plot(epochs, history[column], color=colour, linestyle=linestyle,
+                          marker=marker, markersize=3, label=name)  # fmt: skip
         if phases is not None:
             for index in range(1, len(phases)):
                 if phases[index] != phases[index - 1]:
@@ -63,7 +72,9 @@ def plot_history(history: dict, path, title: str = "", phase_key: str = "phase")
                         va="top",
                         fontsize=8,
                     )
-        _finish_axis(axis, "epoch", label, f"{title} {label.lower()}".strip())
+        _finish_axis(axis, "epoch", label, f"{title} {label.lower()}".strip(), legend=False)
+    # Both panels hold the same two series: one legend, right of the last panel.
+    outside_legend(axes[-1])
     return _save(figure, path)
 
 
@@ -98,15 +109,17 @@ def plot_precision_recall_curve(
     return plot_precision_recall_overlay({"": (labels, probabilities)}, path, title)
 
 
-def _finish_axis(axis, xlabel: str, ylabel: str, title: str, legend_location: str = "best"):
+def _finish_axis(axis, xlabel: str, ylabel: str, title: str, legend: bool = True):
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
     axis.set_title(title)
-    axis.legend(loc=legend_location, fontsize=8)
+    if legend:
+        outside_legend(axis)
     axis.grid(alpha=0.3)
 
 
 def _label(name: str, score: str) -> str:
+    score = score.replace(" ", "\N{NO-BREAK SPACE}")  # a wrapped legend keeps "AUC = 0.9" whole
     return f"{name} ({score})" if name else score
 
 
@@ -173,7 +186,7 @@ def plot_tsne(
         mask = labels == label
         axis.scatter(points[mask, 0], points[mask, 1], s=10, alpha=0.7, label=name)
     axis.set_title(title)
-    axis.legend()
+    outside_legend(axis)
     axis.set_xticks([])
     axis.set_yticks([])
     return _save(figure, path)
@@ -235,15 +248,18 @@ def _overlay(curves: dict, what: str, kind):
     legend; returns it with the checked curves."""
     curves = _checked_curves(curves)
     points, score_name, score = kind
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    for name, (labels, probabilities) in curves.items():
+    for name, (labels, _) in curves.items():
         if len(np.unique(labels)) < 2:
             raise ValueError(
                 f"A {what} needs benign and malignant images. Received: model {name!r} with "
                 f"labels of the single class {CLASS_NAMES[int(labels[0])]!r}"
             )
+    styles = distinct_styles(len(curves))
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    for (name, (labels, probabilities)), style in zip(curves.items(), styles, strict=True):
         value = score(labels, probabilities)
-        axis.plot(*points(labels, probabilities), label=_label(name, f"{score_name} = {value:.3f}"))
+        label = _label(name, f"{score_name} = {value:.3f}")
+        styled_plot(axis, style, *points(labels, probabilities), label=label, markevery=0.1)
     return figure, axis, curves
 
 
@@ -260,23 +276,17 @@ def plot_reliability_diagram(
     from bc_keras.evaluation.statistics import expected_calibration_error, reliability_curve
 
     curves = _checked_curves(curves)
-    figure, axis = plt.subplots(figsize=(5, 4.5))
-    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfectly calibrated")
-    for name, (labels, probabilities) in curves.items():
+    styles = distinct_styles(len(curves))
+    figure, axis = plt.subplots(figsize=(7.5, 4.5))
+    axis.plot([0, 1], [0, 1], **REFERENCE, label="perfectly calibrated")
+    for (name, (labels, probabilities)), style in zip(curves.items(), styles, strict=True):
         curve = reliability_curve(labels, probabilities, bins)
         error = expected_calibration_error(labels, probabilities, bins)
-        axis.plot(
-            curve["mean_predicted"],
-            curve["fraction_positive"],
-            marker="o",
-            markersize=4,
-            label=_label(name, f"ECE = {error:.3f}"),
-        )
+        label = _label(name, f"ECE = {error:.3f}")
+        styled_plot(axis, style, curve["mean_predicted"], curve["fraction_positive"], label=label)
     axis.set_xlim(0, 1)
     axis.set_ylim(0, 1.02)
-    _finish_axis(
-        axis, "mean predicted probability of malignant", "fraction malignant", title, "upper left"
-    )
+    _finish_axis(axis, "mean predicted probability of malignant", "fraction malignant", title)
     return _save(figure, path)
 
 
@@ -288,8 +298,8 @@ def plot_roc_overlay(curves: dict, path, title: str = "ROC curves") -> Path:
         curves: model name -> (labels, probabilities of malignant).
     """
     figure, axis, curves = _overlay(curves, "ROC curve", ROC)
-    axis.plot([0, 1], [0, 1], color="grey", linestyle="--", label="chance")
-    _finish_axis(axis, "false positive rate", "true positive rate (recall)", title, "lower right")
+    axis.plot([0, 1], [0, 1], **REFERENCE, label="chance")
+    _finish_axis(axis, "false positive rate", "true positive rate (recall)", title)
     return _save(figure, path)
 
 
@@ -305,14 +315,9 @@ def plot_precision_recall_overlay(
     figure, axis, curves = _overlay(curves, "precision-recall curve", PRECISION_RECALL)
     shares = sorted({float(np.mean(labels)) for labels, _ in curves.values()})
     for index, share in enumerate(shares):
-        axis.axhline(
-            share,
-            color="grey",
-            linestyle="--",
-            label="chance (malignant share)" if not index else None,
-        )
+        axis.axhline(share, **REFERENCE, label="chance (malignant share)" if not index else None)
     axis.set_ylim(0, 1.02)
-    _finish_axis(axis, "recall", "precision", title, "lower left")
+    _finish_axis(axis, "recall", "precision", title)
     return _save(figure, path)
 
 
@@ -339,13 +344,14 @@ def plot_metric_vs_fraction(
             raise ValueError(f"Label fractions must lie in (0, 1]. Received: {name!r}: {points!r}")
         series[name] = points
     fractions = sorted({float(point[0]) for points in series.values() for point in points})
-    figure, axis = plt.subplots(figsize=(5.5, 4.5))
-    for index, (name, points) in enumerate(series.items()):
+    styles = distinct_styles(len(series))
+    figure, axis = plt.subplots(figsize=(8, 4.5))
+    for index, ((name, points), style) in enumerate(zip(series.items(), styles, strict=True)):
         # A small horizontal shift per model keeps the intervals at one fraction apart.
         dodge = 10 ** (0.012 * (index - (len(series) - 1) / 2))
         x = np.array([point[0] for point in points], dtype=float) * dodge
         y = np.array([point[1] for point in points], dtype=float)
-        (line,) = axis.plot(x, y, marker="o", label=name)
+        (line,) = styled_plot(axis, style, x, y, label=name)
         with_interval = [point for point in points if None not in (point[2], point[3])]
         if with_interval:
             # Bars from low to high rather than errorbar's +/- offsets: a percentile bootstrap
@@ -366,4 +372,72 @@ def plot_metric_vs_fraction(
     axis.set_xticklabels([f"{fraction:g}" for fraction in fractions])
     axis.minorticks_off()
     _finish_axis(axis, "fraction of training labels", metric_name, title)
+    return _save(figure, path)
+
+
+FOREST_WRAP = 45  # characters per model label line in the forest plot
+
+
+def _forest_table(rows) -> tuple[list[str], list[str], dict]:
+    """The model labels and metric names in order of first appearance, and
+    `{(label, metric): (value, low, high)}`; a ValueError names a malformed row."""
+    labels, metrics, table = {}, {}, {}
+    for row in rows:
+        if not isinstance(row, list | tuple) or len(row) != 5:
+            raise ValueError(f"Each row needs (label, metric, value, low, high). Received: {row!r}")
+        label, metric, *numbers = row
+        value, low, high = (None if n is None else float(n) for n in numbers)
+        finite = all(n is None or math.isfinite(n) for n in (value, low, high))
+        if not finite or (low is None) != (high is None) or (low is not None and low > high):
+            raise ValueError(
+                "A row needs a finite value (or None) and low <= high (both or neither). "
+                f"Received: {row!r}"
+            )
+        if (label, metric) in table:
+            raise ValueError(f"Model {label!r} has two {metric!r} rows. Received: {row!r}")
+        labels[label], metrics[metric] = None, None
+        table[label, metric] = (value, low, high)
+    if not any(value is not None for value, _, _ in table.values()):
+        raise ValueError(f"The forest plot needs at least one value. Received: rows={rows!r}")
+    return list(labels), list(metrics), table
+
+
+def plot_forest(rows, path, title: str = "Scores with 95% intervals", reference: float = 0.5):
+    """A forest plot: one row per model and one panel per metric (e.g. AUC beside balanced
+    accuracy) sharing the model labels; each score is a point, its interval a horizontal bar,
+    and a dotted line marks `reference` (0.5: chance for both).
+
+    Args:
+        rows: (model label, metric name, value, low, high); low and high None where a score
+            has no interval, value None where it is undefined (the model's row stays empty).
+    """
+    labels, metrics, table = _forest_table(rows)
+    wrapped = [textwrap.fill(str(label), FOREST_WRAP) for label in labels]
+    lines = sum(label.count("\n") + 1 for label in wrapped)
+    figure, axes = plt.subplots(
+        1, len(metrics), sharey=True, squeeze=False,
+        figsize=(3.4 * len(metrics) + 3.0, 0.28 * lines + 0.14 * len(labels) + 1.4),
+    )  # fmt: skip
+    for axis, metric in zip(axes[0], metrics, strict=True):
+        scored = [
+            (y, *table[label, metric])
+            for y, label in enumerate(labels)
+            if table.get((label, metric), (None,))[0] is not None
+        ]
+        spans = [(y, low, high) for y, _, low, high in scored if low is not None]
+        if spans:
+            y, low, high = np.array(spans, dtype=float).T
+            axis.hlines(y, low, high, color=PALETTE[0], linewidth=2)
+        if scored:
+            axis.plot([v for _, v, _, _ in scored], [y for y, *_ in scored], linestyle="none",
+                      marker="o", color="black", markersize=5)  # fmt: skip
+        axis.axvline(reference, **REFERENCE)
+        shown = [n for _, *numbers in scored for n in numbers if n is not None] + [reference]
+        axis.set_xlim(min(min(shown), 0.45) - 0.03, max(max(shown), 1.0) + 0.03)
+        axis.set_xlabel(metric)
+        axis.set_title(metric)
+        axis.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_yticks(range(len(labels)), wrapped, fontsize=8)
+    axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)  # the first model on top
+    figure.suptitle(textwrap.fill(title, 90), fontsize=10)
     return _save(figure, path)
