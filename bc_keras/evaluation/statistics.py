@@ -1,5 +1,6 @@
-"""Calibration (Brier score, reliability curve, ECE) and significance tests (DeLong's test of
-two ROC AUCs, a paired t-test over folds) for comparing models on BreaKHis."""
+"""Calibration (Brier score, reliability curve, ECE) and significance tests for comparing models
+on BreaKHis: DeLong's test of two ROC AUCs, its patient-clustered form (Obuchowski, 1997), and a
+paired t-test over folds."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from scipy import stats
 from sklearn import metrics as sk
 
 from bc_keras.evaluation.metrics import validate_binary_inputs
+
+# `auc_difference_test`'s "method": image-level DeLong, or Obuchowski's clustered form.
+METHOD_DELONG, METHOD_OBUCHOWSKI = "delong", "obuchowski"
 
 
 def _probabilities_in_unit_interval(labels, probabilities):
@@ -109,6 +113,11 @@ def delong_test(labels, probabilities_a, probabilities_b) -> dict:
     scores = np.stack([probabilities_a, probabilities_b])
     aucs, v10, v01 = _placement_values(scores[:, labels == 1], scores[:, labels == 0])
     covariance = np.cov(v10) / v10.shape[1] + np.cov(v01) / v01.shape[1]
+    return _z_test(aucs, covariance)
+
+
+def _z_test(aucs, covariance) -> dict:
+    """The two-sided z-test of `aucs[0] - aucs[1]` given the AUCs' 2 x 2 covariance matrix."""
     variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
     standard_error = math.sqrt(max(float(variance), 0.0))
     difference = float(aucs[0] - aucs[1])
@@ -127,6 +136,91 @@ def delong_test(labels, probabilities_a, probabilities_b) -> dict:
         "p_value": p_value,
         "standard_error": standard_error,
     }
+
+
+def clustered_delong_test(labels, probabilities_a, probabilities_b, clusters) -> dict:
+    """DeLong's test of two ROC AUCs when images come in clusters (the patients): Obuchowski's
+    nonparametric analysis of clustered ROC data (Biometrics 53:567-578, 1997).
+
+    The AUCs are DeLong's; their (co)variances come from the variability between clusters of
+    the structural components summed per cluster. With I clusters, I10 of them holding a
+    malignant image and I01 a benign one, M malignant and N benign images, and per cluster and
+    model X = (sum of V10 over its m malignant images) - m AUC and Y = (sum of V01 over its
+    n benign images) - n AUC, the covariance of the AUCs of models r and s is
+    S10 / M + S01 / N + (S11[r, s] + S11[s, r]) / (M N), where, summing over clusters,
+    S10 = I10 / ((I10 - 1) M) sum X_r X_s, S01 = I01 / ((I01 - 1) N) sum Y_r Y_s and
+    S11[r, s] = I / (I - 1) sum X_r Y_s. With one image per cluster this is DeLong's variance
+    exactly (S11 vanishes and the factors become the sample covariances' 1 / (M - 1) and
+    1 / (N - 1)), so the two tests agree to rounding.
+
+    Args:
+        labels: 0/1 true labels (benign 0, malignant 1), one per image.
+        probabilities_a, probabilities_b: the two models' scores of the same images.
+        clusters: the cluster (patient) key of each image.
+
+    Returns:
+        `delong_test`'s keys plus `"clusters"` (the number of clusters) and `"method"`
+        (`"obuchowski"`).
+    """
+    labels, probabilities_a = validate_binary_inputs(labels, probabilities_a)
+    _, probabilities_b = validate_binary_inputs(labels, probabilities_b)
+    clusters = np.asarray(clusters)
+    if clusters.shape != labels.shape:
+        raise ValueError(
+            "clusters must give one key per image. Received: "
+            f"clusters.shape={clusters.shape!r} for {len(labels)} images"
+        )
+    keys, index = np.unique(clusters, return_inverse=True)
+    index, count, malignant = index.reshape(-1), len(keys), labels == 1
+    with_malignant = len(np.unique(index[malignant]))
+    with_benign = len(np.unique(index[~malignant]))
+    if min(with_malignant, with_benign) < 2:
+        # The between-cluster variances need two clusters holding each class.
+        raise ValueError(
+            "The clustered DeLong test needs at least two patients with a benign image and two "
+            f"with a malignant image. Received: {with_benign!r} patients with a benign image, "
+            f"{with_malignant!r} with a malignant image"
+        )
+    scores = np.stack([probabilities_a, probabilities_b])
+    aucs, v10, v01 = _placement_values(scores[:, malignant], scores[:, ~malignant])
+
+    def centred_cluster_sums(components, mask):
+        # Per model and cluster, the summed components minus the cluster's images times the AUC.
+        images = np.bincount(index[mask], minlength=count)
+        sums = [np.bincount(index[mask], weights=row, minlength=count) for row in components]
+        return np.stack(sums) - images * aucs[:, None], images.sum()
+
+    x, total_malignant = centred_cluster_sums(v10, malignant)
+    y, total_benign = centred_cluster_sums(v01, ~malignant)
+    s10 = with_malignant / ((with_malignant - 1) * total_malignant) * (x @ x.T)
+    s01 = with_benign / ((with_benign - 1) * total_benign) * (y @ y.T)
+    s11 = count / (count - 1) * (x @ y.T)
+    covariance = (
+        s10 / total_malignant
+        + s01 / total_benign
+        + (s11 + s11.T) / (total_malignant * total_benign)
+    )
+    return {**_z_test(aucs, covariance), "clusters": count, "method": METHOD_OBUCHOWSKI}
+
+
+def auc_difference_test(labels, probabilities_a, probabilities_b, patients=None) -> dict:
+    """The test of two models' ROC AUCs on the same images that their dependence calls for.
+
+    Images of one patient are not independent: with `patients` given and some patient holding
+    more than one image, `clustered_delong_test` over the patients; otherwise (no patients, or
+    one image each) the image-level `delong_test`.
+
+    Returns:
+        `delong_test`'s keys plus `"method"` (`"delong"` or `"obuchowski"`) and `"clusters"`
+        (the number of patients for `"obuchowski"`, None for `"delong"`).
+    """
+    if patients is not None:
+        patients = np.asarray(patients)
+        _, images = np.unique(patients, return_counts=True)
+        if patients.shape != np.shape(labels) or images.max(initial=0) > 1:
+            return clustered_delong_test(labels, probabilities_a, probabilities_b, patients)
+    result = delong_test(labels, probabilities_a, probabilities_b)
+    return {**result, "clusters": None, "method": METHOD_DELONG}
 
 
 def mean_and_sd(values) -> tuple[float, float | None]:

@@ -173,3 +173,132 @@ def test_mean_and_sd():
     assert statistics.mean_and_sd([0.7]) == (0.7, None)
     with pytest.raises(ValueError, match="non-empty"):
         statistics.mean_and_sd([])
+
+
+def _loop_clustered_covariance(labels, scores, clusters):
+    """Obuchowski (1997), section 2, written from the paper with loops over clusters: the 2 x 2
+    covariance matrix of the two models' AUCs."""
+    labels, clusters = np.asarray(labels), np.asarray(clusters)
+    keys = sorted(set(clusters.tolist()))
+    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    big_m, big_n, big_i = len(positive), len(negative), len(keys)
+    i10 = len({clusters[j] for j in positive})
+    i01 = len({clusters[k] for k in negative})
+
+    def psi(x, y):
+        return 1.0 if x > y else 0.5 if x == y else 0.0
+
+    def dot(u, v):
+        return sum(a * b for a, b in zip(u, v, strict=True))
+
+    theta, x_parts, y_parts = [], [], []
+    for score in scores:
+        score = np.asarray(score, dtype=float)
+        v10 = {j: sum(psi(score[j], score[k]) for k in negative) / big_n for j in positive}
+        v01 = {k: sum(psi(score[j], score[k]) for j in positive) / big_m for k in negative}
+        auc = sum(v10.values()) / big_m
+        x, y = [], []
+        for key in keys:
+            members = np.flatnonzero(clusters == key)
+            mine_positive = [j for j in members if labels[j] == 1]
+            mine_negative = [k for k in members if labels[k] == 0]
+            x.append(sum(v10[j] for j in mine_positive) - len(mine_positive) * auc)
+            y.append(sum(v01[k] for k in mine_negative) - len(mine_negative) * auc)
+        theta.append(auc)
+        x_parts.append(x)
+        y_parts.append(y)
+    covariance = np.zeros((2, 2))
+    for r in range(2):
+        for s in range(2):
+            s10 = i10 / ((i10 - 1) * big_m) * dot(x_parts[r], x_parts[s])
+            s01 = i01 / ((i01 - 1) * big_n) * dot(y_parts[r], y_parts[s])
+            s11_rs = big_i / (big_i - 1) * dot(x_parts[r], y_parts[s])
+            s11_sr = big_i / (big_i - 1) * dot(x_parts[s], y_parts[r])
+            covariance[r, s] = s10 / big_m + s01 / big_n + (s11_rs + s11_sr) / (big_m * big_n)
+    return np.array(theta), covariance
+
+
+def test_clustered_delong_equals_a_loop_over_clusters_from_the_paper():
+    # Six patients: mixed labels within a patient, a patient with benign images only, one with
+    # a single image, and tied scores within and across classes and patients.
+    clusters = ["p1"] * 4 + ["p2"] * 3 + ["p3"] * 2 + ["p4"] + ["p5"] * 3 + ["p6"] * 2
+    labels = [1, 1, 0, 1, 0, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1]
+    scores_a = [0.9, 0.7, 0.4, 0.7, 0.2, 0.3, 0.4, 0.6, 0.8, 0.5, 0.5, 0.1, 0.6, 0.3, 0.95]
+    scores_b = [0.6, 0.8, 0.5, 0.4, 0.3, 0.3, 0.2, 0.7, 0.5, 0.6, 0.4, 0.2, 0.9, 0.5, 0.7]
+    result = statistics.clustered_delong_test(labels, scores_a, scores_b, clusters)
+    theta, covariance = _loop_clustered_covariance(labels, [scores_a, scores_b], clusters)
+    np.testing.assert_allclose([result["auc_a"], result["auc_b"]], theta, rtol=1e-12)
+    assert result["auc_a"] == pytest.approx(sk.roc_auc_score(labels, scores_a))
+    variance = covariance[0, 0] + covariance[1, 1] - 2 * covariance[0, 1]
+    np.testing.assert_allclose(result["standard_error"], math.sqrt(variance), rtol=1e-10)
+    z = (theta[0] - theta[1]) / math.sqrt(variance)
+    np.testing.assert_allclose(result["z"], z, rtol=1e-10)
+    assert result["p_value"] == pytest.approx(2 * scipy_stats.norm.sf(abs(z)), rel=1e-9)
+    assert result["clusters"] == 6 and result["method"] == "obuchowski"
+    # The clusters matter: the same images as independent images give another variance.
+    assert statistics.delong_test(labels, scores_a, scores_b)["standard_error"] != pytest.approx(
+        result["standard_error"]
+    )
+
+
+def test_clustered_delong_with_one_image_per_patient_is_delong():
+    # With one image per cluster S11 vanishes and I10 / ((I10 - 1) M) = 1 / (M - 1), the sample
+    # covariance's factor: the variance is DeLong's exactly, up to rounding.
+    rng = np.random.default_rng(6)
+    labels = rng.integers(0, 2, 50)
+    scores_a = np.round(np.clip(labels * 0.3 + rng.uniform(0, 0.7, 50), 0, 1), 1)
+    scores_b = np.round(np.clip(labels * 0.1 + rng.uniform(0, 0.9, 50), 0, 1), 1)
+    patients = [f"P{i}" for i in range(50)]
+    delong = statistics.delong_test(labels, scores_a, scores_b)
+    clustered = statistics.clustered_delong_test(labels, scores_a, scores_b, patients)
+    assert clustered["auc_a"] == delong["auc_a"] and clustered["auc_b"] == delong["auc_b"]
+    for key in ("difference", "standard_error", "z", "p_value"):
+        np.testing.assert_allclose(clustered[key], delong[key], rtol=1e-12, err_msg=key)
+    assert clustered["clusters"] == 50
+    # auc_difference_test uses the image-level test for such patients, and without patients.
+    for given in (patients, None):
+        chosen = statistics.auc_difference_test(labels, scores_a, scores_b, patients=given)
+        assert chosen == {**delong, "method": "delong", "clusters": None}
+
+
+def test_patient_clusters_widen_the_auc_comparison():
+    # Ten patients of 30 near-identical images each (the patient's score plus noise far below
+    # the gaps between patients). A outranks B on two more of the 25 benign-malignant patient
+    # pairs (AUC 23/25 against 21/25): 300 "independent" images make that look certain, ten
+    # patients do not.
+    rng = np.random.default_rng(8)
+    patient_labels = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    patient_a = np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.45, 0.65, 0.7, 0.8, 0.9])
+    patient_b = np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.35, 0.55, 0.7, 0.8, 0.9])
+    patients, labels = np.repeat(np.arange(10), 30), np.repeat(patient_labels, 30)
+    scores_a = np.repeat(patient_a, 30) + rng.normal(0, 0.005, 300)
+    scores_b = np.repeat(patient_b, 30) + rng.normal(0, 0.005, 300)
+    image_level = statistics.auc_difference_test(labels, scores_a, scores_b)
+    clustered = statistics.auc_difference_test(labels, scores_a, scores_b, patients=patients)
+    assert image_level["method"] == "delong" and clustered["method"] == "obuchowski"
+    assert clustered["clusters"] == 10
+    assert clustered["auc_a"] == pytest.approx(23 / 25) and clustered["auc_b"] == pytest.approx(
+        0.84
+    )
+    assert clustered["difference"] == image_level["difference"]
+    assert image_level["p_value"] < 0.05
+    assert clustered["p_value"] > 0.05
+    assert clustered["standard_error"] > 3 * image_level["standard_error"]
+
+
+def test_clustered_delong_reports_bad_input():
+    labels, scores = [1, 0, 1, 0], [0.9, 0.2, 0.7, 0.4]
+    with pytest.raises(ValueError, match="one key per image"):
+        statistics.clustered_delong_test(labels, scores, scores, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="same length"):
+        statistics.clustered_delong_test(labels, scores, scores[:3], list("abcd"))
+    with pytest.raises(ValueError, match="labels must be 0"):
+        statistics.clustered_delong_test([1, 0, 2, 0], scores, scores, list("abcd"))
+    # Both malignant images in one patient: one cluster with a malignant image.
+    with pytest.raises(ValueError, match="1 with a malignant image"):
+        statistics.clustered_delong_test(labels, scores, scores, ["a", "b", "a", "c"])
+    with pytest.raises(ValueError, match="1 patients with a benign image"):
+        statistics.clustered_delong_test(labels, scores, scores, ["a", "b", "c", "b"])
+    # auc_difference_test sends a mismatched patient list to the clustered test's check.
+    with pytest.raises(ValueError, match="one key per image"):
+        statistics.auc_difference_test(labels, scores, scores, patients=["a", "b"])
