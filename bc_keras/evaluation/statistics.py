@@ -1,6 +1,6 @@
 """Calibration (Brier score, reliability curve, ECE) and significance tests for comparing models
-on BreaKHis: DeLong's test of two ROC AUCs, its patient-clustered form (Obuchowski, 1997), and a
-paired t-test over folds."""
+on BreaKHis: DeLong's test of two ROC AUCs, its patient-clustered form (Obuchowski, 1997), a
+paired t-test over folds and Holm's adjustment of a family of p-values."""
 
 from __future__ import annotations
 
@@ -221,6 +221,37 @@ def auc_difference_test(labels, probabilities_a, probabilities_b, patients=None)
             return clustered_delong_test(labels, probabilities_a, probabilities_b, patients)
     result = delong_test(labels, probabilities_a, probabilities_b)
     return {**result, "clusters": None, "method": METHOD_DELONG}
+
+
+def holm_adjust(p_values) -> list[float | None]:
+    """Holm-Bonferroni adjusted p-values of a family of tests (Holm, 1979).
+
+    Sorted ascending, the k-th smallest of m p-values becomes the running maximum of
+    (m - j + 1) p_(j) over j <= k, capped at 1, so the adjusted values keep the raw order and
+    a test is rejected at level alpha exactly when Holm's step-down procedure rejects it.
+
+    Args:
+        p_values: p-values in [0, 1]; None entries (tests that could not be run) are passed
+            through and not counted in the family size m.
+
+    Returns:
+        The adjusted p-values as floats, in the input order, None where the input is None.
+    """
+    values = list(p_values)
+    present = [i for i, value in enumerate(values) if value is not None]
+    raw = np.array([values[i] for i in present], dtype=float)
+    if not np.all((raw >= 0) & (raw <= 1)):  # also refuses NaN
+        raise ValueError(
+            f"p_values must lie in [0, 1] (None for a test not run). Received: p_values={values!r}"
+        )
+    order = np.argsort(raw, kind="stable")
+    steps = len(raw) - np.arange(len(raw))  # m, m - 1, ..., 1
+    adjusted = np.empty(len(raw))
+    adjusted[order] = np.minimum(np.maximum.accumulate(steps * raw[order]), 1.0)
+    result: list[float | None] = [None] * len(values)
+    for i, value in zip(present, adjusted, strict=True):
+        result[i] = float(value)
+    return result
 
 
 def mean_and_sd(values) -> tuple[float, float | None]:

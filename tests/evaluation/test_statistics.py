@@ -302,3 +302,52 @@ def test_clustered_delong_reports_bad_input():
     # auc_difference_test sends a mismatched patient list to the clustered test's check.
     with pytest.raises(ValueError, match="one key per image"):
         statistics.auc_difference_test(labels, scores, scores, patients=["a", "b"])
+
+
+def test_holm_adjust_hand_computed():
+    # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, 0.04 * 1 = 0.04 -> max 0.06.
+    assert statistics.holm_adjust([0.01, 0.04, 0.03, 0.005]) == pytest.approx(
+        [0.03, 0.06, 0.06, 0.02]
+    )
+    # None is passed through and not counted: the family is still the same four tests.
+    adjusted = statistics.holm_adjust([0.01, None, 0.04, 0.03, 0.005, None])
+    assert adjusted[1] is None and adjusted[5] is None
+    assert [adjusted[i] for i in (0, 2, 3, 4)] == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # Capped at 1: 0.5 * 2 = 1.0, then 0.6 * 1 stays under the running maximum.
+    assert statistics.holm_adjust([0.6, 0.5]) == [1.0, 1.0]
+    assert statistics.holm_adjust([0.2, 0.7]) == pytest.approx([0.4, 0.7])
+    assert statistics.holm_adjust([]) == [] and statistics.holm_adjust([None]) == [None]
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        statistics.holm_adjust([0.1, 1.5])
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        statistics.holm_adjust([0.1, float("nan")])
+
+
+def _statsmodels_holm(p_values):
+    """statsmodels' `multipletests(method="holm")` p-values, re-derived: sort, multiply by
+    m, m - 1, ..., 1, running maximum, cap at 1, unsort."""
+    p_values = np.asarray(p_values, dtype=float)
+    order = np.argsort(p_values)
+    corrected = np.maximum.accumulate(p_values[order] * np.arange(len(p_values), 0, -1))
+    corrected[corrected > 1] = 1
+    unsorted = np.empty_like(corrected)
+    unsorted[order] = corrected
+    return unsorted
+
+
+def test_holm_adjust_equals_statsmodels_and_the_step_down_procedure():
+    rng = np.random.default_rng(9)
+    for size in (1, 2, 5, 12):
+        # Rounded p-values tie; some are large enough to reach the cap.
+        p_values = np.round(rng.uniform(0, 0.3, size) ** 2 * 5, 3)
+        adjusted = np.array(statistics.holm_adjust(p_values.tolist()))
+        np.testing.assert_allclose(adjusted, _statsmodels_holm(p_values), rtol=1e-12)
+        # Holm's step-down test at level alpha: walk the sorted p-values, rejecting while
+        # p_(k) <= alpha / (m - k + 1); the adjusted p-value is at most alpha exactly then.
+        for alpha in (0.01, 0.05, 0.1, 0.5):
+            rejected = np.zeros(size, dtype=bool)
+            for k, i in enumerate(np.argsort(p_values, kind="stable")):
+                if p_values[i] > alpha / (size - k):
+                    break
+                rejected[i] = True
+            np.testing.assert_array_equal(adjusted <= alpha, rejected)
