@@ -412,7 +412,7 @@ def plot_forest(rows, path, title: str = "Scores with 95% intervals", reference:
             has no interval, value None where it is undefined (the model's row stays empty).
     """
     labels, metrics, table = _forest_table(rows)
-    wrapped = [textwrap.fill(str(label), FOREST_WRAP) for label in labels]
+    wrapped = [textwrap.fill(str(label), FOREST_WRAP, break_on_hyphens=False) for label in labels]
     lines = sum(label.count("\n") + 1 for label in wrapped)
     figure, axes = plt.subplots(
         1, len(metrics), sharey=True, squeeze=False,

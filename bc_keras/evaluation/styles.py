@@ -10,7 +10,7 @@ import matplotlib
 # The qualitative tab10 colours, then the same colours with other line styles, so that no two
 # curves of a panel share colour and line style (and they stay apart printed in grey).
 PALETTE = tuple(matplotlib.colors.to_hex(colour) for colour in matplotlib.colormaps["tab10"].colors)
-LINE_STYLES = ("-", "--", "-.", (0, (1, 1)))
+LINE_STYLES = ("-", "--", "-.", ":")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 MAX_STYLES = len(PALETTE) * len(LINE_STYLES)
 # Reference lines (chance, perfect calibration): black and dotted, unlike any curve.
@@ -18,7 +18,7 @@ REFERENCE = {"color": "black", "linestyle": ":", "linewidth": 1.0}
 LEGEND_WRAP = 40  # characters per legend line: long model names wrap instead of widening it
 
 
-def distinct_styles(count: int) -> list[tuple[str, object, str]]:
+def distinct_styles(count: int) -> list[tuple[str, str, str]]:
     """`count` pairwise distinct `(colour, linestyle, marker)` styles, tab10 colours first.
 
     Raises:
@@ -53,7 +53,7 @@ def outside_legend(axis) -> None:
     if handles:
         axis.legend(
             handles,
-            [textwrap.fill(label, LEGEND_WRAP) for label in labels],
+            [textwrap.fill(label, LEGEND_WRAP, break_on_hyphens=False) for label in labels],
             loc="upper left",
             bbox_to_anchor=(1.02, 1.0),
             borderaxespad=0.0,

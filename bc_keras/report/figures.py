@@ -1,5 +1,6 @@
-"""The study report's figures: each run's own figures copied beside REPORT.md, ROC/PR overlays,
-reliability diagrams, label-efficiency curves and Grad-CAM panels of saved models."""
+"""The study report's figures: each run's own figures copied beside REPORT.md, ROC/PR overlays
+and reliability diagrams in panels of a few models, label-efficiency curves, the forest plot and
+Grad-CAM panels of saved models."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ import numpy as np
 from bc_keras.errors import UserError, shorten
 from bc_keras.evaluation import plots
 from bc_keras.histology.breakhis import CLASS_NAMES
+from bc_keras.report.forest import FOREST_TITLE, forest_rows
+
+# Re-exported: how the overlays are split into panels is asked of the figures.
+from bc_keras.report.panels import MAX_CURVES_PER_PANEL as MAX_CURVES_PER_PANEL
+from bc_keras.report.panels import panel_groups as panel_groups
+from bc_keras.report.panels import split_panels
 from bc_keras.report.runs import Run, locate, same_folder
-from bc_keras.report.sets import EvaluationSet
+from bc_keras.report.sets import EvaluationSet, Model
 from bc_keras.runs import HISTORY_FILE, read_history
 
 FIGURES_DIR = "figures"
@@ -107,44 +114,73 @@ class Figures:
         return links, notes
 
 
-def _curves(each: EvaluationSet, both_classes: bool) -> tuple[dict, list[str]]:
-    curves, notes = {}, []
+FOREST_FIGURE = "forest.png"
+
+
+def _plotted(each: EvaluationSet, both_classes: bool) -> tuple[list[Model], list[str]]:
+    """The set's models with predictions to draw, and notes on those left out."""
+    models, notes = [], []
     for model in each.models:
         if model.pooled is None:
             continue  # the model's own notes say why
         if both_classes and len(set(model.pooled["label"].tolist())) < 2:
             notes.append(f"{model.label}: its test images hold one class only")
         else:
-            curves[model.label] = (model.pooled["label"], model.pooled["probability"])
-    return curves, notes
+            models.append(model)
+    return models, notes
+
+
+def _curves(models: list[Model]) -> dict:
+    return {model.label: (model.pooled["label"], model.pooled["probability"]) for model in models}
 
 
 def overlays(figures: Figures, each: EvaluationSet) -> tuple[list[tuple[str, str]], list[str]]:
-    """The ROC and precision-recall curves of every model of the set in one figure each."""
-    curves, notes = _curves(each, both_classes=True)
-    if not curves:
-        return [], notes
+    """The ROC and precision-recall curves of the set's models, a figure of each per panel of
+    `panel_groups` (roc_overlay.png, roc_overlay_label_fractions.png, ...). Returns
+    `[(caption, link)]` and notes on the models left out."""
+    models, notes = _plotted(each, both_classes=True)
     folder = figures.folder(each.slug)
     pooled = "pooled out-of-fold " if each.cross_validation else ""
-    roc = plots.plot_roc_overlay(curves, folder / "roc_overlay.png", f"{pooled}ROC curves")
-    pr = plots.plot_precision_recall_overlay(
-        curves, folder / "precision_recall_overlay.png", f"{pooled}precision-recall curves"
-    )
-    links = [
-        (f"{pooled}ROC curves", figures.link(roc)),
-        (f"{pooled}precision-recall curves", figures.link(pr)),
-    ]
+    links = []
+    for panel in split_panels(models):
+        for stem, what, plot in (
+            ("roc_overlay", "ROC curves", plots.plot_roc_overlay),
+            ("precision_recall_overlay", "precision-recall curves",
+             plots.plot_precision_recall_overlay),
+        ):  # fmt: skip
+            caption = panel.caption(f"{pooled}{what}")
+            path = plot(_curves(panel.models), folder / panel.file(stem), caption)
+            links.append((caption, figures.link(path)))
     return links, notes
 
 
+def reliability_panels(figures: Figures, each: EvaluationSet) -> list[str]:
+    """The reliability diagrams of the set's models with predictions, one per panel of
+    `panel_groups` (reliability_diagram.png, ...); their links."""
+    models, _ = _plotted(each, both_classes=False)
+    links = []
+    for panel in split_panels(models):
+        path = figures.folder(each.slug) / panel.file("reliability_diagram")
+        plots.plot_reliability_diagram(
+            _curves(panel.models), path, panel.caption("Reliability diagram")
+        )
+        links.append(figures.link(path))
+    return links
+
+
 def reliability(figures: Figures, each: EvaluationSet) -> str | None:
-    """One reliability diagram of every model of the set with predictions (its link)."""
-    curves, _ = _curves(each, both_classes=False)
-    if not curves:
+    """The first of `reliability_panels` (the headline models'), or None without predictions."""
+    links = reliability_panels(figures, each)
+    return links[0] if links else None
+
+
+def forest(figures: Figures, sets: list[EvaluationSet]) -> str | None:
+    """figures/forest.png: AUC and balanced accuracy of every model of every set with its
+    interval (`forest_rows`); its link, or None when no model has a value."""
+    rows = forest_rows(sets)
+    if not any(value is not None for _, _, value, _, _ in rows):
         return None
-    path = plots.plot_reliability_diagram(
-        curves, figures.folder(each.slug) / "reliability_diagram.png", "Reliability diagram"
-    )
+    path = plots.plot_forest(rows, figures.out / FIGURES_DIR / FOREST_FIGURE, FOREST_TITLE)
     return figures.link(path)
 
 
