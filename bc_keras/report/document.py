@@ -12,8 +12,8 @@ from pathlib import Path
 from bc_keras import cli
 from bc_keras.errors import DataError, RunError
 from bc_keras.evaluation.metrics import VIEW_SUMMARY, metrics_in
+from bc_keras.report import figures as figures_module
 from bc_keras.report.claims import (
-    comparison_lines,
     label_efficiency_lines,
     leak_lines,
     linear_lines,
@@ -30,6 +30,13 @@ from bc_keras.report.figures import (
 )
 from bc_keras.report.runs import KIND_PRETRAIN, Run, find_runs
 from bc_keras.report.sets import EvaluationSet, Model, evaluation_sets
+from bc_keras.report.significance import (
+    Family,
+    appendix_lines,
+    comparison_intro,
+    comparison_lines,
+    family,
+)
 from bc_keras.report.tables import (
     CALIBRATION_BINS,
     calibration_table,
@@ -37,10 +44,13 @@ from bc_keras.report.tables import (
     cross_validation_table,
     magnification_table,
     number,
+    patient_level,
     published_table,
     results_table,
+    threshold_text,
     write_results_csv,
 )
+from bc_keras.report.validation import PATIENT_LEVEL, PATIENT_SCORES
 
 REPORT_FILE = "REPORT.md"
 RESULTS_FILE = "results.csv"
@@ -70,12 +80,49 @@ def _run_header(run: Run) -> list[str]:
         method = metrics.get("threshold_method", "fixed")
         tta = ", test-time augmentation" if metrics.get("tta") else ""
         paragraphs[0] += f" Threshold {number(metrics.get('threshold'), 4)} ({method}){tta}."
+        paragraphs += _cross_fit_lines(run)
         scores = ", ".join(f"{title} {number(metrics.get(key))}" for key, title in SUMMARY_METRICS)
         paragraphs.append(f"Test scores: {scores}.")
+        if isinstance(metrics.get(PATIENT_LEVEL), dict):
+            scores = ", ".join(
+                f"{title} {number(patient_level(run, key))}"
+                for key, title in SUMMARY_METRICS
+                if key in PATIENT_SCORES
+            )
+            patients = metrics[PATIENT_LEVEL].get("patients")
+            paragraphs.append(
+                f"Patient level ({patients if patients is not None else '?'} patients, each "
+                f"patient's mean probability against the threshold): {scores}."
+            )
         if metrics.get("flags"):
             paragraphs.append(f"**⚠ Flagged: {'; '.join(metrics['flags'])}.**")
     paragraphs += [f"Note: {note}." for note in run.notes]
     return [line for paragraph in paragraphs for line in (paragraph, "")]
+
+
+def _cross_fit_lines(run: Run) -> list[str]:
+    """A cross-fitted run's folds, final model, threshold spread and out-of-fold scores."""
+    cross_fit = run.metrics.get("cross_fit")
+    folds, final = run.model_key.cross_fit, run.model_key.cross_fit_final
+    if not isinstance(cross_fit, dict):
+        return (
+            [f"Cross-fitted over {folds} folds ({final or 'final model unknown'})."]
+            if folds
+            else []
+        )
+    out_of_fold = cross_fit.get("out_of_fold") or {}
+    scores = (
+        f"out-of-fold AUC {number(out_of_fold.get('auc_roc'))}, balanced accuracy "
+        f"{number(out_of_fold.get('balanced_accuracy'))} ({out_of_fold.get('images', '?')} images, "
+        f"{out_of_fold.get('patients', '?')} patients)"
+    )
+    thresholds = ", ".join(number(value) for value in cross_fit.get("fold_thresholds") or [])
+    return [
+        f"Cross-fitted over {cross_fit['k']} folds of the training patients, final model: "
+        f"{cross_fit.get('final') or final or 'unknown'}; threshold {threshold_text(run)}"
+        + (f" (per fold: {thresholds})" if thresholds else "")
+        + f"; {scores}."
+    ]
 
 
 def _classifier_details(run: Run) -> list[str]:
@@ -156,7 +203,9 @@ def _model_section(figures: Figures, model: Model, slug: str) -> list[str]:
     return lines
 
 
-def _set_sections(figures: Figures, sets: list[EvaluationSet]) -> tuple[list[str], list[str]]:
+def _set_sections(
+    figures: Figures, sets: list[EvaluationSet], tests: Family
+) -> tuple[list[str], list[str]]:
     """The comparison section (curves and tests per evaluation set) and the calibration
     section (reliability diagram, Brier and ECE per evaluation set)."""
     comparison, calibration = [], []
@@ -175,7 +224,7 @@ def _set_sections(figures: Figures, sets: list[EvaluationSet]) -> tuple[list[str
         comparison += _images(links) + ([""] if links else [])
         notes += [f"left out of the curves: {note}" for note in skipped]
         comparison += [f"Note: {note}." for note in notes] + ([""] if notes else [])
-        comparison += comparison_lines(each)
+        comparison += comparison_lines(each, tests)
         calibration += [f"### {each.title}", ""]
         link = reliability(figures, each)
         calibration += [f"![reliability diagram]({link})", ""] if link else []
@@ -186,7 +235,9 @@ def _set_sections(figures: Figures, sets: list[EvaluationSet]) -> tuple[list[str
 def report_markdown(
     runs: list[Run], sets: list[EvaluationSet], left_out: list[str], figures: Figures
 ) -> str:
-    """REPORT.md, writing its figures through `figures` on the way."""
+    """REPORT.md, writing its figures through `figures` on the way. Every significance test
+    is computed first (one family, Holm-adjusted together), then rendered."""
+    tests = family(sets)
     classifiers = sum(len(model.runs) for each in sets for model in each.models)
     pretraining = [run for run in runs if run.kind == KIND_PRETRAIN]
     lines = [
@@ -201,10 +252,16 @@ def report_markdown(
         "",
         "Test-set scores with their 95% patient-bootstrap intervals (metrics.json), three "
         "decimals. Split: how the run's data were split (an image split puts one patient's "
-        "images in train and test). ⚠ marks a run whose predictions are degenerate.",
+        "images in train and test). Patient-level: each patient's mean probability against "
+        "the threshold (n/a for runs that do not record it). Threshold: a cross-fitted run's "
+        "with its sd over the folds. ⚠ marks a run whose predictions are degenerate.",
         "",
     ]
     lines += [results_table(sets) if sets else "No finished classifier run.", ""]
+    # The forest plot is drawn by figures.forest where that exists.
+    forest = getattr(figures_module, "forest", None)
+    link = forest(figures, sets) if forest is not None and sets else None
+    lines += [f"![forest plot]({link})", ""] if link else []
     lines += [
         "The report's published numbers:",
         "",
@@ -213,13 +270,15 @@ def report_markdown(
         published_reference(),
         "",
     ]
-    comparison, calibration = _set_sections(figures, sets)
+    comparison, calibration = _set_sections(figures, sets, tests)
     lines += [
         "## Model comparison",
         "",
         "Models evaluated on the same test images (or the same cross-validation folds), "
-        "their curves in one figure and the tests of their differences.",
+        "their curves and the tests of the differences the claims need; every test of every "
+        "pair is one family, Holm-adjusted together, the rest in the appendix.",
         "",
+        *(comparison_intro(tests) if comparison else []),
         *(comparison or ["No finished classifier run.", ""]),
     ]
     lines += [
@@ -239,10 +298,10 @@ def report_markdown(
         *leak_lines(runs),
         "### 2. Linear evaluation: SimCLR encoder vs random encoder",
         "",
-        *linear_lines(sets),
-        "### 3. Label efficiency: accuracy with 10%-100% of the labels",
+        *linear_lines(sets, tests),
+        "### 3. Label efficiency: balanced accuracy and AUC with 10%-100% of the labels",
         "",
-        *label_efficiency_lines(sets, figures),
+        *label_efficiency_lines(sets, figures, tests),
     ]
     lines += ["## Models", ""]
     for each in sets:
@@ -255,7 +314,8 @@ def report_markdown(
     lines += [f"- {note}" for note in left_out] + ([""] if left_out else [])
     skipped = figures.skipped_gradcam
     lines += [f"Grad-CAM panels left out: {len(skipped)}.", ""]
-    lines += [f"- {note}" for note in skipped]
+    lines += [f"- {note}" for note in skipped] + ([""] if skipped else [])
+    lines += appendix_lines(sets, tests)
     return "\n".join(lines).rstrip("\n") + "\n"
 
 

@@ -25,6 +25,11 @@ class Model:
     notes: list[str] = field(default_factory=list)
     cross_validation: bool = False
 
+    @property
+    def degenerate(self) -> str | None:
+        """The flag of the first of its runs that predicts one class for every test image."""
+        return next((run.degenerate for run in self.runs if run.degenerate), None)
+
     def fold_values(self, metric: str) -> list[tuple[int, float]]:
         """`(fold index, value)` of each fold run where the metric is defined."""
         return [
@@ -51,8 +56,9 @@ class EvaluationSet:
 
 
 def _pool(model: Model, overlapping: bool) -> None:
-    """Sets `model.pooled`: its runs' predictions concatenated and sorted by image key."""
-    keys, labels, probabilities = [], [], []
+    """Sets `model.pooled`: its runs' predictions concatenated and sorted by image key, with
+    each image's patient key ("" where predictions.csv names none)."""
+    keys, labels, probabilities, patients = [], [], [], []
     for run in model.runs:
         if run.predictions is None:
             continue
@@ -65,6 +71,11 @@ def _pool(model: Model, overlapping: bool) -> None:
         ]
         labels.append(run.predictions["label"])
         probabilities.append(run.predictions["probability"])
+        # A patient of overlapping folds is one cluster per fold, as its images are keyed.
+        fold = f"fold {prefix[0]}: " if prefix else ""
+        patients += [
+            f"{fold}{patient}" if patient else "" for patient in run.predictions["patient"]
+        ]
     missing = [run.name for run in model.runs if run.predictions is None]
     if missing:
         model.notes.append(f"no usable predictions in {', '.join(missing)}")
@@ -75,6 +86,7 @@ def _pool(model: Model, overlapping: bool) -> None:
         "keys": [keys[i] for i in order],
         "label": np.concatenate(labels)[order],
         "probability": np.concatenate(probabilities)[order],
+        "patient": [patients[i] for i in order],
     }
 
 
@@ -180,6 +192,20 @@ def _cross_validation_set(number: int, count: int, kind: str, group: list[Run]) 
     parent = PurePath(group[0].data).parent.as_posix()
     title = f"Cross-validation {number}: {count} {kind} folds of `{parent}`"
     return EvaluationSet(title, f"cv-{number}", models, fold_count=count, fold_kind=kind)
+
+
+def shared_patients(model_a: Model, model_b: Model) -> list[str] | None:
+    """The patient key of each image both models scored (aligned with `shared_predictions`),
+    or None when neither's predictions.csv names patients: an image whose patient neither
+    names is its own patient."""
+    if shared_predictions(model_a, model_b) is None:
+        return None
+    pairs = zip(model_a.pooled["patient"], model_b.pooled["patient"], strict=True)
+    named = [a or b for a, b in pairs]
+    if not any(named):
+        return None
+    keys = model_a.pooled["keys"]
+    return [str(patient) if patient else f"image {keys[i]}" for i, patient in enumerate(named)]
 
 
 def shared_predictions(model_a: Model, model_b: Model):

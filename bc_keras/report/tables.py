@@ -12,11 +12,16 @@ from bc_keras.evaluation.metrics import BOOTSTRAP_METRICS, VIEW_TABLE, metrics_i
 from bc_keras.prepare.split import SPLIT_IMAGE
 from bc_keras.report.runs import ENCODER_PRETRAINED, ModelKey, Run
 from bc_keras.report.sets import EvaluationSet
+from bc_keras.report.validation import PATIENT_LEVEL
 
 DECIMALS = 3
 CALIBRATION_BINS = 10
 # (metrics.json key, column title); the results table shows each with its 95% interval.
 TABLE_METRICS = tuple((metric.key, metric.title) for metric in metrics_in(VIEW_TABLE))
+# metrics.json "patient_level" scores shown beside the image-level ones (each patient's mean
+# probability against the threshold); "n/a" for older runs that do not record them.
+PATIENT_METRICS = (("balanced_accuracy", "patient-level balanced accuracy"),
+                   ("auc_roc", "patient-level AUC"))  # fmt: skip
 PUBLISHED_METRICS = ("accuracy", "precision", "recall", "f1", "auc_roc")
 
 # The report's own test-set numbers (the original project report, "Results" -> "Comparisons":
@@ -82,6 +87,10 @@ RESULT_COLUMNS = (
     "specificity_high",
     "threshold",
     "threshold_method",
+    *(f"patient_{m}" for m, _ in PATIENT_METRICS),
+    "cross_fit",
+    "cross_fit_final",
+    "threshold_sd",
     "brier_score",
     "expected_calibration_error",
     "flags",
@@ -156,6 +165,22 @@ def flags_text(run: Run) -> str:
     return f"**⚠ {'; '.join(flags)}**" if flags else ""
 
 
+def patient_level(run: Run, metric: str):
+    """The run's patient-level `metric` (metrics.json "patient_level"), None when absent."""
+    entry = run.metrics.get(PATIENT_LEVEL)
+    return entry.get(metric) if isinstance(entry, dict) else None
+
+
+def threshold_text(run: Run) -> str:
+    """The run's threshold; for a cross-fitted run with its spread over the folds, e.g.
+    "0.410, sd 0.080 over 5 folds"."""
+    threshold = number(run.metrics.get("threshold"))
+    cross_fit = run.metrics.get("cross_fit")
+    if not isinstance(cross_fit, dict):
+        return threshold
+    return f"{threshold}, sd {number(cross_fit.get('threshold_sd'))} over {cross_fit['k']} folds"
+
+
 def calibration(labels, probabilities) -> tuple[float, float]:
     """(Brier score, expected calibration error over CALIBRATION_BINS bins)."""
     return (
@@ -178,6 +203,8 @@ def results_table(sets: list[EvaluationSet]) -> str:
         "fold",
         "test images / patients",
         *(title for _, title in TABLE_METRICS),
+        *(title for _, title in PATIENT_METRICS),
+        "threshold",
         "report (acc / prec / rec / F1 / AUC)",
         "flags",
     ]
@@ -194,6 +221,8 @@ def results_table(sets: list[EvaluationSet]) -> str:
                 fold_text(run),
                 size_text(run),
                 *(with_interval(run.metrics.get(m), intervals.get(m)) for m, _ in TABLE_METRICS),
+                *(number(patient_level(run, m)) for m, _ in PATIENT_METRICS),
+                threshold_text(run),
                 reference,
                 flags_text(run),
             ]
@@ -248,7 +277,14 @@ def result_record(each: EvaluationSet, run: Run) -> dict:
         "threshold": metrics.get("threshold"),
         "threshold_method": metrics.get("threshold_method"),
         "flags": "; ".join(metrics.get("flags") or []),
+        "cross_fit": key.cross_fit,
+        "cross_fit_final": key.cross_fit_final,
     }
+    cross_fit = metrics.get("cross_fit")
+    if isinstance(cross_fit, dict):
+        record["threshold_sd"] = cross_fit.get("threshold_sd")
+    for metric, _ in PATIENT_METRICS:
+        record[f"patient_{metric}"] = patient_level(run, metric)
     for metric in (*(m for m, _ in TABLE_METRICS), "specificity"):
         record[metric] = metrics.get(metric)
         low_high = intervals.get(metric) or (None, None)

@@ -353,8 +353,11 @@ def test_cross_validation_mean_sd_pooled_roc_and_paired_test(study):
     paired = statistics.paired_fold_test(*([m["auc_roc"] for m in x] for x in (cnn, transfer)))
     assert tests[0]["p (paired, folds)"] == p_value(paired["p_value"])
     assert tests[0]["mean AUC difference over folds (A - B)"] == f"{paired['mean_difference']:+.3f}"
-    verdict = "significant" if paired["p_value"] < 0.05 else "not significant"
-    assert tests[0]["verdict"].startswith(f"paired: {verdict} (p")
+    holm = float(tests[0]["p (paired, Holm)"])
+    assert holm >= paired["p_value"], "Holm never lowers a p-value"
+    verdict = "significant" if holm < 0.05 else "not significant"
+    assert tests[0]["verdict"].startswith(f"paired: {verdict} (Holm p")
+    assert tests[0]["shown for"] == "vs the best headline model"
     assert "![pooled out-of-fold ROC curves](figures/cv-1/roc_overlay.png)" in comparison
 
 
@@ -362,16 +365,27 @@ def test_delong_on_a_shared_test_set_and_calibration(study):
     root, _, text = study
     heading = f"### Test set 1: `{root / 'data' / 'patient'}` (60 images, 10 patients)"
     comparison = section(text, heading)
-    tests = table(comparison, "model A")
-    assert len(tests) == 21, "7 models on the patient split: every pair is tested"
-    pairs = {(r["model A"], r["model B"]): r for r in tests}
+    main = table(comparison, "model A")
+    appendix = table(section(text, f"{heading} (appendix)"), "model A")
+    assert len(main) + len(appendix) == 21, "7 models on the patient split: every pair is tested"
+    assert {r["shown for"] for r in main} == {
+        "claim 2 (SimCLR vs random encoder)",
+        "claim 3 (label fraction vs all labels)",
+        "vs the best headline model",
+    }
+    pairs = {(r["model A"], r["model B"]): r for r in appendix}
     row = pairs["baseline CNN (report recipe)", "ResNet-18 linear, random encoder (report recipe)"]
     a = read_predictions(root / "runs/cnn/patient/predictions.csv")
     b = read_predictions(root / "runs/linear/random/predictions.csv")
-    delong = statistics.delong_test(a["label"], a["probability"], b["probability"])
-    assert row["p (DeLong)"] == p_value(delong["p_value"])
-    assert row["DeLong z"] == f"{delong['z']:.2f}"
-    assert "Bonferroni" in comparison and f"p = {0.05 / 21:.3g}" in comparison
+    test = statistics.auc_difference_test(
+        a["label"], a["probability"], b["probability"], patients=a["patient"]
+    )
+    assert test["method"] == "obuchowski" and test["clusters"] == 10
+    assert row["AUC test"] == "clustered DeLong (Obuchowski), 10 patients"
+    assert row["p (AUC test)"] == p_value(test["p_value"])
+    assert row["z"] == f"{test['z']:.2f}"
+    # 21 pairs on the test set, 1 pair with two tests on the cross-validation set
+    assert "over the report's whole family of 23 tests" in section(text, "## Model comparison")
     calibration = section(section(text, "## Calibration"), heading)
     rows = {row["model"]: row for row in table(calibration, "model")}
     row = rows["baseline CNN (report recipe)"]
@@ -390,25 +404,35 @@ def test_the_reports_claims_are_measured(study):
     assert leak[0]["accuracy (image split)"] == expected_cell(image, "accuracy")
     assert leak[0]["accuracy inflation"] == f"{image['accuracy'] - patient['accuracy']:+.3f}"
     assert leak[0]["AUC inflation"] == f"{image['auc_roc'] - patient['auc_roc']:+.3f}"
-    assert "DeLong's test (which needs the same images) does not apply" in claims
+    assert "an AUC test (which needs the same images) does not apply" in claims
+    assert leak[0]["balanced accuracy inflation"] == (
+        f"{image['balanced_accuracy'] - patient['balanced_accuracy']:+.3f}"
+    )
+    assert leak[0]["claim"] == "measured"
     linear = table(
         section(claims, "### 2. Linear evaluation: SimCLR encoder vs random encoder"), "test set"
     )
     simclr, random = metrics_of(root, "linear/simclr"), metrics_of(root, "linear/random")
-    assert linear[0]["difference"] == f"{simclr['accuracy'] - random['accuracy']:+.3f}"
-    assert linear[0]["AUC test"].startswith("DeLong: p = ")
-    efficiency = section(claims, "### 3. Label efficiency: accuracy with 10%-100% of the labels")
+    assert linear[0]["accuracy difference"] == f"{simclr['accuracy'] - random['accuracy']:+.3f}"
+    assert linear[0]["AUC difference"] == f"{simclr['auc_roc'] - random['auc_roc']:+.3f}"
+    assert linear[0]["AUC test"].startswith("clustered DeLong (Obuchowski), 10 patients: p = ")
+    efficiency = section(
+        claims, "### 3. Label efficiency: balanced accuracy and AUC with 10%-100% of the labels"
+    )
     full, ten = metrics_of(root, "cnn/patient"), metrics_of(root, "cnn/patient_10")
-    drop = (full["accuracy"] - ten["accuracy"]) * 100
+    drops = [(full[m] - ten[m]) * 100 for m in ("balanced_accuracy", "auc_roc", "accuracy")]
+    assert min(drops) > 0, "the fixture's CNN loses on every measure with 10% labels"
     assert (
-        f"- baseline CNN (report recipe): at 10% labels accuracy drops {drop:.1f} points "
-        "(report: ~15 points)."
+        f"- baseline CNN (report recipe): at 10% labels balanced accuracy drops {drops[0]:.1f} "
+        f"points, AUC drops {drops[1]:.1f} points, accuracy drops {drops[2]:.1f} points "
+        "(report: ~15 points of accuracy)."
     ) in efficiency
     full, ten = metrics_of(root, "finetune/full"), metrics_of(root, "finetune/ten")
     drop = (full["balanced_accuracy"] - ten["balanced_accuracy"]) * 100
     rows = table(efficiency, "model")
     row = next(r for r in rows if r["label fraction"] == "0.1" and "fine-tuned" in r["model"])
-    assert row["balanced accuracy drop (points)"] == f"{drop:+.1f}" and row["run"] == "finetune/ten"
+    assert row["balanced accuracy drop from all labels (points)"] == f"{drop:+.1f}"
+    assert row["run"] == "finetune/ten"
     assert "Not measured" not in efficiency
 
 
@@ -497,9 +521,12 @@ def test_broken_predictions_official_folds_and_relative_paths(tmp_path, monkeypa
     assert "Figure roc_curve.png: not a PNG." in cnn_section
     redrawn = tmp_path / "out" / "figures" / "cnn" / "training_curves.png"
     assert redrawn.read_bytes().startswith(PNG_SIGNATURE) and "![ROC curve]" not in cnn_section
-    official = section(comparison, "### Cross-validation 1: 2 official folds of `data/official`")
+    # A CNN vs a random-encoder linear model: no claim's pair, so in the appendix.
+    official = section(
+        text, "### Cross-validation 1: 2 official folds of `data/official` (appendix)"
+    )
     test = table(official, "model A")[0]
-    assert test["DeLong z"] == "n/a: the official folds' test sets overlap"
+    assert test["AUC test"] == "n/a: the official folds' test sets overlap"
     cnn = [metrics_of(tmp_path, f"cnn_{k}")["auc_roc"] for k in (1, 2)]
     linear = [metrics_of(tmp_path, f"simclr_linear_{k}")["auc_roc"] for k in (1, 2)]
     assert test["p (paired, folds)"] == p_value(statistics.paired_fold_test(cnn, linear)["p_value"])
