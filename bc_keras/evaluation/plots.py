@@ -432,6 +432,8 @@ def plot_forest(rows, path, title: str = "Scores with 95% intervals", reference:
             axis.plot([v for _, v, _, _ in scored], [y for y, *_ in scored], linestyle="none",
                       marker="o", color="black", markersize=5)  # fmt: skip
         axis.axvline(reference, **REFERENCE)
+        for y in sorted(set(range(len(labels))) - {y for y, *_ in scored}):
+            axis.text(reference, y, " n/a", va="center", fontsize=8, color="grey")
         shown = [n for _, *numbers in scored for n in numbers if n is not None] + [reference]
         axis.set_xlim(min(min(shown), 0.45) - 0.03, max(max(shown), 1.0) + 0.03)
         axis.set_xlabel(metric)
@@ -439,5 +441,5 @@ def plot_forest(rows, path, title: str = "Scores with 95% intervals", reference:
         axis.grid(axis="x", alpha=0.3)
     axes[0, 0].set_yticks(range(len(labels)), wrapped, fontsize=8)
     axes[0, 0].set_ylim(len(labels) - 0.5, -0.5)  # the first model on top
-    figure.suptitle(textwrap.fill(title, 90), fontsize=10)
+    figure.suptitle(textwrap.fill(title, 90, break_on_hyphens=False), fontsize=10)
     return _save(figure, path)

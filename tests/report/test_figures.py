@@ -274,6 +274,8 @@ def test_forest_plot_has_one_row_per_model_with_its_values(drawn, tmp_path):
     points, bars = _points(balanced_axes)
     assert points == pytest.approx({0: 0.83, 2: cv_balanced})
     assert_bars(bars, {0: (0.76, 0.9), 2: (cv_balanced - sd_balanced, cv_balanced + sd_balanced)})
+    # The model without a balanced accuracy keeps its row, marked n/a at the reference line.
+    assert [(t.get_text(), t.get_position()) for t in balanced_axes.texts] == [(" n/a", (0.5, 1))]
     for axes in figure.axes:
         (reference,) = [line for line in axes.get_lines() if line.get_linestyle() == ":"]
         assert list(reference.get_xdata()) == [0.5, 0.5]
