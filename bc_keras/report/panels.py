@@ -18,7 +18,7 @@ PANEL_KINDS = (
     ("label_fractions", "label-fraction variants", lambda model: model.key.label_fraction < 1),
     ("image_split", "image-split models (patients leak)",
      lambda model: any(run.protocol == SPLIT_IMAGE for run in model.runs)),
-    ("cross_fitted", "cross-fitted models", lambda model: bool(getattr(model.key, "cross_fit", 0))),
+    ("cross_fitted", "cross-fitted models", lambda model: model.key.cross_fit > 0),
     ("single_folds", "single folds",
      lambda model: not model.cross_validation and any(run.fold for run in model.runs)),
 )  # fmt: skip

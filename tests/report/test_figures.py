@@ -299,3 +299,22 @@ def test_panel_colours_come_from_the_palette(thirteen, drawn, tmp_path):
     for _, figure in drawn:
         colours = [matplotlib.colors.to_hex(line.get_color()) for line in _curves(figure.axes[0])]
         assert colours == list(PALETTE[: len(colours)])
+
+
+def test_cross_fitted_models_and_single_folds_have_panels_of_their_own():
+    fold = {"index": 1, "count": 1, "kind": "kfold"}
+    models = [
+        _model(ModelKey("cnn", cross_fit=5, cross_fit_final="ensemble"), "cross-fit", _run("a")),
+        _model(ModelKey("cnn"), "one fold", _run("b", fold=fold)),
+        _model(ModelKey("cnn"), "headline", _run("c")),
+        _model(ModelKey("cnn", label_fraction=0.1), "ten percent", _run("d", split="image")),
+    ]
+    assert [(name, [m.label for m in group]) for name, group in
+            report_figures.panel_groups(models)] == [
+        ("", ["headline"]), ("label_fractions", ["ten percent"]),
+        ("cross_fitted", ["cross-fit"]), ("single_folds", ["one fold"]),
+    ]  # fmt: skip
+    # In a cross-validation set each model is pooled over folds: a headline model.
+    models[1].cross_validation = True
+    assert report_figures.panel_groups(models[1:3])[0] == ("", models[1:3])
+    assert report_figures.panel_groups([]) == []
