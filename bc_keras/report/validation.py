@@ -22,6 +22,7 @@ _FINALS_TEXT = " or ".join(map(repr, CROSS_FIT_FINALS))
 PATIENT_LEVEL = "patient_level"
 PATIENT_SCORES = ("accuracy", "balanced_accuracy", "precision", "recall", "specificity", "f1",
                   "auc_roc")  # fmt: skip
+PATIENT_COUNTS = ("patients", "benign_patients", "malignant_patients")
 
 
 def is_number(value) -> bool:
@@ -94,8 +95,9 @@ def _malformed_patient_level(entry) -> str | None:
         )
     ):
         return f"{PATIENT_LEVEL}.confusion_matrix is not [[tn, fp], [fn, tp]] of counts"
-    if entry.get("patients") is not None and not _is_count(entry["patients"]):
-        return f"{PATIENT_LEVEL}.patients is {shorten(repr(entry['patients']), 40)}, not a count"
+    for key in PATIENT_COUNTS:
+        if entry.get(key) is not None and not _is_count(entry[key]):
+            return f"{PATIENT_LEVEL}.{key} is {shorten(repr(entry[key]), 40)}, not a count"
     return _bad_scores(entry, PATIENT_SCORES, PATIENT_LEVEL)
 
 
