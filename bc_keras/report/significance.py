@@ -144,7 +144,7 @@ def compare(each: EvaluationSet, model_a: Model, model_b: Model) -> Comparison:
     return result
 
 
-def _reasons(each: EvaluationSet, model_a: Model, model_b: Model, best: Model | None) -> list:
+def _reasons(model_a: Model, model_b: Model, best: Model | None) -> list[str]:
     """Why the main text shows the pair (see MAIN_RULE)."""
     a, b = model_a.key, model_b.key
     reasons = []
@@ -217,7 +217,7 @@ def family(sets: list[EvaluationSet]) -> Family:
         best = best_model(each)
         for model_a, model_b in itertools.combinations(each.models, 2):
             comparison = compare(each, model_a, model_b)
-            comparison.reasons = _reasons(each, model_a, model_b, best)
+            comparison.reasons = _reasons(model_a, model_b, best)
             comparisons.append(comparison)
     result = Family(comparisons)
     result.adjust()
