@@ -26,6 +26,7 @@ from bc_keras.prepare.index import (
     is_archive,
     parse_magnifications,
 )
+from bc_keras.prepare.kfold import patient_folds, split_kfold_by_patient
 from bc_keras.prepare.layout import PrepareResult, prepare_split
 from bc_keras.prepare.manifest import (
     MANIFEST_COLUMNS,
@@ -60,7 +61,6 @@ from bc_keras.prepare.split import (
     split_by_fold,
     split_by_image,
     split_by_patient,
-    split_kfold_by_patient,
     validate_ratios,
 )
 
@@ -110,6 +110,7 @@ __all__ = [
     "split_by_fold",
     "split_by_image",
     "split_by_patient",
+    "patient_folds",
     "split_kfold_by_patient",
     "split_summary",
     "staged_output",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bc_keras.errors import DataError
 from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS
+from bc_keras.prepare import kfold
 from bc_keras.prepare import split as splitting
 from bc_keras.prepare.index import (
     PROGRESS_EVERY,
@@ -87,7 +88,7 @@ def _split_folds(records, folds, fold_files, fold_groups, ratios, seed, trials, 
     """The records of every fold (split set) and, per fold, the images its fold file leaves out."""
     if folds is not None:
         val_share = ratios[1] / (ratios[0] + ratios[1])
-        chosen = splitting.split_kfold_by_patient(records, folds, seed, val_share, trials)
+        chosen = kfold.split_kfold_by_patient(records, folds, seed, val_share, trials)
         return chosen, [0] * folds
     chosen, left_out = [], []
     for index, (path, groups) in enumerate(zip(fold_files, fold_groups, strict=True), start=1):
@@ -125,7 +126,7 @@ def prepare_folds(
         source: a BreaKHis tar archive or a folder at any level of the tree.
         out: the folds folder to write.
         folds: K for patient-grouped, class-stratified K folds (see
-            `splitting.split_kfold_by_patient`); give this or `fold_files`.
+            `kfold.split_kfold_by_patient`); give this or `fold_files`.
         fold_files: official dsfoldN.txt files, one fold each: its test group is the test set,
             validation is carved by patient from its train group.
         ratios: train/val/test ratios; validation takes ratios[1] / (ratios[0] + ratios[1]) of

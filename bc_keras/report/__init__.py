@@ -2,7 +2,10 @@
 figures, runs, evaluation sets, tables and the comparison table."""
 
 
-_SUBMODULES = {"claims", "compare", "document", "figures", "runs", "sets", "tables"}
+_SUBMODULES = {
+    "claims", "compare", "document", "figures", "forest", "panels", "runs", "sets", "significance",
+    "tables", "validation",
+}  # fmt: skip
 
 
 def __getattr__(name: str):
