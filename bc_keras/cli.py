@@ -104,6 +104,7 @@ _TYPES = {
     "phase1_epochs": positive_int,
     "phase2_epochs": positive_int,
     "freeze_epochs": non_negative_int,
+    "cross_fit": non_negative_int,
     "learning_rate": positive_float,
     "finetune_learning_rate": positive_float,
     "min_learning_rate": positive_float,

@@ -209,7 +209,7 @@ class RunLock:
 # Config keys a resumed run may change: they do not change what is trained.
 RESUMABLE_CHANGES = ("resume", "run_dir", "model_out", "tune_threshold", "_environment")
 # Keys a run adds to its config.json once it knows them (see `record_in_config`).
-RECORDED_KEYS = ("label_fraction_used",)
+RECORDED_KEYS = ("label_fraction_used", "cross_fit_assignment")
 
 
 def check_resume_config(run_dir, config) -> None:

@@ -21,6 +21,9 @@ CLASS_WEIGHTS = CLASS_WEIGHT_NONE, CLASS_WEIGHT_BALANCED = ("none", "balanced")
 MONITORS = MONITOR_LOSS, MONITOR_AUC = ("val_loss", "val_auc")
 THRESHOLD_METHODS = THRESHOLD_YOUDEN, THRESHOLD_BALANCED_ACCURACY = ("youden", "balanced_accuracy")
 PREPROCESS_RESCALE, PREPROCESS_BACKBONE, ENCODER_NONE = "rescale", "backbone", "none"
+# What a cross-fitted run keeps (issue 18): the mean of its K fold models, or one model refitted
+# on all of train + val for the folds' median epochs.
+CROSS_FIT_FINALS = CROSS_FIT_ENSEMBLE, CROSS_FIT_REFIT = ("ensemble", "refit")
 # The keras.applications backbones of transfer learning (SPEC 4): the registry's names (a
 # live view, so a backbone registered later is a valid choice too).
 BACKBONES = backbones.BACKBONES.keys()
@@ -39,6 +42,7 @@ RECIPE_VALUES = {
         "threshold": 0.5,
         "tta": False,
         "preprocess": PREPROCESS_RESCALE,
+        "cross_fit": 0,
     },
     RECIPE_ROBUST: {
         "class_weight": CLASS_WEIGHT_BALANCED,
@@ -48,6 +52,7 @@ RECIPE_VALUES = {
         "threshold": THRESHOLD_YOUDEN,
         "tta": True,
         "preprocess": PREPROCESS_BACKBONE,
+        "cross_fit": 0,
     },
 }
 

@@ -11,6 +11,8 @@ from bc_keras import backbones
 from bc_keras.config.options import (
     BACKBONES,
     CLASS_WEIGHTS,
+    CROSS_FIT_ENSEMBLE,
+    CROSS_FIT_FINALS,
     ENCODER_NONE,
     GROUP_DATA,
     GROUP_EVALUATION,
@@ -179,6 +181,31 @@ class ClassifierConfig(RunConfig):
         "also report metrics at the threshold maximising Youden's J on the validation split",
         GROUP_EVALUATION,
     )
+    cross_fit: int | None = recipe_option(
+        "--cross-fit",
+        "K >= 2: split train + val into K patient-grouped, class-stratified folds, train one "
+        "model per fold (each keeping its epoch and phase by its own held-out fold), choose "
+        "--threshold on the out-of-fold probabilities of every train + val patient, and keep "
+        "--cross-fit-final; 0 = one model chosen on the val split",
+        metavar="K",
+    )
+    cross_fit_final: str = option(
+        CROSS_FIT_ENSEMBLE,
+        "--cross-fit-final",
+        "with --cross-fit: 'ensemble' saves one .h5 averaging the K fold models' probabilities; "
+        "'refit' trains one model on all of train + val for the median of the folds' selected "
+        "epochs (per phase)",
+        GROUP_ROBUST,
+        choices=CROSS_FIT_FINALS,
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.cross_fit == 1 or self.cross_fit < 0:
+            raise ConfigError(
+                f"--cross-fit {self.cross_fit} is not a number of folds; pass --cross-fit 2 or "
+                "more (5 is usual), or 0 for the single validation split"
+            )
 
 
 @dataclass(kw_only=True)

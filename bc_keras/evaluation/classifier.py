@@ -77,6 +77,7 @@ def evaluate_classifier(
     threshold_method: str = FIXED_THRESHOLD,
     validation: ImageDataset | None = None,
     tune_threshold: bool = False,
+    tuned_threshold: float | None = None,
     tta: bool = False,
     title: str = "",
     bootstrap_samples: int = 1000,
@@ -87,7 +88,9 @@ def evaluate_classifier(
     metrics.json and the figures.
 
     With `tune_threshold`, a second set of metrics uses the threshold that maximises Youden's J
-    on the validation split (never chosen on the test split). A test split with one class, or
+    on the validation split (never chosen on the test split), or `tuned_threshold` when the
+    caller chose it already (a cross-fitted run: on its out-of-fold probabilities). A test
+    split with one class, or
     a model that predicts one class for every test image, is warned about and flagged.
     `extra` keys (e.g. `label_fraction_used`) are recorded in metrics.json too.
 
@@ -122,7 +125,15 @@ def evaluate_classifier(
             samples=bootstrap_samples,
             seed=seed,
         )
-    if tune_threshold:
+    if tune_threshold and tuned_threshold is not None:
+        result["tuned_on_validation"] = bc_metrics.compute_metrics(
+            labels,
+            probabilities,
+            threshold=tuned_threshold,
+            patients=patient_keys,
+            magnifications=magnification_keys,
+        )
+    elif tune_threshold:
         if validation is None:
             raise ValueError("tune_threshold needs the validation split.")
         if len(np.unique(validation.labels)) < 2:

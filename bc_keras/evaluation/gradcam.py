@@ -15,6 +15,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bc_keras.models.ensemble import ensemble_members  # noqa: E402
+
 TARGET_MALIGNANT = "malignant"
 TARGET_BENIGN = "benign"
 TARGETS = (TARGET_MALIGNANT, TARGET_BENIGN)
@@ -293,6 +295,9 @@ def gradcam(
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive. Received: batch_size={batch_size}")
     images = _check_images(model, images)
+    members = ensemble_members(model)
+    if members:
+        return _ensemble_gradcam(members, images, layer_name, target, batch_size, return_probabilities)
     path = find_target_layer(model, layer_name)
     output_layer = _output_layer(model)
     sign = 1.0 if target == TARGET_MALIGNANT else -1.0
@@ -309,6 +314,22 @@ def gradcam(
     heatmaps = np.clip(np.concatenate(heatmaps), 0.0, 1.0)
     if return_probabilities:
         return heatmaps, np.concatenate(probabilities)
+    return heatmaps
+
+
+def _ensemble_gradcam(members, images, layer_name, target, batch_size, return_probabilities):
+    """A cross-fitted ensemble's map: the mean of its members' maps (each in [0, 1]), scaled
+    to a peak of 1 again. The ensemble's probability is the mean of the members' sigmoids, so
+    no single feature map carries its logit; each member's evidence counts equally instead."""
+    results = [
+        gradcam(member, images, layer_name, target, batch_size, return_probabilities=True)
+        for member in members
+    ]
+    mean = np.mean([maps for maps, _ in results], axis=0)
+    peaks = mean.max(axis=(1, 2), keepdims=True)
+    heatmaps = np.where(peaks > 0, mean / np.where(peaks > 0, peaks, 1.0), 0.0).astype(np.float32)
+    if return_probabilities:
+        return heatmaps, np.mean([p for _, p in results], axis=0).astype(np.float32)
     return heatmaps
 
 

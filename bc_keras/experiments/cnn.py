@@ -11,30 +11,43 @@ TITLE = experiments.EXPERIMENTS[CNNConfig].title
 
 
 def run(config: CNNConfig) -> dict:
-    """Trains, saves and evaluates the baseline CNN; returns the test metrics."""
-    with common.classifier_run(config, PREPROCESS_RESCALE, DEFAULT_INTERPOLATION) as (run, sets):
-        with run.scope():
-            model = models.build_baseline_cnn(
-                config.image_size,
-                config.dense_units,
-                config.dropout,
-                config.batch_norm_momentum,
-                synchronized_batch_norm=run.replicas() > 1,
-            )
+    """Trains (on one validation split, or cross-fitted), saves and evaluates the baseline
+    CNN; returns the test metrics."""
+    return common.run_classifier(
+        config,
+        PREPROCESS_RESCALE,
+        DEFAULT_INTERPOLATION,
+        train,
+        lambda sets: {"architecture": "baseline_cnn"},
+        TITLE,
+    )
 
-        def prepare():
-            with run.scope():
-                models.compile_classifier(model, config.learning_rate, config.jit_compile)
 
-        phase = common.Phase(1, config.epochs, config.learning_rate, prepare)
-        common.fit_phases(
-            model,
-            [phase],
-            run,
-            sets,
-            reduce_lr_patience=config.reduce_lr_patience,
-            reduce_lr_factor=config.reduce_lr_factor,
-            min_learning_rate=config.min_learning_rate,
+def train(run, sets, epochs=None):
+    """Builds and trains the CNN on `sets` (see `common.fit_phases` for `epochs`)."""
+    config = run.config
+    with run.scope():
+        model = models.build_baseline_cnn(
+            config.image_size,
+            config.dense_units,
+            config.dropout,
+            config.batch_norm_momentum,
+            synchronized_batch_norm=run.replicas() > 1,
         )
-        metadata = {"architecture": "baseline_cnn"}
-        return common.finish_classifier(model, run, sets, metadata, TITLE)
+
+    def prepare():
+        with run.scope():
+            models.compile_classifier(model, config.learning_rate, config.jit_compile)
+
+    phase = common.Phase(1, config.epochs, config.learning_rate, prepare)
+    selected = common.fit_phases(
+        model,
+        [phase],
+        run,
+        sets,
+        epochs=epochs,
+        reduce_lr_patience=config.reduce_lr_patience,
+        reduce_lr_factor=config.reduce_lr_factor,
+        min_learning_rate=config.min_learning_rate,
+    )
+    return model, selected

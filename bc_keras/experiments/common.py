@@ -7,7 +7,7 @@ import contextlib
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -169,7 +169,14 @@ def class_weights(config: ClassifierConfig, labels) -> dict | None:
     return weights
 
 
-def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **callback_options):
+def fit_phases(
+    model,
+    phases: list[Phase],
+    run: Run,
+    sets: ClassifierData,
+    epochs: list[int] | None = None,
+    **callback_options,
+) -> list[int | None]:
     """Trains through `phases` with the one early-stopping rule of SPEC 6: the model kept is
     the best on validation over all phases (a later phase starts from the best value and
     weights the earlier ones handed over, and gives them back if it never beats them).
@@ -177,19 +184,38 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
     A completed phase leaves its weights and best value in the backup folder, so `--resume`
     after an interruption skips it and continues the phase that was running (or, once all are
     done, goes straight to saving and evaluating).
+
+    Args:
+        epochs: a refit without validation (`sets.validation` None): each phase runs exactly
+            this many epochs (a phase given 0 is skipped) and keeps its last weights.
+
+    Returns:
+        The epochs each phase contributed to the model kept: its best epoch (1-based), 0 for a
+        later phase that never beat the earlier ones, None where a resumed run's record of a
+        phase finished by an older version does not say.
     """
     config = run.config
     numbered = len(phases) > 1
     best_value, best_weights = None, None
     weights = class_weights(config, sets.train_files.labels)
+    selected: list[int | None] = []
+    select = epochs is None
+    if not select:
+        if len(epochs) != len(phases):
+            raise ValueError(f"epochs must give one count per phase. Received: epochs={epochs!r}")
+        phases = [replace(phase, epochs=count) for phase, count in zip(phases, epochs, strict=True)]
     for phase in phases:
+        if phase.epochs == 0:
+            selected.append(0)
+            continue
         backup_name = f"{runs.BACKUP_DIR}/phase{phase.number}" if numbered else runs.BACKUP_DIR
         marker = run.run_dir / runs.BACKUP_DIR / PHASE_WEIGHTS.format(number=phase.number)
         state = run.run_dir / runs.BACKUP_DIR / PHASE_STATE.format(number=phase.number)
         if config.resume and marker.is_file() and state.is_file():
             model.load_weights(marker)
-            best_value = json.loads(state.read_text())["best"]
-            best_weights = model.get_weights()
+            record = json.loads(state.read_text())
+            best_value, best_weights = record["best"], model.get_weights()
+            selected.append(_epochs_kept(record.get("best_epoch"), select, phase))
             print(f"phase {phase.number} finished before the interruption; going on")
             continue
         if phase.description:
@@ -215,13 +241,14 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
             complete_marker=tuple(
                 run.write_dir / path.relative_to(run.run_dir) for path in (marker, state)
             ),
+            select=select,
             **callback_options,
         )
         run.training_started = True
         with distribute.fit_scope(model, run.strategy):
             model.fit(
                 train.data,
-                validation_data=sets.validation.data,
+                validation_data=None if sets.validation is None else sets.validation.data,
                 epochs=epochs,
                 steps_per_epoch=train.steps,
                 class_weight=weights,
@@ -231,19 +258,61 @@ def fit_phases(model, phases: list[Phase], run: Run, sets: ClassifierData, **cal
             )
         stopping = training.early_stopping_of(callbacks)
         best_value, best_weights = stopping.best, model.get_weights()
+        selected.append(_epochs_kept(stopping.best_epoch, select, phase))
+    return selected
 
 
-def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, title: str) -> dict:
+def _epochs_kept(best_epoch, select: bool, phase: Phase) -> int | None:
+    if not select:
+        return phase.epochs
+    if best_epoch is None:
+        return None
+    return int(best_epoch) + 1 if best_epoch >= 0 else 0
+
+
+def run_classifier(
+    config: ClassifierConfig, preprocess: str, interpolation: str, train, metadata, title: str
+) -> dict:
+    """The classifier run of every experiment: data checked, the model trained by
+    `train(run, sets, epochs=None) -> (model, selected_epochs)` (see `fit_phases`) on the one
+    validation split, or cross-fitted over K folds of train + val (`--cross-fit K`), then
+    saved and evaluated. `metadata(sets)` gives the experiment's own .h5 metadata."""
+    with classifier_run(config, preprocess, interpolation) as (run, sets):
+        decision = None
+        if config.cross_fit:
+            from bc_keras.experiments import crossfit
+
+            model, decision = crossfit.cross_fit(run, sets, train, metadata(sets))
+        else:
+            model, _ = train(run, sets)
+        return finish_classifier(model, run, sets, metadata(sets), title, decision=decision)
+
+
+def finish_classifier(
+    model, run: Run, sets: ClassifierData, metadata: dict, title: str, decision=None
+) -> dict:
     """Saves the trained classifier and evaluates it: BatchNorm statistics re-estimated (when
     asked), the threshold fixed or chosen on validation and stored in the model, then the
-    test predictions, metrics and figures. The backup goes only once all is written."""
+    test predictions, metrics and figures. The backup goes only once all is written.
+
+    A cross-fitted model comes with its `decision` (`crossfit.Decision`): the threshold chosen
+    on the out-of-fold probabilities, and its BatchNorm statistics already settled."""
     config = run.config
     if not run.chief:
         return {}
-    if sets.recalibration is not None:
-        training.recalibrate_batch_norm(model, sets.recalibration)
-    models.check_finite_weights(model)
-    threshold, method = evaluation.decide_threshold(model, config, sets.validation, tta=config.tta)
+    extra = {"label_fraction_used": sets.label_fraction_used}
+    if decision is None:
+        if sets.recalibration is not None:
+            training.recalibrate_batch_norm(model, sets.recalibration)
+        models.check_finite_weights(model)
+        threshold, method = evaluation.decide_threshold(
+            model, config, sets.validation, tta=config.tta
+        )
+        tuned = None
+    else:
+        threshold, method, tuned = decision.threshold, decision.method, decision.tuned_threshold
+        metadata = {**metadata, **decision.metadata}
+        extra["cross_fit"] = decision.summary
     metadata = {
         **metadata,
         "kind": "classifier",
@@ -268,10 +337,11 @@ def finish_classifier(model, run: Run, sets: ClassifierData, metadata: dict, tit
         threshold_method=method,
         validation=sets.validation,
         tune_threshold=config.tune_threshold,
+        tuned_threshold=tuned,
         tta=bool(config.tta),
         title=title,
         seed=config.seed,
-        extra={"label_fraction_used": sets.label_fraction_used},
+        extra=extra,
     )
     runs.finish_backup(run.run_dir)
     print(f"\nmodel: {model_path}\nmetrics, predictions and figures: {run.run_dir}")

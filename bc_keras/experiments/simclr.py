@@ -227,45 +227,12 @@ def load_encoder(config: LinearConfig):
 
 def train_classifier(config: LinearConfig | FinetuneConfig) -> dict:
     """Linear evaluation (encoder frozen throughout) or fine-tuning (an optional frozen phase,
-    then the encoder trains); saves and evaluates the classifier."""
-    with common.classifier_run(config, PREPROCESS_RESCALE, INTERPOLATION) as (run, sets):
-        print(f"encoder: {config.encoder}")
-        with run.scope():
-            model = simclr.build_classifier(load_encoder(config), config.image_size)
+    then the encoder trains), on one validation split or cross-fitted; saves and evaluates
+    the classifier."""
+    print(f"encoder: {config.encoder}")
 
-        def prepare(encoder_trainable: bool, learning_rate: float):
-            def compile_phase():
-                with run.scope():
-                    simclr.set_encoder_trainable(model, encoder_trainable)
-                    models.compile_classifier(model, learning_rate, config.jit_compile)
-
-            return compile_phase
-
-        if isinstance(config, FinetuneConfig):
-            phases = [
-                common.Phase(
-                    2, config.epochs, config.finetune_learning_rate,
-                    prepare(True, config.finetune_learning_rate), "encoder fine-tuned",
-                )
-            ]  # fmt: skip
-            if config.freeze_epochs > 0:
-                frozen = common.Phase(
-                    1, config.freeze_epochs, config.learning_rate,
-                    prepare(False, config.learning_rate), "encoder frozen",
-                )  # fmt: skip
-                phases.insert(0, frozen)
-            title = "SimCLR fine-tuned"
-        else:
-            phases = [
-                common.Phase(
-                    1, config.epochs, config.learning_rate, prepare(False, config.learning_rate)
-                )
-            ]
-            title = "SimCLR linear evaluation"
-        if len(phases) == 1:
-            phases[0].number = 1
-        common.fit_phases(model, phases, run, sets)
-        metadata = {
+    def metadata(sets):
+        return {
             "architecture": "simclr_resnet18",
             "mode": config.experiment.removeprefix("simclr_"),
             "encoder": config.encoder,
@@ -273,4 +240,45 @@ def train_classifier(config: LinearConfig | FinetuneConfig) -> dict:
             "labelled_images": int(len(sets.train_files.paths)),
             "labelled_benign_share": float(np.mean(sets.train_files.labels == 0)),
         }
-        return common.finish_classifier(model, run, sets, metadata, title)
+
+    title = "SimCLR fine-tuned" if isinstance(config, FinetuneConfig) else "SimCLR linear evaluation"
+    return common.run_classifier(
+        config, PREPROCESS_RESCALE, INTERPOLATION, train_on, metadata, title
+    )
+
+
+def train_on(run, sets, epochs=None):
+    """Builds the encoder + head classifier and trains it on `sets` (see
+    `common.fit_phases` for `epochs`)."""
+    config = run.config
+    with run.scope():
+        model = simclr.build_classifier(load_encoder(config), config.image_size)
+
+    def prepare(encoder_trainable: bool, learning_rate: float):
+        def compile_phase():
+            with run.scope():
+                simclr.set_encoder_trainable(model, encoder_trainable)
+                models.compile_classifier(model, learning_rate, config.jit_compile)
+
+        return compile_phase
+
+    if isinstance(config, FinetuneConfig):
+        phases = [
+            common.Phase(
+                2, config.epochs, config.finetune_learning_rate,
+                prepare(True, config.finetune_learning_rate), "encoder fine-tuned",
+            )
+        ]  # fmt: skip
+        if config.freeze_epochs > 0:
+            frozen = common.Phase(
+                1, config.freeze_epochs, config.learning_rate,
+                prepare(False, config.learning_rate), "encoder frozen",
+            )  # fmt: skip
+            phases.insert(0, frozen)
+    else:
+        phases = [
+            common.Phase(1, config.epochs, config.learning_rate, prepare(False, config.learning_rate))
+        ]
+    if len(phases) == 1:
+        phases[0].number = 1
+    return model, common.fit_phases(model, phases, run, sets, epochs=epochs)

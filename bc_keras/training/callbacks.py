@@ -45,8 +45,8 @@ class BestOverPhasesEarlyStopping(keras.callbacks.EarlyStopping):
     best value and weights, so if it never improves on them, phase 1's weights are restored.
     """
 
-    def __init__(self, *args, initial_best=None, initial_weights=None, **kwargs):
-        super().__init__(*args, restore_best_weights=True, **kwargs)
+    def __init__(self, *args, initial_best=None, initial_weights=None, restore=True, **kwargs):
+        super().__init__(*args, restore_best_weights=restore, **kwargs)
         self.initial_best = initial_best
         self.initial_weights = initial_weights
 
@@ -200,7 +200,9 @@ class PhaseCompleteMarker(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self.weights_path.parent.mkdir(parents=True, exist_ok=True)
         self.model.save_weights(self.weights_path)
-        write_json(self.state_path, {"best": _plain(self.stopping.best)})
+        # best_epoch: the epoch (0-based) whose weights were kept, -1 if an earlier phase's.
+        state = {"best": _plain(self.stopping.best), "best_epoch": int(self.stopping.best_epoch)}
+        write_json(self.state_path, state)
 
 
 def trim_history(path, start_epoch: int, phase: int | None = None) -> int:
@@ -369,6 +371,7 @@ def training_callbacks(
     collapse_warning: bool = True,
     restore_dir=None,
     complete_marker: tuple | None = None,
+    select: bool = True,
 ) -> list:
     """The report's callbacks plus what a long, trustworthy run needs.
 
@@ -377,6 +380,10 @@ def training_callbacks(
     (when `recalibration_data` is given), a CSV history (appended on resume or in a later
     phase), the divergence guard, the collapse warning, and BackupAndRestore with the
     callbacks' own state so that `resume` continues from the last completed epoch.
+
+    With `select=False` (a refit on all labelled images, which has no validation split) the
+    fit runs its epochs to the end with the learning rate fixed: nothing stops it early,
+    and the weights kept are the last epoch's.
     """
     run_dir = Path(run_dir)
     backup = run_dir / backup_name
@@ -392,14 +399,18 @@ def training_callbacks(
         callbacks.insert(0, BatchNormRecalibration(recalibration_data))
     append = resume or (phase is not None and phase > 1)
     callbacks.append(keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=append))
+    if not select:
+        monitor, mode, patience, reduce_lr_patience = "loss", "min", 2**31 - 1, None
+        initial_best = initial_weights = None
     watched = [
         BestOverPhasesEarlyStopping(
             monitor=monitor,
             mode=mode,
             patience=patience,
-            verbose=1,
+            verbose=1 if select else 0,
             initial_best=initial_best,
             initial_weights=initial_weights,
+            restore=select,
         )
     ]
     if reduce_lr_patience is not None:
