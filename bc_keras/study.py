@@ -34,6 +34,7 @@ SETTINGS = {
         "pretrain": dict(image_size=48, batch_size=32, epochs=12),
         "finetune": dict(freeze_epochs=2),
         "folds": 2,
+        "cross_fit": 2,
     },
     PROFILE_FULL: {
         "classifier": {},
@@ -42,6 +43,7 @@ SETTINGS = {
         "pretrain": {},
         "finetune": dict(freeze_epochs=5),
         "folds": 5,
+        "cross_fit": 5,
     },
 }
 
@@ -98,9 +100,18 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
         config = config_class(run_dir=str(out / "runs" / name), **values)
         steps.append(Step(name, config, list(needs), skip))
 
+    cross_fit = dict(cross_fit=settings["cross_fit"])
+    robust = dict(recipe=configs.RECIPE_ROBUST)
     for recipe in configs.RECIPES:
         add(f"cnn_{recipe}", configs.CNNConfig, data=data["patient"], recipe=recipe, **classifier)
-    add("cnn_report_image_split", configs.CNNConfig, data=data["image"], **classifier)
+    # The headline models are also cross-fitted (their decisions made on every labelled
+    # patient), and the robust recipe has image-split twins and label fractions of its own, so
+    # that the leak and label-efficiency claims are measured with models that decide.
+    add("cnn_robust_cross_fit", configs.CNNConfig, data=data["patient"], **robust, **cross_fit,
+        **classifier)  # fmt: skip
+    for recipe in configs.RECIPES:
+        add(f"cnn_{recipe}_image_split", configs.CNNConfig, data=data["image"], recipe=recipe,
+            **classifier)  # fmt: skip
     for backbone in BACKBONES:
         # Quick: the narrowest width of a backbone with a width multiplier; full: 1.0.
         alpha = get_backbone(backbone).smallest_alpha if settings["smallest_alpha"] else 1.0
@@ -108,10 +119,13 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
         if backbone in weights:
             transfer["weights"] = str(weights[backbone])
         reason = _weights_available(backbone, alpha, weights)
-        for recipe, split in (("report", "patient"), ("robust", "patient"), ("report", "image")):
+        variants = [(recipe, split, {}) for split in ("patient", "image") for recipe in configs.RECIPES]
+        variants.insert(2, ("robust", "patient", cross_fit))
+        for recipe, split, extra in variants:
             name = f"transfer_{backbone}_{recipe}" + ("_image_split" if split == "image" else "")
+            name += "_cross_fit" if extra else ""
             add(name, configs.TransferConfig, skip=reason, data=data[split], recipe=recipe,
-                **transfer)  # fmt: skip
+                **extra, **transfer)  # fmt: skip
     encoder = models_dir / "simclr_encoder.h5"
     add("simclr_pretrain", configs.PretrainConfig, data=data["patient"], seed=seed,
         model_out=str(encoder), **settings["pretrain"])  # fmt: skip
@@ -120,9 +134,13 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
         suffix = "" if fraction == 1.0 else f"_{int(fraction * 100)}pct"
         add(f"simclr_finetune{suffix}", configs.FinetuneConfig, needs=[encoder],
             encoder=str(encoder), label_fraction=fraction, **settings["finetune"], **simclr)  # fmt: skip
-        if fraction != 1.0:
-            add(f"cnn_report{suffix}", configs.CNNConfig, data=data["patient"],
-                label_fraction=fraction, **classifier)  # fmt: skip
+        if fraction == 1.0:
+            add("simclr_finetune_cross_fit", configs.FinetuneConfig, needs=[encoder],
+                encoder=str(encoder), **cross_fit, **settings["finetune"], **simclr)  # fmt: skip
+        else:
+            for recipe in configs.RECIPES:
+                add(f"cnn_{recipe}{suffix}", configs.CNNConfig, data=data["patient"],
+                    recipe=recipe, label_fraction=fraction, **classifier)  # fmt: skip
     add("simclr_linear", configs.LinearConfig, needs=[encoder], encoder=str(encoder), **simclr)
     add("simclr_linear_random_encoder", configs.LinearConfig, encoder=configs.ENCODER_NONE,
         model_out=str(models_dir / "simclr_linear_random.h5"), **simclr)  # fmt: skip

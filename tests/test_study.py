@@ -28,9 +28,10 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     steps = study.plan(tmp_path, study.PROFILE_QUICK, {}, seed=7)
     names = [step.name for step in steps]
     assert len(names) == len(set(names))
-    # CNN x 2 recipes + image split, 3 backbones x 3, SimCLR pretrain, 4 fine-tunes, 3 CNN
-    # label fractions, linear x 2, 2 folds x 2 recipes.
-    assert len(steps) == 3 + 9 + 1 + 4 + 3 + 2 + 4
+    # CNN x 2 recipes x 2 splits + cross-fitted, 3 backbones x (2 recipes x 2 splits +
+    # cross-fitted), SimCLR pretrain, 4 fine-tunes + cross-fitted, 3 CNN label fractions x 2
+    # recipes, linear x 2, 2 folds x 2 recipes.
+    assert len(steps) == 5 + 15 + 1 + 5 + 6 + 2 + 4
     produced = {}
     for index, step in enumerate(steps):
         config = study._config(step, tmp_path, resume=False)
@@ -49,8 +50,23 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     assert isinstance(configs["simclr_pretrain"], PretrainConfig)
     assert isinstance(configs["simclr_finetune"], FinetuneConfig)
     assert configs["cnn_report"].image_size == 48  # quick profile
+    # The headline models cross-fitted (2 folds in quick), the rest on the single split.
+    crossed = {name for name, config in configs.items() if getattr(config, "cross_fit", 0)}
+    assert crossed == {
+        "cnn_robust_cross_fit", "simclr_finetune_cross_fit",
+        *(f"transfer_{backbone}_robust_cross_fit" for backbone in study.BACKBONES),
+    }  # fmt: skip
+    assert {configs[name].cross_fit for name in crossed} == {2}
+    assert all(configs[name].recipe == "robust" for name in crossed if name.startswith("cnn"))
+    # The robust recipe has its own image-split twins and label fractions.
+    assert configs["cnn_robust_image_split"].data == str(tmp_path / "data" / "image")
+    assert configs["cnn_robust_image_split"].recipe == "robust"
+    assert configs["transfer_mobilenet_robust_image_split"].recipe == "robust"
+    assert configs["cnn_robust_10pct"].label_fraction == 0.1
+    assert configs["cnn_robust_10pct"].recipe == "robust"
     full = study.plan(tmp_path, study.PROFILE_FULL, {}, seed=7)
     assert sum(step.name.startswith("cnn_report_fold") for step in full) == 5
+    assert {step.config.cross_fit for step in full if step.name.endswith("_cross_fit")} == {5}
     assert study._config(full[0], tmp_path, resume=False).image_size == 224  # the report's
 
 
@@ -116,7 +132,7 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     planned = [s for s in study.plan(out, study.PROFILE_QUICK, {}, 42) if not s.skip]
     assert [name for name, _ in calls] == [s.name for s in planned]
     assert not any(resumed for _, resumed in calls)
-    assert sum("skipped: its ImageNet weights" in line for line in lines) == 9
+    assert sum("skipped: its ImageNet weights" in line for line in lines) == 15  # 3 x 5
     assert any("about 0m00s left" in line for line in lines)
     assert (out / "data" / "patient" / "split.csv").is_file()
     assert (out / "data" / "folds" / "fold_2").is_dir()
@@ -155,7 +171,7 @@ def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkey
     # Every fine-tune and the SimCLR linear evaluation need the encoder; the rest ran.
     assert set(names[1:]) == {
         "simclr_finetune", "simclr_finetune_50pct", "simclr_finetune_25pct",
-        "simclr_finetune_10pct", "simclr_linear",
+        "simclr_finetune_10pct", "simclr_linear", "simclr_finetune_cross_fit",
     }  # fmt: skip
     assert all(outcome.startswith("needs ") for _, outcome in problems[1:])
     assert (tmp_path / "study" / "runs" / "cnn_robust_fold2" / runs.METRICS_FILE).is_file()
