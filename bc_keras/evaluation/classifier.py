@@ -220,9 +220,14 @@ def _figures(result, labels, probabilities, test, run_dir, title, threshold, see
 
 
 def plot_run_history(run_dir, title: str = "") -> Path:
-    """training_curves.png from the run's history.csv."""
+    """training_curves.png from the run's history.csv (a cross-fitted ensemble's holds its
+    members' epochs one after another, marked where the next fold's member starts)."""
+    history = read_history(run_dir)
     return plots.plot_history(
-        read_history(run_dir), Path(run_dir) / runs.TRAINING_CURVES_FIGURE, title=title
+        history,
+        Path(run_dir) / runs.TRAINING_CURVES_FIGURE,
+        title=title,
+        phase_key="fold" if "fold" in history else "phase",
     )
 
 

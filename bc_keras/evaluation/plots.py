@@ -68,7 +68,7 @@ def plot_history(history: dict, path, title: str = "", phase_key: str = "phase")
                     axis.text(
                         index + 0.6,
                         axis.get_ylim()[1],
-                        f" phase {phases[index]:g}",
+                        f" {phase_key} {phases[index]:g}",
                         va="top",
                         fontsize=8,
                     )
