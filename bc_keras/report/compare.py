@@ -36,11 +36,20 @@ def model_name(run: Run) -> str:
         name = f"transfer {run.config.get('backbone') or '?'}"
     elif experiment.startswith("simclr_"):
         pretrained = "random init" if run.encoder == ENCODER_RANDOM else "SimCLR"
-        details = ", ".join(filter(None, (pretrained, labels)))
+        details = ", ".join(filter(None, (pretrained, labels, _cross_fit_text(run))))
         return f"{DISPLAY.get(experiment, experiment)} ({details})"
     else:
         name = DISPLAY.get(experiment, experiment)
-    return f"{name} ({labels})" if labels else name
+    details = ", ".join(filter(None, (labels, _cross_fit_text(run))))
+    return f"{name} ({details})" if details else name
+
+
+def _cross_fit_text(run: Run) -> str:
+    """E.g. "cross-fit 5 ensemble" for a run trained with --cross-fit 5, else ""."""
+    folds = run.config.get("cross_fit") or 0
+    if not isinstance(folds, int) or folds < 2:
+        return ""
+    return f"cross-fit {folds} {run.config.get('cross_fit_final') or 'ensemble'}"
 
 
 def collect_runs(root) -> tuple[list[dict], list[str]]:

@@ -285,7 +285,8 @@ def _run_name(run_dir: Path, common: Path) -> str:
 
 
 def find_runs(roots) -> tuple[list[Run], list[str]]:
-    """Every run folder (a folder with config.json) under `roots`, each once.
+    """Every run folder (a folder with config.json) under `roots`, each once; the members of a
+    cross-fitted run are parts of it, not runs.
 
     A run is named by its path relative to the folder all `roots` share, so it keeps its name
     whichever root found it and in whatever order the roots come; a folder found twice (under
@@ -314,6 +315,8 @@ def find_runs(roots) -> tuple[list[Run], list[str]]:
         # config): it is listed as left out rather than silently ignored.
         for path in (*root.rglob(CONFIG_FILE), *root.rglob(METRICS_FILE)):
             run_dir = path.parent
+            if _is_cross_fit_member(run_dir):
+                continue  # a part of its cross-fitted run, which is the model
             name = _run_name(run_dir, common)
             key = os.path.realpath(run_dir)
             found[key] = min(found.get(key, (name, run_dir)), (name, run_dir))
@@ -325,6 +328,14 @@ def find_runs(roots) -> tuple[list[Run], list[str]]:
         else:
             runs.append(run)
     return runs, left_out
+
+
+# A cross-fitted run keeps its K members as sub-runs in <run>/members/fold<k>/.
+MEMBERS_DIR = "members"
+
+
+def _is_cross_fit_member(run_dir: Path) -> bool:
+    return run_dir.parent.name == MEMBERS_DIR and (run_dir.parent.parent / CONFIG_FILE).is_file()
 
 
 def read_run(run_dir: Path, name: str) -> Run | str:

@@ -181,3 +181,18 @@ def test_label_fraction_of_every_experiment_is_the_share_actually_used(tmp_path,
         "| cnn/tiny | baseline CNN (12.5% labels) | report | split | 0.125 |"
         in (runs / "comparison.md").read_text()
     )
+
+
+def test_a_cross_fitted_run_is_one_model_and_its_members_are_not_runs(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    config = {"experiment": "cnn", "recipe": "robust", "data": "split", "cross_fit": 3,
+              "cross_fit_final": "refit"}  # fmt: skip
+    _run(runs, "cnn/crossed", config, SCORES)
+    for fold in (1, 2, 3):  # a member: config.json, no metrics.json of its own
+        _run(runs, f"cnn/crossed/members/fold{fold}", {"experiment": "cnn", "cross_fit": 0})
+    _run(runs, "cnn/single", {**config, "cross_fit": 0}, SCORES)
+    assert compare.main([str(runs)]) == 0
+    assert "left out" not in capsys.readouterr().err
+    with open(runs / "comparison.csv", newline="") as file:
+        rows = {row["run"]: row["model"] for row in csv.DictReader(file)}
+    assert rows == {"cnn/crossed": "baseline CNN (cross-fit 3 refit)", "cnn/single": "baseline CNN"}
