@@ -156,7 +156,9 @@ def _reasons(model_a: Model, model_b: Model, best: Model | None) -> list[str]:
     if a.family() == b.family() and 1.0 in fractions and len(fractions) == 2:
         reasons.append(REASON_LABELS)
     single = replace(a, cross_fit=0, cross_fit_final="")
-    if (a.cross_fit or b.cross_fit) and single == replace(b, cross_fit=0, cross_fit_final=""):
+    # Exactly one of the two cross-fitted: two cross-fitted variants are not twins.
+    one_crossed = bool(a.cross_fit) != bool(b.cross_fit)
+    if one_crossed and single == replace(b, cross_fit=0, cross_fit_final=""):
         reasons.append(REASON_CROSS_FIT)
     if best is not None and best in (model_a, model_b) and all(map(_headline, (model_a, model_b))):
         reasons.append(REASON_BEST)
@@ -268,7 +270,7 @@ def holm_text(tests: Family) -> str:
     """What the Holm-adjusted p-values are adjusted over."""
     return (
         "p (Holm): the p-value adjusted with Holm's step-down method over the report's whole "
-        f"family of {tests.size} tests (every AUC test and paired fold test of every pair of "
+        f"family of {tests.size} test{'' if tests.size == 1 else 's'} (every AUC test and paired fold test of every pair of "
         "models, main text and appendix; the claims' tests are among them, each counted once); "
         f"the verdict reads the adjusted p against {ALPHA:g}, the raw p beside it."
     )

@@ -67,7 +67,7 @@ def test_one_patient_of_many_near_identical_images_is_one_cluster(tmp_path):
     assert row["p (AUC test, Holm)"] == row["p (AUC test)"]
     assert row["verdict"] == "AUC: not significant (Holm p ≥ 0.05)"
     assert "clustered by patient (Obuchowski, 1997)" in text
-    assert "family of 1 tests" in text and "No other pair" in section(
+    assert "family of 1 test (" in text and "No other pair" in section(
         text, "## Appendix: all pairwise comparisons"
     )
 
