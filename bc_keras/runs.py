@@ -7,7 +7,6 @@ import csv
 import datetime
 import json
 import os
-import platform
 import shutil
 import socket
 from pathlib import Path
@@ -230,25 +229,21 @@ def check_resume_config(run_dir, config) -> None:
         )
 
 
-def environment() -> dict:
-    """Versions and start time recorded beside a run's config."""
-    import keras
-    import tensorflow as tf
+def environment(split_dir=None, precision_policy: str | None = None) -> dict:
+    """Versions, commit, devices, precision, split fingerprint and start time recorded beside
+    a run's config (`bc_keras.provenance`)."""
+    from bc_keras import provenance
 
-    from bc_keras import __version__
-
-    return {
-        "bc_keras": __version__,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "python": platform.python_version(),
-        "started": datetime.datetime.now().isoformat(timespec="seconds"),
-    }
+    return provenance.environment(split_dir, precision_policy)
 
 
 def write_config(run_dir, config) -> Path:
     """Writes config.json before training, so that even a crashed run says what it was."""
-    values = {**config_values(config), "_environment": environment()}
+    policy = "mixed_float16" if getattr(config, "mixed_precision", False) else "float32"
+    values = {
+        **config_values(config),
+        "_environment": environment(getattr(config, "data", None), policy),
+    }
     return write_json(Path(run_dir) / CONFIG_FILE, values)
 
 
