@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime
+import hashlib
 import json
 import os
 import shutil
@@ -298,6 +299,19 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"Not JSON serialisable: {type(value).__name__}")
+
+
+# metrics.json: the SHA-256 of the saved model, by which the report finds a moved model.
+MODEL_HASH_KEY = "model_sha256"
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def finish_backup(run_dir) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from bc_keras import data, evaluation, models, runs, training
 from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig
 from bc_keras.errors import DataError
+from bc_keras.models import card
 from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
 from bc_keras.training import distribute
 from bc_keras.training.run import LABELLED_FILES, Run, start_run, verbosity  # noqa: F401
@@ -326,7 +327,6 @@ def finish_classifier(
         "tta": bool(config.tta),
         "run_dir": str(run.run_dir),
     }
-    model_path = models.save_model(model, config.model_out, metadata)
     evaluation.plot_run_history(run.run_dir, title=title)
     test = sets.dataset(data.SUBSET_TEST, sets.test_files)
     result = evaluation.evaluate_classifier(
@@ -343,6 +343,35 @@ def finish_classifier(
         seed=config.seed,
         extra=extra,
     )
+    # Saved once evaluated, so that the model carries its card (and the card its results).
+    fields = card.classifier_card(metadata, result, data_summary(sets))
+    model_path = models.save_model(model, config.model_out, {**metadata, "card": fields})
+    card_file = card.write_card(model_path, title, fields)
+    result = {**result, runs.MODEL_HASH_KEY: runs.file_sha256(model_path), "model_card": str(card_file)}
+    runs.write_json(run.run_dir / runs.METRICS_FILE, result)
     runs.finish_backup(run.run_dir)
-    print(f"\nmodel: {model_path}\nmetrics, predictions and figures: {run.run_dir}")
+    print(
+        f"\nmodel: {model_path} (card: {card_file})\nmetrics, predictions and figures: {run.run_dir}"
+    )
     return result
+
+
+def _subset_summary(files: data.SplitFiles) -> str:
+    labels = np.asarray(files.labels)
+    patients = patients_of_paths(files.paths)
+    text = f"{len(labels)} images ({int(np.sum(labels == 0))} benign, {int(np.sum(labels == 1))} malignant)"
+    return text + (f", {len(set(patients))} patients" if patients else "")
+
+
+def data_summary(sets: ClassifierData) -> dict:
+    """Per subset: images per class and patients (a model card's data section)."""
+    summary = {"split": str(sets.config.data)}
+    summary["train"] = _subset_summary(sets.train_files)
+    if sets.validation is not None:
+        summary["val"] = _subset_summary(
+            data.SplitFiles(sets.validation.paths, sets.validation.labels)
+        )
+    summary["test"] = _subset_summary(sets.test_files)
+    if getattr(sets.config, "cross_fit", 0):
+        summary["cross-fitting"] = f"train + val pooled into {sets.config.cross_fit} patient folds"
+    return summary

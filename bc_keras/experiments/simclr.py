@@ -20,7 +20,7 @@ from bc_keras.data.augment import SimCLRAugmentation
 from bc_keras.errors import ConfigError, DataError, ModelFileError
 from bc_keras.evaluation import plots
 from bc_keras.experiments import common
-from bc_keras.models import simclr
+from bc_keras.models import card, simclr
 from bc_keras.models.resnet import build_resnet18
 from bc_keras.training import distribute
 
@@ -153,11 +153,16 @@ def _finish_pretraining(trainer, config: PretrainConfig, run, initial_file: Path
         "interpolation": INTERPOLATION,
         "run_dir": str(run.run_dir),
     }
-    encoder_path = models.save_model(trainer.encoder, config.model_out, metadata)
     evaluation.plot_run_history(run.run_dir, title="SimCLR pretraining NT-Xent")
     summary = pretraining_summary(
         runs.read_history(run.run_dir), json.loads(initial_file.read_text())
     )
+    images = {"pretraining images": ", ".join(map(str, config.unlabeled or [config.data]))}
+    fields = card.encoder_card(metadata, summary, images)
+    encoder_path = models.save_model(trainer.encoder, config.model_out, {**metadata, "card": fields})
+    card_file = card.write_card(encoder_path, "SimCLR ResNet-18 encoder", fields)
+    summary = {**summary, runs.MODEL_HASH_KEY: runs.file_sha256(encoder_path),
+               "model_card": str(card_file)}  # fmt: skip
     runs.write_json(run.run_dir / runs.METRICS_FILE, summary)
     _plot_test_embeddings(trainer.encoder, config, run.run_dir)
     runs.finish_backup(run.run_dir)

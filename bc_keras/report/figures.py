@@ -4,7 +4,6 @@ Grad-CAM panels of saved models."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import shutil
@@ -23,7 +22,7 @@ from bc_keras.report.panels import panel_groups as panel_groups
 from bc_keras.report.panels import split_panels
 from bc_keras.report.runs import Run, locate, same_folder
 from bc_keras.report.sets import EvaluationSet, Model
-from bc_keras.runs import HISTORY_FILE, read_history
+from bc_keras.runs import HISTORY_FILE, MODEL_HASH_KEY, file_sha256, read_history
 
 FIGURES_DIR = "figures"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -46,9 +45,6 @@ GRADCAM_PER_KIND = 4
 # value must not make the report decode eight images of a million pixels a side.
 MAX_IMAGE_SIZE = 4096
 DEFAULT_THRESHOLD = 0.5
-# metrics.json: the SHA-256 of the model file the run saved, when the training script records
-# it; the surest way to tell the run's own model from another run's written to the same path.
-MODEL_HASH_KEY = "model_sha256"
 
 
 def is_png(path) -> bool:
@@ -282,15 +278,6 @@ def ownership_problem(run: Run, metadata: dict) -> str | None:
         if not _same_number(metadata["threshold"], threshold):
             return another
     return None
-
-
-def file_sha256(path) -> str:
-    """The SHA-256 of a file (hex), read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def recorded_hash_problem(run: Run, path: Path) -> str | None:

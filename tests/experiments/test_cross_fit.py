@@ -292,3 +292,21 @@ def test_cross_fit_is_refused_with_one_fold_or_on_a_tfrecord_folder(tmp_path, ca
     assert code != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--cross-fit 1 is not a number of folds" in err
+
+
+@pytest.mark.slow
+def test_the_saved_model_carries_its_card_and_metrics_its_hash(cnn_run):
+    import hashlib
+
+    model_path = cnn_run.parent / "model.h5"
+    _, metadata = models.load_model(model_path)
+    metrics = json.loads((cnn_run / "metrics.json").read_text())
+    assert metrics["model_sha256"] == hashlib.sha256(model_path.read_bytes()).hexdigest()
+    card_text = (cnn_run.parent / "model.card.md").read_text()
+    assert metrics["model_card"] == str(cnn_run.parent / "model.card.md")
+    fields = metadata["card"]
+    results = fields["test results (95% patient-bootstrap intervals)"]
+    assert results["AUC"].startswith(f"{metrics['auc_roc']:.3f}")
+    assert f"- AUC: {results['AUC']}" in card_text
+    assert "cross-fitting" in fields["decision"] and "not a diagnostic device" in card_text
+    assert fields["data"]["cross-fitting"] == "train + val pooled into 3 patient folds"
