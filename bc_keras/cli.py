@@ -16,6 +16,16 @@ import warnings
 
 from bc_keras import config as configs
 from bc_keras import console
+from bc_keras.config.values import (  # noqa: F401  (the scripts' argparse types)
+    FIELD_TYPES,
+    fraction,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    threshold_value,
+    unit_interval,
+)
 from bc_keras.errors import UserError, one_line
 
 _GROUP_TITLES = {
@@ -32,94 +42,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the description's line breaks; defaults are written into each flag's help."""
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def threshold_value(text: str) -> float | str:
-    """A probability in (0, 1), or the name of a method choosing it on validation."""
-    name = text.strip().lower().replace("-", "_")
-    if name in configs.THRESHOLD_METHODS:
-        return name
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(
-            f"must be a probability in (0, 1) or one of {', '.join(configs.THRESHOLD_METHODS)}, "
-            f"got {text}"
-        )
-    return value
-
-
-# Argparse types by field name where the annotation alone is not precise enough.
-_TYPES = {
-    "image_size": positive_int,
-    "batch_size": positive_int,
-    "epochs": positive_int,
-    "patience": positive_int,
-    "reduce_lr_patience": positive_int,
-    "dense_units": positive_int,
-    "projection_hidden_dim": positive_int,
-    "projection_dim": positive_int,
-    "phase1_epochs": positive_int,
-    "phase2_epochs": positive_int,
-    "freeze_epochs": non_negative_int,
-    "cross_fit": non_negative_int,
-    "learning_rate": positive_float,
-    "finetune_learning_rate": positive_float,
-    "min_learning_rate": positive_float,
-    "temperature": positive_float,
-    "alpha": positive_float,
-    "reduce_lr_factor": fraction,
-    "label_fraction": fraction,
-    "crop_scale_min": fraction,
-    "dropout": unit_interval,
-    "blur_probability": unit_interval,
-    "batch_norm_momentum": unit_interval,
-    "stain_augment": non_negative_float,
-    "jitter_strength": non_negative_float,
-    "threshold": threshold_value,
-}
+# Argparse types by field name: the value rules of the config fields, which configs built in
+# Python are checked with too (`bc_keras.config.values`).
+_TYPES = FIELD_TYPES
 
 
 def _flag_aliases(config_class) -> dict:

@@ -33,6 +33,7 @@ from bc_keras.config.options import (
     recipe_option,
     switch,
 )
+from bc_keras.config.values import check_values
 from bc_keras.errors import ConfigError
 
 
@@ -102,8 +103,9 @@ class RunConfig:
                 f"--image-size {self.MIN_IMAGE_SIZE} or more"
             )
         # The recipe fills the fields left unset, so a config built in Python is as complete
-        # as one built from flags.
+        # as one built from flags, and its values pass the rules the flags have.
         self.resolve_recipe()
+        check_values(self)
 
     def run_name(self) -> str:
         """The folder name under runs/ for this experiment."""

@@ -9,7 +9,8 @@ module is imported when the experiment runs.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from bc_keras import config as configs
 from bc_keras.backbones import get_backbone
@@ -81,6 +82,34 @@ def experiment_names() -> str:
     return ", ".join(experiment.name for experiment in EXPERIMENTS.values())
 
 
-def run(config) -> dict:
-    """Runs the experiment of `config` (a `bc_keras.config` dataclass); returns its metrics."""
-    return experiment_of(config).runner()(config)
+@dataclass
+class RunResult:
+    """What a run made: its config (resolved), run folder, saved model and metrics (as in
+    metrics.json; empty on a worker of a multi-worker run, which writes nothing)."""
+
+    config: object
+    run_dir: Path
+    model_path: Path
+    metrics: dict
+    _model: object = field(default=None, repr=False)
+
+    @property
+    def model(self):
+        """The saved model, loaded on first use: a `Predictor` for a classifier (its
+        `keras_model` is the Keras model), the Keras encoder for SimCLR pretraining."""
+        if self._model is None:
+            from bc_keras import models
+            from bc_keras.evaluation.predictor import KIND_CLASSIFIER, Predictor
+
+            model, metadata = models.load_model(self.model_path)
+            is_classifier = metadata.get("kind") == KIND_CLASSIFIER
+            self._model = Predictor(model, metadata, self.model_path) if is_classifier else model
+        return self._model
+
+
+def run(config) -> RunResult:
+    """Runs the experiment of `config` (a `bc_keras.config` dataclass: CNNConfig,
+    TransferConfig, PretrainConfig, LinearConfig or FinetuneConfig); returns its `RunResult`.
+    Also `bc_keras.train(config)`."""
+    metrics = experiment_of(config).runner()(config)
+    return RunResult(config, Path(config.run_dir), Path(config.model_out), metrics)
