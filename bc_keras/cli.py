@@ -170,9 +170,21 @@ RESUME_HINT = (
 )
 
 
+def use_file_backend() -> None:
+    """A command writes figures to files: matplotlib's Agg backend (no display needed), unless
+    the user chose one (MPLBACKEND). Only commands do this; a notebook importing bc_keras keeps
+    its own backend."""
+    if "matplotlib" in sys.modules:
+        if "MPLBACKEND" not in os.environ:
+            sys.modules["matplotlib"].use("Agg")
+    else:
+        os.environ.setdefault("MPLBACKEND", "Agg")
+
+
 def run_script(main, argv=None, interrupted: str = RESUME_HINT) -> int:
     """Runs a script's `main`: a `UserError` becomes one `error: ...` line (exit 2), Ctrl-C the
     `interrupted` line (exit 130); any other exception keeps its traceback (a bug)."""
+    use_file_backend()
     with console.quiet_stderr(quiet_start()):
         try:
             return main(argv) or 0

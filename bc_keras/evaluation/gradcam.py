@@ -7,15 +7,12 @@ from pathlib import Path
 
 import keras
 import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import tensorflow as tf
+from PIL import Image
 
-matplotlib.use("Agg")  # files only; no display on servers
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from bc_keras.models.ensemble import ensemble_members  # noqa: E402
+from bc_keras.models.ensemble import ensemble_members
 
 TARGET_MALIGNANT = "malignant"
 TARGET_BENIGN = "benign"

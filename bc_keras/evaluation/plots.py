@@ -7,24 +7,20 @@ import math
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from PIL import Image
+from sklearn import metrics as sk
 
-matplotlib.use("Agg")  # files only; no display on servers
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from PIL import Image  # noqa: E402
-from sklearn import metrics as sk  # noqa: E402
-
-from bc_keras.evaluation.styles import (  # noqa: E402
+from bc_keras.evaluation.styles import (
     PALETTE,
     REFERENCE,
     distinct_styles,
     outside_legend,
     styled_plot,
 )
-from bc_keras.histology.breakhis import CLASS_NAMES  # noqa: E402
+from bc_keras.histology.breakhis import CLASS_NAMES
 
 
 def _save(figure, path) -> Path:

@@ -102,3 +102,23 @@ def test_train_returns_the_run_folder_model_and_metrics(synthetic_split, tmp_pat
     np.testing.assert_allclose(result.model.predict_proba(files), stored, atol=1e-5)
     labels = data.list_split_files(synthetic_split, "test").labels
     assert result.metrics["auc_roc"] == pytest.approx(roc_auc_score(labels, stored), abs=1e-5)
+
+
+def test_importing_the_plots_keeps_a_notebooks_backend_and_commands_use_agg():
+    import os
+    import subprocess
+
+    keep = (
+        "import matplotlib; matplotlib.use('svg'); "
+        "import bc_keras.evaluation.plots, bc_keras.evaluation.gradcam; "
+        "print(matplotlib.get_backend())"
+    )
+    command = (
+        "import matplotlib; from bc_keras import cli; "
+        "cli.run_script(lambda argv: print(matplotlib.get_backend()))"
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    for code, expected in ((keep, "svg"), (command, "agg")):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, env=environment)  # fmt: skip
+        assert out.stdout.strip().lower() == expected
