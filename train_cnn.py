@@ -1,25 +1,15 @@
-"""Baseline CNN of the report (SPEC 4): train, evaluate on the test split, save the .h5."""
+"""Baseline CNN of the report (SPEC 4): `python train_cnn.py` is `bc-keras train cnn`, whose code is
+bc_keras.commands.train_cnn (this script is kept for clones and the commands written before)."""
 
 from __future__ import annotations
 
 import sys
 
-from bc_keras import cli
-from bc_keras.config import CNNConfig
+from bc_keras import commands
 
-DESCRIPTION = """\
-Train the report's baseline CNN on a prepared BreaKHis split, evaluate it on the test split
-and save it.
-
-Defaults are the report's: 3 x [Conv 3x3 -> BatchNorm -> ReLU -> MaxPool], Dense 128,
-Dropout 0.5, Adam 1e-3, batch 32, up to 100 epochs, EarlyStopping(val_loss, 5),
-ReduceLROnPlateau(0.5, 3, min 1e-6). --recipe robust adds what the README's "Two recipes"
-section justifies (balanced class weights, BatchNorm recalibration, H&E stain augmentation,
-selection on validation AUC, a validation-chosen threshold, test-time augmentation)."""
-
-
-parse_args, main = cli.experiment_entry(CNNConfig, DESCRIPTION)
-
+# Every public name of the command (main, parse_args, ...), for the code that imports or runs
+# this script; a test that monkeypatches one patches bc_keras.commands.train_cnn.
+from bc_keras.commands.train_cnn import *  # noqa: F403
 
 if __name__ == "__main__":
-    sys.exit(cli.run_script(main))
+    sys.exit(commands.run_command("train cnn"))

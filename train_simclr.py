@@ -1,63 +1,16 @@
-"""SimCLR with a ResNet-18 encoder (SPEC 4): contrastive pretraining, fine-tuning and linear
-evaluation, each with the run folder, evaluation and saved .h5 of the other experiments."""
+"""SimCLR with a ResNet-18 encoder (SPEC 4): `python train_simclr.py` is `bc-keras train simclr`,
+whose code is bc_keras.commands.train_simclr (this script is kept for clones and the commands
+written before)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from bc_keras import cli
-from bc_keras.config import FinetuneConfig, LinearConfig, PretrainConfig
+from bc_keras import commands
 
-MODES = {
-    "pretrain": (
-        PretrainConfig,
-        "contrastive pretraining of the encoder",
-        "SimCLR pretraining (the report's settings): two views per image, ResNet-18 encoder, "
-        "projection MLP 512->256->ReLU->128, NT-Xent (temperature 0.5, all 2N-2 negatives, "
-        "gathered across replicas), Adam 1e-3, batch 96, up to 100 epochs, EarlyStopping(val_loss, "
-        "15). The test split is read only for the t-SNE figure of the finished encoder.",
-    ),
-    "finetune": (
-        FinetuneConfig,
-        "fine-tune the encoder with a Dense(1, sigmoid) head",
-        "Fine-tune the encoder with a Dense(1, sigmoid) head: frozen for the first "
-        "--freeze-epochs epochs at --lr, then trained at --finetune-lr; the model kept is the "
-        "best on validation over both phases. BCE, Adam, early stopping, evaluation on the test "
-        "split as for the other experiments.",
-    ),
-    "linear": (
-        LinearConfig,
-        "linear evaluation: a Dense(1, sigmoid) head on the frozen encoder",
-        "Linear evaluation: train only a Dense(1, sigmoid) head on the frozen encoder (its "
-        "BatchNorm statistics stay those of pretraining). BCE, Adam, early stopping, evaluation "
-        "on the test split as for the other experiments.",
-    ),
-}
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="SimCLR on a prepared BreaKHis split, in three modes (pretrain, finetune, "
-        "linear); run `train_simclr.py MODE --help` for each mode's flags.",
-        formatter_class=cli.HelpFormatter,
-    )
-    modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
-    for mode, (config_class, summary, description) in MODES.items():
-        sub = modes.add_parser(
-            mode, help=summary, description=description, formatter_class=cli.HelpFormatter
-        )
-        cli.add_config_arguments(sub, config_class)
-    args = parser.parse_args(argv)
-    return cli.config_from_args(MODES[args.mode][0], args)
-
-
-def main(argv=None) -> int:
-    from bc_keras import experiments
-
-    experiments.run(parse_args(argv))
-    return 0
-
+# Every public name of the command (main, parse_args, ...), for the code that imports or runs
+# this script; a test that monkeypatches one patches bc_keras.commands.train_simclr.
+from bc_keras.commands.train_simclr import *  # noqa: F403
 
 if __name__ == "__main__":
-    sys.exit(cli.run_script(main))
+    sys.exit(commands.run_command("train simclr"))

@@ -1,28 +1,16 @@
-"""Transfer learning of the report (SPEC 4): an ImageNet backbone, frozen then fine-tuned."""
+"""Transfer learning of the report (SPEC 4): `python train_transfer.py` is `bc-keras train
+transfer`, whose code is bc_keras.commands.train_transfer (this script is kept for clones and the
+commands written before)."""
 
 from __future__ import annotations
 
 import sys
 
-from bc_keras import cli
-from bc_keras.config import TransferConfig
+from bc_keras import commands
 
-DESCRIPTION = """\
-Fine-tune a keras.applications backbone on a prepared BreaKHis split, evaluate it on the test
-split and save it.
-
-Defaults are the report's: backbone without top -> GlobalAveragePooling -> Dense 128 ReLU ->
-Dense 1 sigmoid. Phase 1 trains the head on the frozen backbone (Adam 1e-3); phase 2
-unfreezes the backbone (Adam 1e-4). Each phase runs up to 100 epochs with
-EarlyStopping(val_loss, 15); the model kept is the best on validation over both phases.
-
-BatchNorm layers of a pretrained backbone stay in inference mode during fine-tuning (frozen,
-moving statistics kept), as the Keras transfer-learning guide advises; with --weights none they
-train normally, having no statistics to keep."""
-
-
-parse_args, main = cli.experiment_entry(TransferConfig, DESCRIPTION)
-
+# Every public name of the command (main, parse_args, ...), for the code that imports or runs
+# this script; a test that monkeypatches one patches bc_keras.commands.train_transfer.
+from bc_keras.commands.train_transfer import *  # noqa: F403
 
 if __name__ == "__main__":
-    sys.exit(cli.run_script(main))
+    sys.exit(commands.run_command("train transfer"))

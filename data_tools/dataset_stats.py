@@ -1,40 +1,16 @@
-"""Print images per magnification and class as the SPEC's markdown table, for a BreaKHis tree
-or archive, a prepared folder or a split.csv. For a prepared folder or split.csv: the overall
-table, patients per split, then one table per split; exit 1 if image files it lists are gone."""
+"""Images per magnification and class: `python data_tools/dataset_stats.py` is `bc-keras stats`,
+whose code is bc_keras.commands.dataset_stats (this script is kept for clones and the commands
+written before)."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from bc_keras import cli
-from bc_keras.prepare import load_records, missing_files, stats_report
+from bc_keras import commands
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dataset_stats.py", description=__doc__)
-    parser.add_argument(
-        "path",
-        metavar="PATH",
-        help="a BreaKHis tree (any level) or archive, a prepared folder, or a split.csv manifest",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    records, is_split = load_records(args.path)
-    print(stats_report(records, per_split=is_split))
-    missing = missing_files(records) if is_split else []
-    if missing:
-        print(
-            f"\nMISSING: {len(missing)} of {len(records)} image files listed are gone (e.g. "
-            f"{missing[0]}); the counts above are of the list, not of the files: prepare the "
-            "split again"
-        )
-        return 1
-    return 0
-
+# Every public name of the command (main, parse_args, ...), for the code that imports or runs
+# this script; a test that monkeypatches one patches bc_keras.commands.dataset_stats.
+from bc_keras.commands.dataset_stats import *  # noqa: F403
 
 if __name__ == "__main__":
-    sys.exit(cli.run_script(main, interrupted=cli.NOTHING_WRITTEN))
+    sys.exit(commands.run_command("stats"))

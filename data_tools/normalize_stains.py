@@ -1,65 +1,16 @@
-"""Write a stain-normalised copy of a prepared split (made by prepare_breakhis.py):
-DIR/{train,val,test}/{benign,malignant}/*.png, split.csv and prepare.json as in SPLIT_DIR, plus
-normalize.json with the method and the fitted target. Every image is mapped (Macenko or
-Reinhard) to one target image, by default a fixed reference from the training split."""
+"""A stain-normalised copy of a prepared split: `python data_tools/normalize_stains.py` is `bc-keras
+normalize`, whose code is bc_keras.commands.normalize_stains (this script is kept for clones and the
+commands written before)."""
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 
-from bc_keras import cli
-from bc_keras.histology.stain import METHOD_MACENKO, NORMALIZATION_METHODS
-from bc_keras.prepare.normalize import NORMALIZE_NAME, TARGET_RULE, normalize_split
+from bc_keras import commands
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="normalize_stains.py", description=__doc__)
-    parser.add_argument("split_dir", metavar="SPLIT_DIR", help="prepared split to normalise")
-    parser.add_argument("--out", required=True, metavar="DIR", help="normalised folder to write")
-    parser.add_argument(
-        "--method",
-        choices=NORMALIZATION_METHODS,
-        default=METHOD_MACENKO,
-        help="macenko: stain vectors and amounts (Macenko et al. 2009, default); reinhard: "
-        "l-alpha-beta colour statistics (Reinhard et al. 2001)",
-    )
-    parser.add_argument(
-        "--target",
-        metavar="IMAGE",
-        help=f"image whose staining the others are mapped to (default: {TARGET_RULE})",
-    )
-    cores = os.cpu_count() or 1
-    parser.add_argument(
-        "--workers",
-        type=cli.positive_int,
-        default=cores,
-        metavar="N",
-        help=f"worker processes (default: the number of CPU cores, {cores})",
-    )
-    cli.add_overwrite_flag(parser)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = normalize_split(
-        args.split_dir,
-        args.out,
-        args.method,
-        args.target,
-        args.workers,
-        args.overwrite,
-        tty=sys.stdout.isatty(),
-    )
-    print(f"\nWrote {args.out} ({settings['method']}, {settings['images']} images)")
-    no_tissue = settings["no_tissue"]
-    if no_tissue:
-        kept = " (copied unchanged)" if settings["method"] == METHOD_MACENKO else ""
-        print(f"{len(no_tissue)} image(s) without detectable tissue{kept}: see {NORMALIZE_NAME}")
-    return 0
-
+# Every public name of the command (main, parse_args, ...), for the code that imports or runs
+# this script; a test that monkeypatches one patches bc_keras.commands.normalize_stains.
+from bc_keras.commands.normalize_stains import *  # noqa: F403
 
 if __name__ == "__main__":
-    sys.exit(cli.run_script(main, interrupted=cli.NOTHING_WRITTEN))
+    sys.exit(commands.run_command("normalize"))
