@@ -49,8 +49,9 @@ class Run:
 
     def callbacks(self, learning_rate: float, **options) -> list:
         """`training.training_callbacks` of this run: written to its `write_dir`, restored
-        from its run folder, with the config's patience and resume."""
-        return _training_callbacks(
+        from its run folder, with the config's patience and resume; with `--tensorboard`,
+        followed by the TensorBoard logger (after the callbacks that add to the logs)."""
+        callbacks = _training_callbacks(
             self.write_dir,
             restore_dir=self.run_dir,
             patience=self.config.patience,
@@ -58,6 +59,22 @@ class Run:
             learning_rate=learning_rate,
             **options,
         )
+        if getattr(self.config, "tensorboard", False):
+            from bc_keras.config import config_values
+            from bc_keras.training import tensorboard
+
+            callbacks.append(
+                tensorboard.TensorBoardLogger(
+                    self.write_dir / tensorboard.TENSORBOARD_DIR,
+                    # Earlier phases' epochs first: one epoch axis across phases.
+                    first_step=tensorboard.epochs_logged_before(
+                        self.write_dir, options.get("phase")
+                    ),
+                    phase=options.get("phase"),
+                    config_values=config_values(self.config),
+                )
+            )
+        return callbacks
 
     def __enter__(self) -> Run:
         return self
