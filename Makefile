@@ -7,10 +7,11 @@ DEMO_DIR ?= demo
 
 .PHONY: install demo test lint study clean
 
-$(STAMP): setup.cfg pyproject.toml
+# The tested versions (constraints.txt) inside the ranges setup.cfg accepts.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
