@@ -92,9 +92,12 @@ def test_the_installed_package_is_the_wheel_not_the_clone(installed):
     executable, work, env = installed
     python = executable.parent / "python"
     code = (
-        "import importlib.util, json, sys, bc_keras, bc_keras.commands\n"
+        "import importlib.metadata, importlib.util, json, sys, bc_keras, bc_keras.commands\n"
+        "wheel = importlib.metadata.distribution('bc_keras')\n"
         "print(json.dumps({'file': bc_keras.__file__, 'path': sys.path,\n"
-        "    'script': importlib.util.find_spec('train_cnn') is not None}))\n"
+        "    'script': importlib.util.find_spec('train_cnn') is not None,\n"
+        "    'entry': [e.value for e in wheel.entry_points if e.group == 'console_scripts'],\n"
+        "    'license': [f.locate().read_text() for f in wheel.files if f.name == 'LICENSE']}))\n"
     )
     result = subprocess.run(
         [str(python), "-c", code], cwd=work, env=env, capture_output=True, text=True, check=True
@@ -104,6 +107,9 @@ def test_the_installed_package_is_the_wheel_not_the_clone(installed):
     assert Path(found["file"]).resolve().is_relative_to(venv.resolve())
     assert str(REPO_ROOT) not in [str(Path(p).resolve()) for p in found["path"] if p]
     assert not found["script"]  # the root scripts are the clone's, not the package's
+    assert found["entry"] == ["bc_keras.commands:main"]
+    (license_text,) = found["license"]
+    assert license_text.startswith("MIT License") and "2026 the bc_keras authors" in license_text
     assert executable.read_text().startswith(f"#!{python}")
 
 
