@@ -20,6 +20,8 @@ from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, describe_files
 from bc_keras.histology.images import IMAGE_EXTENSIONS, check_images
 
 IMAGE_COLUMNS = ("path", "probability_malignant", "label")
+# The .h5 metadata key of the stain normaliser a model was trained behind.
+STAIN_NORMALIZER_KEY = "stain_normalizer"
 # Beside the Grad-CAM overlays: which image each overlay shows (names may carry a hash).
 OVERLAY_INDEX = "gradcam.csv"
 OVERLAY_COLUMNS = ("path", "overlay")
@@ -69,6 +71,51 @@ def predict_probabilities(model, dataset, tta: bool = False) -> np.ndarray:
             "image(s): its weights are broken (a diverged training run); retrain it"
         )
     return probabilities
+
+
+def stain_normalizer_of(metadata: dict):
+    """The stain normaliser a model was trained behind (a split from normalize_stains.py), or
+    None: raw images must be normalised the same way before the model sees them."""
+    record = metadata.get(STAIN_NORMALIZER_KEY)
+    if not record:
+        return None
+    from bc_keras.histology.stain import restore_normalizer
+
+    return restore_normalizer(record)
+
+
+def _normalized_image(path, normalizer, size: int, interpolation: str):
+    from bc_keras.data.decode import resize_like_pil
+
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image = tf.numpy_function(normalizer.transform, [image], tf.uint8, stateful=False)
+    image.set_shape([None, None, 3])
+    return resize_like_pil(image, size, interpolation)
+
+
+def model_inputs(files, metadata: dict, batch_size: int = 32):
+    """The inputs a saved model expects for image files, in file order, as `(images, zeros)`
+    batches: decoded, stain-normalised first when the model was trained on a normalised split
+    (at full size, as normalize_stains.py did, so a raw image gives what its normalised copy
+    gives), resized and preprocessed as stored in the model."""
+    size = int(metadata["image_size"])
+    preprocess = metadata.get("preprocess", PREPROCESS_RESCALE)
+    interpolation = metadata.get("interpolation", DEFAULT_INTERPOLATION)
+    normalizer = stain_normalizer_of(metadata)
+    if normalizer is None:
+        return files_dataset(
+            files, image_size=size, batch_size=batch_size, preprocess=preprocess,
+            interpolation=interpolation,
+        )  # fmt: skip
+    from bc_keras.data.pipeline import apply_preprocess
+
+    def load(path):
+        image = tf.cast(_normalized_image(path, normalizer, size, interpolation), tf.float32)
+        return image, tf.constant(0.0)
+
+    dataset = tf.data.Dataset.from_tensor_slices([str(f) for f in files]).map(load)
+    dataset = dataset.batch(batch_size).map(lambda x, y: (apply_preprocess(x, preprocess), y))
+    return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def collect_images(paths) -> tuple[list[str], list[str]]:
@@ -124,13 +171,7 @@ def predict_files(
     scan = check_images(files)
     if not scan.good:
         return [], scan.skipped
-    dataset = files_dataset(
-        scan.good,
-        image_size=int(metadata["image_size"]),
-        batch_size=batch_size,
-        preprocess=metadata.get("preprocess", PREPROCESS_RESCALE),
-        interpolation=metadata.get("interpolation", DEFAULT_INTERPOLATION),
-    )
+    dataset = model_inputs(scan.good, metadata, batch_size)
     probabilities = predict_probabilities(model, dataset, tta=tta)
     rows = [
         {"path": path, "probability_malignant": float(p), "label": CLASS_NAMES[int(p >= threshold)]}
@@ -229,19 +270,18 @@ def write_gradcam_overlays(
     names, disambiguated = overlay_names(files)
     size = int(metadata["image_size"])
     interpolation = metadata.get("interpolation", DEFAULT_INTERPOLATION)
-    dataset = files_dataset(
-        files,
-        image_size=size,
-        batch_size=batch_size,
-        preprocess=metadata.get("preprocess", PREPROCESS_RESCALE),
-        interpolation=interpolation,
-    )
+    dataset = model_inputs(files, metadata, batch_size)
+    normalizer = stain_normalizer_of(metadata)
     written, start = [], 0
     for inputs, _ in dataset:
         heatmaps = gradcam.gradcam(model, inputs.numpy())
         batch = range(start, start + len(heatmaps))
         for heatmap, index in zip(heatmaps, batch, strict=True):
-            image = decode_and_resize(files[index], size, interpolation).numpy()
+            if normalizer is None:
+                image = decode_and_resize(files[index], size, interpolation).numpy()
+            else:  # the overlay shows the colours the model saw
+                image = _normalized_image(tf.constant(files[index]), normalizer, size, interpolation)
+                image = image.numpy()
             target = out_dir / names[index]
             Image.fromarray(gradcam.overlay(image, heatmap)).save(target)
             written.append(target)

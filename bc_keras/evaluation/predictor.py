@@ -12,9 +12,14 @@ import tensorflow as tf
 from bc_keras import models
 from bc_keras.config import PREPROCESS_RESCALE
 from bc_keras.data.decode import DEFAULT_INTERPOLATION, resize_like_pil
-from bc_keras.data.pipeline import apply_preprocess, files_dataset
+from bc_keras.data.pipeline import apply_preprocess
 from bc_keras.errors import DataError, ModelFileError
-from bc_keras.evaluation.inference import collect_images, predict_probabilities
+from bc_keras.evaluation.inference import (
+    collect_images,
+    model_inputs,
+    predict_probabilities,
+    stain_normalizer_of,
+)
 from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.histology.images import check_images
 
@@ -28,7 +33,8 @@ class Predictor:
     the 0/1 decision at the stored threshold. `images` is an image file or folder (searched
     recursively), a list of them, a uint8 RGB array `[H, W, 3]` or `[N, H, W, 3]` (any size:
     resized exactly as the training pipeline resized files), a list of such arrays, or a
-    tensor of the same.
+    tensor of the same. A model trained on a stain-normalised split normalises raw images the
+    same way first (the normaliser is stored in the model).
     """
 
     def __init__(self, model, metadata: dict, path=None):
@@ -47,6 +53,8 @@ class Predictor:
         self.threshold = float(metadata.get("threshold", 0.5))
         self.tta = bool(metadata.get("tta", False))
         self.class_names = CLASS_NAMES
+        # The stain normaliser of a model trained on a normalised split (None otherwise).
+        self.normalizer = stain_normalizer_of(metadata)
 
     def __repr__(self) -> str:
         return (
@@ -55,6 +63,8 @@ class Predictor:
         )
 
     def _array_dataset(self, images, batch_size: int):
+        if self.normalizer is not None:  # at full size, as normalize_stains.py normalised
+            images = [self.normalizer.transform(image) for image in images]
         resized = [
             resize_like_pil(tf.convert_to_tensor(image), self.image_size, self.interpolation)
             for image in images
@@ -75,14 +85,7 @@ class Predictor:
             raise DataError(
                 f"{len(scan.skipped)} image(s) cannot be read ({shown}); remove or convert them"
             )
-        dataset = files_dataset(
-            scan.good,
-            image_size=self.image_size,
-            batch_size=batch_size,
-            preprocess=self.preprocess,
-            interpolation=self.interpolation,
-        )
-        return dataset, len(scan.good)
+        return model_inputs(scan.good, self.metadata, batch_size), len(scan.good)
 
     def predict_proba(self, images, batch_size: int = 32, tta: bool | None = None) -> np.ndarray:
         """The malignant probability of each image, float64 `[N]` (TTA as stored, unless

@@ -326,6 +326,7 @@ def finish_classifier(
         "threshold_method": method,
         "tta": bool(config.tta),
         "run_dir": str(run.run_dir),
+        **stain_normalizer(config.data),
     }
     evaluation.plot_run_history(run.run_dir, title=title)
     test = sets.dataset(data.SUBSET_TEST, sets.test_files)
@@ -354,6 +355,26 @@ def finish_classifier(
         f"\nmodel: {model_path} (card: {card_file})\nmetrics, predictions and figures: {run.run_dir}"
     )
     return result
+
+
+def stain_normalizer(split_dir) -> dict:
+    """`{"stain_normalizer": {method, target_statistics}}` when the split was written by
+    normalize_stains.py (its normalize.json), else {}: stored in the model so that raw images
+    are normalised the same way at inference."""
+    from bc_keras.evaluation.inference import STAIN_NORMALIZER_KEY
+    from bc_keras.prepare.normalize import NORMALIZE_NAME
+
+    path = Path(split_dir) / NORMALIZE_NAME
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+        record = {"method": settings["method"], "target_statistics": settings["target_statistics"]}
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise DataError(
+            f"{path} cannot be read ({error}); normalise the split again with normalize_stains.py"
+        ) from None
+    return {STAIN_NORMALIZER_KEY: record}
 
 
 def _subset_summary(files: data.SplitFiles) -> str:

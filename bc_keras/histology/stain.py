@@ -362,6 +362,30 @@ def make_normalizer(method: str) -> MacenkoNormalizer | ReinhardNormalizer:
     raise ValueError(f"method must be one of {NORMALIZATION_METHODS}. Received: method={method!r}")
 
 
+def restore_normalizer(record: dict) -> MacenkoNormalizer | ReinhardNormalizer:
+    """The fitted normaliser a model's metadata (or normalize.json) records: `{"method",
+    "target_statistics"}` as `target_statistics()` wrote them."""
+    try:
+        method, statistics = record["method"], record["target_statistics"]
+        normalizer = make_normalizer(method)
+        if method == METHOD_MACENKO:
+            normalizer = MacenkoNormalizer(float(statistics["beta"]), float(statistics["alpha"]))
+            vectors, maxima = statistics["stain_vectors"], statistics["max_concentrations"]
+            normalizer.stain_vectors = np.array([vectors["hematoxylin"], vectors["eosin"]], float)
+            normalizer.max_concentrations = np.array(
+                [maxima["hematoxylin"], maxima["eosin"]], float
+            )
+        else:
+            normalizer.means = np.asarray(statistics["lalphabeta_mean"], float).reshape(3)
+            normalizer.stds = np.asarray(statistics["lalphabeta_std"], float).reshape(3)
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(
+            f"the recorded stain normaliser is incomplete or malformed ({one_line(error)}); "
+            "retrain on a split written by normalize_stains.py"
+        ) from None
+    return normalizer
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """An image file as uint8 RGB; `DataError` naming the file if it cannot be read."""
     try:
