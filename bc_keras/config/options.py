@@ -43,6 +43,9 @@ RECIPE_VALUES = {
         "tta": False,
         "preprocess": PREPROCESS_RESCALE,
         "cross_fit": 0,
+        "tensorboard": False,
+        # The report's SimCLR encoder is "a ResNet-18 pretrained on ImageNet".
+        "encoder_init": "imagenet",
     },
     RECIPE_ROBUST: {
         "class_weight": CLASS_WEIGHT_BALANCED,
@@ -53,6 +56,10 @@ RECIPE_VALUES = {
         "tta": True,
         "preprocess": PREPROCESS_BACKBONE,
         "cross_fit": 0,
+        "tensorboard": True,
+        # An ImageNet start, as for every transfer backbone: a few thousand patches are little
+        # to learn low-level filters from (offline: --encoder-init PATH or random).
+        "encoder_init": "imagenet",
     },
 }
 

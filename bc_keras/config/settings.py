@@ -4,6 +4,7 @@ and the two recipes filled in on construction (see `bc_keras.config.options`).""
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,7 +34,7 @@ from bc_keras.config.options import (
     recipe_option,
     switch,
 )
-from bc_keras.config.values import check_values
+from bc_keras.config.values import check_values, encoder_init_value
 from bc_keras.errors import ConfigError
 
 
@@ -72,6 +73,12 @@ class RunConfig:
         "mixed_float16 compute (GPUs with tensor cores); the sigmoid output stays float32",
     )
     jit_compile: bool = switch("--jit-compile", "compile the training step with XLA")
+    tensorboard: bool | None = recipe_option(
+        "--tensorboard",
+        "write TensorBoard logs (scalars, learning rate, hyper-parameters, phase boundaries) "
+        "under the run folder's tensorboard/",
+        boolean=True,
+    )
     strategy: str = option(
         STRATEGY_DEFAULT,
         "--strategy",
@@ -344,6 +351,14 @@ class PretrainConfig(RunConfig):
         nargs="+",
         metavar="PATH",
     )
+    encoder_init: str | None = recipe_option(
+        "--encoder-init",
+        "the encoder's start: 'imagenet' is keras-hub's resnet_18_imagenet preset (the report's "
+        "'ResNet-18 pretrained on ImageNet'; from kagglehub's cache, ~/.cache/kagglehub or "
+        "$KAGGLEHUB_CACHE, downloaded if online; needs pip install \"bc_keras[hub]\"), 'random' "
+        "a random initialisation, or the PATH of a local keras-hub ResNet-18 preset folder",
+        metavar="random|imagenet|PATH",
+    )
     temperature: float = option(0.5, "--temperature", "NT-Xent temperature")
     projection_hidden_dim: int = option(
         256, "--projection-hidden-dim", "projection MLP width", GROUP_MODEL
@@ -356,7 +371,10 @@ class PretrainConfig(RunConfig):
     blur_probability: float = option(0.5, "--blur-probability", "probability of a Gaussian blur")
 
     def __post_init__(self):
+        if isinstance(self.encoder_init, os.PathLike):
+            self.encoder_init = os.fspath(self.encoder_init)
         super().__post_init__()
+        self.encoder_init = encoder_init_value(self.encoder_init)
         # NT-Xent contrasts each view with the 2N - 2 other views of the batch: N = 1 leaves
         # none, and the loss is 0 whatever the encoder does.
         if self.batch_size < 2:

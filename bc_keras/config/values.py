@@ -10,6 +10,9 @@ import dataclasses
 from bc_keras.config.options import BACKBONES, THRESHOLD_METHODS, field_options
 from bc_keras.errors import ConfigError
 
+# Where the SimCLR encoder starts (`--encoder-init`): these, or a keras-hub preset folder.
+ENCODER_INITS = ENCODER_INIT_RANDOM, ENCODER_INIT_IMAGENET = ("random", "imagenet")
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -70,6 +73,20 @@ def threshold_value(text: str) -> float | str:
     return value
 
 
+def encoder_init_value(text: str) -> str:
+    """'random' or 'imagenet' (any case), else the path of a keras-hub preset folder as given
+    (checked when it is read, so a config can name a folder of another machine)."""
+    name = text.strip()
+    if name.lower() in ENCODER_INITS:
+        return name.lower()
+    if not name:
+        raise argparse.ArgumentTypeError(
+            f"must be {' or '.join(ENCODER_INITS)} or the PATH of a keras-hub preset folder, "
+            f"got {text!r}"
+        )
+    return name
+
+
 # Argparse types by field name where the annotation alone is not precise enough; configs
 # built in Python are checked with the same rules (`check_values`).
 FIELD_TYPES = {
@@ -99,7 +116,10 @@ FIELD_TYPES = {
     "stain_augment": non_negative_float,
     "jitter_strength": non_negative_float,
     "threshold": threshold_value,
+    "encoder_init": encoder_init_value,
 }
+# Rules whose values are text, not numbers.
+TEXT_RULES = frozenset({encoder_init_value})
 
 
 # Fields whose registry refuses an unknown name with its own, fuller message.
@@ -119,10 +139,13 @@ def check_values(config) -> None:
             continue
         flag = options["flag"]
         rule = FIELD_TYPES.get(field.name)
-        if rule is not None:
+        if rule in TEXT_RULES and not isinstance(value, str):
+            raise ConfigError(f"{flag} {value!r} is not text; pass a word or a path")
+        if rule is not None and rule not in TEXT_RULES:
             textual = rule is threshold_value and isinstance(value, str)
             if isinstance(value, bool) or not (isinstance(value, int | float) or textual):
                 raise ConfigError(f"{flag} {value!r} is not a number; pass a number")
+        if rule is not None:
             try:
                 rule(str(value))
             except (argparse.ArgumentTypeError, ValueError) as error:
