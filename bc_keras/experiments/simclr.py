@@ -16,11 +16,12 @@ from bc_keras.config import (
     LinearConfig,
     PretrainConfig,
 )
+from bc_keras.config.values import ENCODER_INIT_IMAGENET, ENCODER_INIT_RANDOM
 from bc_keras.data.augment import SimCLRAugmentation
 from bc_keras.errors import ConfigError, DataError, ModelFileError
 from bc_keras.evaluation import plots
 from bc_keras.experiments import common
-from bc_keras.models import card, simclr
+from bc_keras.models import card, pretrained, simclr
 from bc_keras.models.resnet import build_resnet18
 from bc_keras.training import distribute
 
@@ -69,6 +70,9 @@ def pretrain(config: PretrainConfig) -> dict:
         jitter_strength=config.jitter_strength,
         blur_probability=config.blur_probability,
     )
+    # Read before the run folder exists, so an unavailable preset leaves nothing behind, and
+    # outside the strategy's scope: only its weights, as arrays, go into the encoder.
+    preset = encoder_start(config)
     with common.start_run(config) as run:
         (train_images, train_count), (validation_images, validation_count) = pretraining_images(
             config
@@ -102,7 +106,9 @@ def pretrain(config: PretrainConfig) -> dict:
                 title="SimCLR augmented pairs",
             )
         with run.scope():
-            encoder = build_resnet18(config.image_size, synchronized_batch_norm=run.replicas() > 1)
+            encoder = pretrained.build_encoder(
+                config.image_size, preset, synchronized_batch_norm=run.replicas() > 1
+            )
             trainer = simclr.build_simclr_trainer(
                 encoder,
                 learning_rate=config.learning_rate,
@@ -142,6 +148,18 @@ def pretrain(config: PretrainConfig) -> dict:
         return _finish_pretraining(trainer, config, run, initial_file)
 
 
+def encoder_start(config: PretrainConfig) -> pretrained.PresetWeights | None:
+    """The weights `--encoder-init` starts the encoder from: None for a random start, else
+    those of the ImageNet preset or of a local keras-hub preset folder."""
+    if config.encoder_init == ENCODER_INIT_RANDOM:
+        print("encoder: ResNet-18, random initialisation")
+        return None
+    preset = pretrained.load_preset_weights(config.encoder_init)
+    normalised = " with its input normalisation" if preset.input_scale is not None else ""
+    print(f"encoder: ResNet-18 from {preset.source}{normalised}")
+    return preset
+
+
 def _finish_pretraining(trainer, config: PretrainConfig, run, initial_file: Path) -> dict:
     models.check_finite_weights(trainer.encoder)
     metadata = {
@@ -151,6 +169,7 @@ def _finish_pretraining(trainer, config: PretrainConfig, run, initial_file: Path
         "image_size": config.image_size,
         "preprocess": PREPROCESS_RESCALE,
         "interpolation": INTERPOLATION,
+        "encoder_init": config.encoder_init,
         "run_dir": str(run.run_dir),
     }
     evaluation.plot_run_history(run.run_dir, title="SimCLR pretraining NT-Xent")
@@ -159,6 +178,10 @@ def _finish_pretraining(trainer, config: PretrainConfig, run, initial_file: Path
     )
     images = {"pretraining images": ", ".join(map(str, config.unlabeled or [config.data]))}
     fields = card.encoder_card(metadata, summary, images)
+    fields["model"]["start"] = {
+        ENCODER_INIT_RANDOM: "random initialisation",
+        ENCODER_INIT_IMAGENET: f"ImageNet (keras-hub preset {pretrained.IMAGENET_PRESET})",
+    }.get(config.encoder_init, f"the keras-hub preset folder {config.encoder_init}")
     encoder_path = models.save_model(trainer.encoder, config.model_out, {**metadata, "card": fields})
     card_file = card.write_card(encoder_path, "SimCLR ResNet-18 encoder", fields)
     summary = {**summary, runs.MODEL_HASH_KEY: runs.file_sha256(encoder_path),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 
 ENCODER_NAME = "resnet18_encoder"
@@ -13,6 +15,17 @@ BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
 # Below this the stem (stride 4) and three strided stages leave no pixel to pool.
 MIN_IMAGE_SIZE = 32
+INPUT_NORMALIZATION_NAME = "input_normalization"
+
+
+def _per_channel(value, name: str):
+    """A float, or a list of 3 floats (one per RGB channel), for a `Rescaling` layer."""
+    if isinstance(value, int | float):
+        return float(value)
+    values = [float(v) for v in value]
+    if len(values) != 3:
+        raise ValueError(f"{name} must be a number or 3 numbers (RGB). Received: {name}={value}")
+    return values
 
 
 def _batch_norm(name: str, synchronized: bool = False):
@@ -75,6 +88,8 @@ def build_resnet18(
     image_size: int = 224,
     name: str = ENCODER_NAME,
     synchronized_batch_norm: bool = False,
+    input_scale: float | Sequence[float] | None = None,
+    input_offset: float | Sequence[float] | None = None,
 ) -> keras.Model:
     """ResNet-18 without its classifier: the SimCLR encoder.
 
@@ -93,6 +108,11 @@ def build_resnet18(
             Without a strategy, or with one replica, it normalises as the plain layer does, up
             to rounding (it takes the variance as E[x^2] - E[x]^2). Saved encoders keep the
             setting and load with a plain `keras.models.load_model`.
+        input_scale, input_offset: when either is given, the images are first mapped to
+            `images * input_scale + input_offset` (per channel for sequences of 3) by a Keras
+            `Rescaling` layer named "input_normalization": the normalisation ImageNet weights
+            were trained with (`bc_keras.models.pretrained`). None of them: no such layer, the
+            encoder of a random start.
 
     Returns:
         A functional `keras.Model` mapping `[batch, image_size, image_size, 3]` to `[batch, 512]`.
@@ -103,7 +123,14 @@ def build_resnet18(
             f"Received: image_size={image_size}"
         )
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = keras.layers.ZeroPadding2D(3, name="stem_conv_pad")(inputs)
+    x = inputs
+    if input_scale is not None or input_offset is not None:
+        x = keras.layers.Rescaling(
+            _per_channel(1.0 if input_scale is None else input_scale, "input_scale"),
+            _per_channel(0.0 if input_offset is None else input_offset, "input_offset"),
+            name=INPUT_NORMALIZATION_NAME,
+        )(x)
+    x = keras.layers.ZeroPadding2D(3, name="stem_conv_pad")(x)
     x = keras.layers.Conv2D(64, 7, strides=2, use_bias=False, name="stem_conv")(x)
     x = _batch_norm("stem_bn", synchronized_batch_norm)(x)
     x = keras.layers.ReLU(name="stem_relu")(x)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bc_keras.models import save_model
-from bc_keras.models.resnet import apply_basic_block, build_resnet18
+from bc_keras.models.resnet import INPUT_NORMALIZATION_NAME, apply_basic_block, build_resnet18
 
 # torchvision's resnet18 has 11,689,512 parameters, of which its 1000-way classifier holds
 # 512 * 1000 + 1000; what remains is the encoder's trainable weights.
@@ -130,3 +130,28 @@ def test_synchronized_batch_norm_is_opt_in_and_survives_save_load(tmp_path):
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), synchronized.predict(images, verbose=0), atol=1e-5
     )
+
+
+def test_input_normalisation_is_opt_in_and_maps_each_channel_before_the_stem(tmp_path):
+    plain = build_resnet18(image_size=32)
+    scale, offset = [2.0, 3.0, 4.0], [-1.0, 0.5, 0.0]
+    normalised = build_resnet18(image_size=32, input_scale=scale, input_offset=offset)
+    # Today's random-start encoder has no such layer; the normalisation holds no weights.
+    assert INPUT_NORMALIZATION_NAME not in [layer.name for layer in plain.layers]
+    assert normalised.layers[1].name == INPUT_NORMALIZATION_NAME
+    assert normalised.count_params() == plain.count_params()
+    normalised.set_weights(plain.get_weights())
+    images = np.random.default_rng(4).random((2, 32, 32, 3), dtype=np.float32)
+    mapped = images * np.array(scale, np.float32) + np.array(offset, np.float32)
+    expected = plain.predict(mapped, verbose=0)
+    np.testing.assert_allclose(normalised.predict(images, verbose=0), expected, atol=1e-5)
+    # A scale alone keeps a zero offset; it survives save -> load.
+    scaled = build_resnet18(image_size=32, input_scale=0.5)
+    scaled.set_weights(plain.get_weights())
+    path = save_model(scaled, tmp_path / "encoder.h5", {"kind": "simclr_encoder"})
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), plain.predict(images * 0.5, verbose=0), atol=1e-5
+    )
+    with pytest.raises(ValueError, match="input_scale must be a number or 3 numbers"):
+        build_resnet18(image_size=32, input_scale=[1.0, 2.0])

@@ -54,7 +54,7 @@ def test_classifier_event_files_equal_history_csv(synthetic_split, tmp_path):
 
 @pytest.mark.slow
 def test_pretraining_logs_its_loss_and_contrastive_accuracy(synthetic_split, tmp_path):
-    config = _config(PretrainConfig, synthetic_split, tmp_path, epochs=1)
+    config = _config(PretrainConfig, synthetic_split, tmp_path, epochs=1, encoder_init="random")
     result = experiments.run(config)
     scalars = tensorboard.read_scalars(result.run_dir / "tensorboard")
     row = _history(result.run_dir)[0]
