@@ -170,6 +170,19 @@ RESUME_HINT = (
 )
 
 
+def add_quiet_flag(parser: argparse.ArgumentParser) -> None:
+    """`--quiet`: no progress lines (`console.Progress`); results and errors still print."""
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress output (count, rate, time left)"
+    )
+
+
+def apply_quiet(args: argparse.Namespace) -> argparse.Namespace:
+    """Applies a parsed `--quiet` (see `add_quiet_flag`); returns `args`."""
+    console.set_quiet(getattr(args, "quiet", False))
+    return args
+
+
 def use_file_backend() -> None:
     """A command writes figures to files: matplotlib's Agg backend (no display needed), unless
     the user chose one (MPLBACKEND). Only commands do this; a notebook importing bc_keras keeps

@@ -69,3 +69,101 @@ def quiet_stderr(enabled: bool = True):
         os.dup2(saved, descriptor)  # closes the pipe's last write end: the thread sees EOF
         thread.join(timeout=5)
         os.close(saved)
+
+
+# Set by a command's --quiet: no progress output at all.
+QUIET = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """`--quiet`: the commands switch progress output off here (the one global they set)."""
+    global QUIET
+    QUIET = bool(quiet)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+class Progress:
+    """Count, rate and time left of long work, one helper for every command.
+
+    On a terminal a live bar (rich, installed with Keras); otherwise (log files, CI) one line
+    about every 10% of `total` — or every `every` items when the total is unknown — with the
+    rate and time left; nothing with `--quiet`. Use `update(done)` or `advance(count)`, and
+    `close()` (or `with Progress(...) as progress:`).
+    """
+
+    def __init__(self, label: str, total: int | None, log=print, tty: bool | None = None,
+                 unit: str = "images", every: int = 1000):  # fmt: skip
+        import time
+
+        self.label, self.total, self.log, self.unit = label, total, log, unit
+        self.tty = sys.stdout.isatty() if tty is None else tty
+        self.step = max(1, -(-total // 10)) if total else every
+        self.done, self.reported, self.started = 0, 0, time.monotonic()
+        self._clock = time.monotonic
+        self._bar = None
+        if self.tty and not QUIET:
+            self._bar = self._rich_bar()
+
+    def _rich_bar(self):
+        try:
+            from rich import progress as rich
+        except ImportError:
+            return None
+        bar = rich.Progress(
+            rich.TextColumn("{task.description}"),
+            rich.BarColumn(),
+            rich.MofNCompleteColumn(),
+            rich.TextColumn(self.unit),
+            rich.TaskProgressColumn(show_speed=True),
+            rich.TimeRemainingColumn(),
+        )
+        bar.start()
+        self._task = bar.add_task(self.label, total=self.total)
+        return bar
+
+    def line(self) -> str:
+        """The progress as one line: label, count, share, rate and time left."""
+        elapsed = max(self._clock() - self.started, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.label} {self.done}"
+        if self.total:
+            text += f"/{self.total} {self.unit} ({100 * self.done // self.total}%)"
+        else:
+            text += f" {self.unit}"
+        text += f", {rate:.1f} {self.unit}/s"
+        if self.total and rate > 0 and self.done < self.total:
+            text += f", about {_duration((self.total - self.done) / rate)} left"
+        elif self.total and self.done >= self.total:
+            text += f", {_duration(elapsed)}"
+        return text
+
+    def update(self, done: int) -> None:
+        self.done = done
+        if QUIET:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done)
+            return
+        finished = self.total is not None and done >= self.total
+        if done - self.reported >= self.step or (finished and self.reported < done):
+            self.reported = done
+            self.log(self.line())
+
+    def advance(self, count: int = 1) -> None:
+        self.update(self.done + count)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

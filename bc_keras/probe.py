@@ -22,6 +22,7 @@ from sklearn.linear_model import LogisticRegression
 
 from bc_keras import cli, runs
 from bc_keras.config import BACKBONES, PREPROCESS_BACKBONE, PREPROCESS_RESCALE
+from bc_keras.console import Progress
 from bc_keras.errors import ConfigError, DataError
 from bc_keras.evaluation.metrics import compute_metrics
 from bc_keras.histology.breakhis import describe_files
@@ -33,9 +34,10 @@ PROBE_C = 1.0
 PROBE_MAX_ITER = 5000
 
 
-def pooled_features(backbone, dataset) -> tuple:
+def pooled_features(backbone, dataset, total: int | None = None) -> tuple:
     """`(features [n, channels], labels [n])` of an unshuffled `(images, labels)` dataset: the
-    backbone's last feature map averaged over space, in inference mode."""
+    backbone's last feature map averaged over space, in inference mode (`total` images, for
+    the progress line)."""
     import tensorflow as tf
 
     @tf.function
@@ -43,9 +45,12 @@ def pooled_features(backbone, dataset) -> tuple:
         return tf.reduce_mean(tf.cast(backbone(images, training=False), tf.float32), axis=[1, 2])
 
     features, labels = [], []
+    progress = Progress("features:", total)
     for images, batch_labels in dataset:
         features.append(pool(images).numpy())
         labels.append(np.asarray(batch_labels))
+        progress.advance(len(labels[-1]))
+    progress.close()
     return np.concatenate(features).astype(np.float64), np.concatenate(labels).astype(int)
 
 
@@ -100,7 +105,7 @@ def linear_probe(
     model.trainable = False
     data = {}
     for subset, dataset in datasets.items():
-        features, labels = pooled_features(model, dataset.data)
+        features, labels = pooled_features(model, dataset.data, len(dataset.paths))
         data[subset] = (features, labels, dataset.paths)
     fitted = [data[subset] for subset in SUBSETS_FITTED]
     probe = fit_probe(
@@ -150,11 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32, help="default: 32")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--out", help="also write the result as JSON to this file")
+    cli.add_quiet_flag(parser)
     return parser
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.apply_quiet(build_parser().parse_args(argv))
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be positive")
     from bc_keras.models.transfer import MIN_IMAGE_SIZE, check_backbone  # TensorFlow from here on

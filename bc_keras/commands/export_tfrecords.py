@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"per {SHARD_MEBIBYTES} MiB of images, at least 1)",
     )
     cli.add_overwrite_flag(parser)
+    cli.add_quiet_flag(parser)
     return parser
 
 
@@ -113,7 +114,7 @@ def export(split_dir, out, shards: int | None = None, overwrite: bool = False, t
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.apply_quiet(build_parser().parse_args(argv))
     index = export(args.split_dir, args.out, args.shards, args.overwrite, sys.stdout.isatty())
     for subset, entry in index["subsets"].items():
         classes = ", ".join(f"{count} {name}" for name, count in entry["classes"].items())

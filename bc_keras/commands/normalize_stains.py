@@ -39,11 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"worker processes (default: the number of CPU cores, {cores})",
     )
     cli.add_overwrite_flag(parser)
+    cli.add_quiet_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.apply_quiet(build_parser().parse_args(argv))
     settings = normalize_split(
         args.split_dir,
         args.out,

@@ -62,7 +62,8 @@ def parse_args(argv=None):
         default=None,
         help="average the 8 flips and 90-degree rotations (default: as the model was evaluated)",
     )
-    return parser.parse_args(argv)
+    cli.add_quiet_flag(parser)
+    return cli.apply_quiet(parser.parse_args(argv))
 
 
 def main(argv=None) -> int:

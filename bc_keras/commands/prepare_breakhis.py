@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="copy images instead of absolute symbolic links (archives are always extracted)",
     )
     cli.add_overwrite_flag(parser)
+    cli.add_quiet_flag(parser)
     return parser
 
 
@@ -132,7 +133,7 @@ def _main_folds(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = cli.apply_quiet(build_parser().parse_args(argv))
     if args.split == SPLIT_FOLD and not args.fold_file:
         raise DataError("--split fold needs --fold-file FILE (an official dsfoldN.txt)")
     if args.folds is not None:

@@ -14,6 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from bc_keras import runs
+from bc_keras.console import Progress
 from bc_keras.data import DEFAULT_INTERPOLATION, PREPROCESS_RESCALE, files_dataset
 from bc_keras.errors import DataError, ModelFileError
 from bc_keras.histology.breakhis import CLASS_NAMES, UNKNOWN, describe_files
@@ -45,10 +46,10 @@ def dihedral_view(images, index: int):
     return tf.image.flip_left_right(rotated) if index >= 4 else rotated
 
 
-def predict_probabilities(model, dataset, tta: bool = False) -> np.ndarray:
+def predict_probabilities(model, dataset, tta: bool = False, progress=None) -> np.ndarray:
     """Probability of malignant for every image of an unshuffled `tf.data` dataset of
     `images` or `(images, labels)` batches, in order; with `tta`, the mean over the 8
-    dihedral views."""
+    dihedral views. `progress` (a `console.Progress`) advances by each batch's images."""
     views = range(DIHEDRAL_VIEWS) if tta else range(1)
     # One pass over the data: every batch is decoded once and all its views are scored
     # while the next batch is decoded in the background (`model.predict` per view would
@@ -61,6 +62,8 @@ def predict_probabilities(model, dataset, tta: bool = False) -> np.ndarray:
             outputs = model.predict_on_batch(dihedral_view(batch, index))
             total = total + np.asarray(outputs, dtype=np.float64).reshape(-1)
         chunks.append(total)
+        if progress is not None:
+            progress.advance(len(total))
     if not chunks:
         return np.zeros(0, dtype=np.float64)
     total = np.concatenate(chunks)
@@ -172,7 +175,8 @@ def predict_files(
     if not scan.good:
         return [], scan.skipped
     dataset = model_inputs(scan.good, metadata, batch_size)
-    probabilities = predict_probabilities(model, dataset, tta=tta)
+    with Progress("predicted", len(scan.good)) as progress:
+        probabilities = predict_probabilities(model, dataset, tta=tta, progress=progress)
     rows = [
         {"path": path, "probability_malignant": float(p), "label": CLASS_NAMES[int(p >= threshold)]}
         for path, p in zip(scan.good, probabilities, strict=True)
@@ -273,8 +277,10 @@ def write_gradcam_overlays(
     dataset = model_inputs(files, metadata, batch_size)
     normalizer = stain_normalizer_of(metadata)
     written, start = [], 0
+    progress = Progress("Grad-CAM overlays", len(files))
     for inputs, _ in dataset:
         heatmaps = gradcam.gradcam(model, inputs.numpy())
+        progress.advance(len(heatmaps))
         batch = range(start, start + len(heatmaps))
         for heatmap, index in zip(heatmaps, batch, strict=True):
             if normalizer is None:
@@ -286,6 +292,7 @@ def write_gradcam_overlays(
             Image.fromarray(gradcam.overlay(image, heatmap)).save(target)
             written.append(target)
         start += len(heatmaps)
+    progress.close()
     pairs = zip(files, written, strict=True)
     index = [{"path": path, "overlay": target.name} for path, target in pairs]
     write_csv(out_dir / OVERLAY_INDEX, OVERLAY_COLUMNS, index)

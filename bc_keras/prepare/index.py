@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from bc_keras.console import Progress
 from bc_keras.errors import DataError, shorten
 from bc_keras.histology.breakhis import CLASS_NAMES, MAGNIFICATIONS, parse_filename, slide_id_of
 from bc_keras.histology.images import check_bytes, check_image
@@ -259,6 +260,7 @@ def index_tree(source: str | Path, check_images: bool = True, log: Log = silent)
     result = IndexResult(records=[], source_kind="folder", root=str(root.absolute()))
     seen: set[str] = set()
     count = 0
+    progress = Progress("indexed", None, log, tty=False, every=PROGRESS_EVERY)
     for directory, files in walk_once(root, result.walked_again):
         for filename in files:
             if not filename.lower().endswith(".png"):
@@ -275,8 +277,7 @@ def index_tree(source: str | Path, check_images: bool = True, log: Log = silent)
                 continue
             result.records.append(record)
             count += 1
-            if count % PROGRESS_EVERY == 0:
-                log(f"indexed {count} images ...")
+            progress.update(count)
     result.records.sort(key=lambda r: r.filename)
     return result
 
@@ -315,6 +316,7 @@ def index_archive(
     if extract_to is not None:
         Path(extract_to).mkdir(parents=True, exist_ok=True)
     try:
+        progress = Progress("extracted", None, log, tty=False, every=PROGRESS_EVERY)
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 relative = _archive_breast_relative(member.name)
@@ -339,8 +341,7 @@ def index_archive(
                     continue
                 target.write_bytes(data)
                 result.records.append(record)
-                if len(result.records) % PROGRESS_EVERY == 0:
-                    log(f"extracted {len(result.records)} images ...")
+                progress.update(len(result.records))
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         detail = shorten(error, 160)
         raise DataError(

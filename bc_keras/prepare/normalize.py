@@ -5,15 +5,14 @@ normalize.json; parallel over processes, TensorFlow-free."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
-import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
 
+from bc_keras.console import Progress  # noqa: F401  (export_tfrecords uses it too)
 from bc_keras.errors import DataError, one_line
 from bc_keras.histology.breakhis import CLASS_NAMES
 from bc_keras.histology.stain import (
@@ -39,23 +38,6 @@ TARGET_RULE = (
     "some channel) is closest to the median over the training images; ties go to the first in "
     "split.csv path order"
 )
-
-
-class Progress:
-    """A `\\r` progress bar on a terminal, else one line about every 10%."""
-
-    def __init__(self, label: str, total: int, log, tty: bool):
-        self.label, self.total, self.log, self.tty = label, total, log, tty
-        self.step = max(1, math.ceil(total / 10))
-
-    def update(self, done: int) -> None:
-        percent = 100 * done // max(1, self.total)
-        text = f"{self.label} {done}/{self.total} images ({percent}%)"
-        if self.tty:
-            sys.stdout.write(f"\r{text}" + ("\n" if done == self.total else ""))
-            sys.stdout.flush()
-        elif done % self.step == 0 or done == self.total:
-            self.log(text)
 
 
 def run_tasks(executor, function, tasks: list[tuple], progress: Progress) -> list:

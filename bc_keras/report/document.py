@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from bc_keras import cli
+from bc_keras.console import Progress
 from bc_keras.errors import DataError, RunError
 from bc_keras.evaluation.metrics import VIEW_SUMMARY, metrics_in
 from bc_keras.report import figures as figures_module
@@ -304,9 +305,12 @@ def report_markdown(
         *label_efficiency_lines(sets, figures, tests),
     ]
     lines += ["## Models", ""]
-    for each in sets:
-        for model in each.models:
-            lines += _model_section(figures, model, each.slug)
+    # The model sections draw the Grad-CAM panels: the long part of a report.
+    with Progress("model sections", sum(len(e.models) for e in sets), unit="models") as progress:
+        for each in sets:
+            for model in each.models:
+                lines += _model_section(figures, model, each.slug)
+                progress.advance()
     for run in pretraining:
         lines += [f"### SimCLR pretraining: `{run.name}`", "", *_run_section(figures, run)]
     lines += ["## Left out", ""]
@@ -395,7 +399,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="folder for REPORT.md, results.csv, figures/"
     )
-    args = parser.parse_args(argv)
+    cli.add_quiet_flag(parser)
+    args = cli.apply_quiet(parser.parse_args(argv))
     path = build_report(args.runs_dirs, args.out)
     print(f"wrote {path}, {Path(args.out) / RESULTS_FILE} and {Path(args.out) / FIGURES_DIR}/")
     return 0
