@@ -18,6 +18,8 @@ from pathlib import Path
 from bc_keras import cli
 from bc_keras import config as configs
 from bc_keras.backbones import get_backbone
+from bc_keras.config.options import MODEL_RESNET18
+from bc_keras.config.values import ENCODER_INIT_IMAGENET, ENCODER_INIT_RANDOM
 from bc_keras.errors import ConfigError, UserError, one_line
 from bc_keras.prepare import SETTINGS_NAME, prepare_folds, prepare_split
 
@@ -86,6 +88,25 @@ def _weights_available(backbone: str, alpha: float, weights: dict) -> str:
     )
 
 
+def _preset_available(weights: dict) -> str:
+    """'' when SimCLR can start from the ImageNet ResNet-18 offline (keras-hub installed, and
+    its preset in kagglehub's cache or given as --weights resnet18=PATH), else why not."""
+    from bc_keras.models import pretrained
+
+    if not pretrained.keras_hub_installed():
+        return f"keras-hub, which reads ImageNet's ResNet-18, is missing ({pretrained.HUB_INSTALL})"
+    if MODEL_RESNET18 in weights:
+        path = Path(weights[MODEL_RESNET18])
+        return "" if path.is_dir() else f"{path} (the ResNet-18 preset folder) does not exist"
+    if pretrained.cached_imagenet_preset() is not None:
+        return ""
+    return (
+        f"the ImageNet ResNet-18 (keras-hub preset {pretrained.IMAGENET_PRESET}) is not available "
+        f"offline (place its folder in {pretrained.imagenet_preset_dir()}, or pass --weights "
+        f"{MODEL_RESNET18}=PATH to a local keras-hub preset folder)"
+    )
+
+
 def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
     """Every run of the study, in an order where each run's inputs come before it. Each config
     is built here, so a setting that does not work stops the study before anything runs."""
@@ -127,8 +148,10 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
             add(name, configs.TransferConfig, skip=reason, data=data[split], recipe=recipe,
                 **extra, **transfer)  # fmt: skip
     encoder = models_dir / "simclr_encoder.h5"
+    # From random weights always (the runs below depend on it), from ImageNet when it can be.
     add("simclr_pretrain", configs.PretrainConfig, data=data["patient"], seed=seed,
-        model_out=str(encoder), **settings["pretrain"])  # fmt: skip
+        encoder_init=ENCODER_INIT_RANDOM, model_out=str(encoder),
+        **settings["pretrain"])  # fmt: skip
     simclr = dict(classifier, data=data["patient"])
     for fraction in (1.0, *LABEL_FRACTIONS):
         suffix = "" if fraction == 1.0 else f"_{int(fraction * 100)}pct"
@@ -144,6 +167,15 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
     add("simclr_linear", configs.LinearConfig, needs=[encoder], encoder=str(encoder), **simclr)
     add("simclr_linear_random_encoder", configs.LinearConfig, encoder=configs.ENCODER_NONE,
         model_out=str(models_dir / "simclr_linear_random.h5"), **simclr)  # fmt: skip
+    imagenet = models_dir / "simclr_encoder_imagenet.h5"
+    start = str(weights.get(MODEL_RESNET18, ENCODER_INIT_IMAGENET))
+    reason = _preset_available(weights)
+    add("simclr_pretrain_imagenet", configs.PretrainConfig, skip=reason, data=data["patient"],
+        seed=seed, encoder_init=start, model_out=str(imagenet), **settings["pretrain"])  # fmt: skip
+    add("simclr_finetune_imagenet", configs.FinetuneConfig, needs=[imagenet], skip=reason,
+        encoder=str(imagenet), **settings["finetune"], **simclr)  # fmt: skip
+    add("simclr_linear_imagenet", configs.LinearConfig, needs=[imagenet], skip=reason,
+        encoder=str(imagenet), **simclr)  # fmt: skip
     for fold in range(1, settings["folds"] + 1):
         for recipe in configs.RECIPES:
             add(f"cnn_{recipe}_fold{fold}", configs.CNNConfig,
@@ -241,10 +273,19 @@ def run_study(source, out, profile: str = PROFILE_QUICK, weights=None, seed: int
 
 def _weights_argument(text: str) -> tuple[str, str]:
     backbone, _, path = text.partition("=")
-    if backbone not in BACKBONES or not path:
+    if backbone not in (*BACKBONES, MODEL_RESNET18) or not path:
         raise argparse.ArgumentTypeError(
-            f"expected BACKBONE=PATH with BACKBONE one of {', '.join(BACKBONES)}, got {text}"
+            f"expected BACKBONE=PATH with BACKBONE one of {', '.join(BACKBONES)} or "
+            f"{MODEL_RESNET18}, got {text}"
         )
+    if backbone == MODEL_RESNET18:
+        from bc_keras.models import pretrained
+
+        try:
+            pretrained.check_preset_folder(path)
+        except UserError as error:
+            raise argparse.ArgumentTypeError(f"{MODEL_RESNET18}={path}: {error}") from None
+        return backbone, path
     if not Path(path).is_file():
         # Refused now: a typo would otherwise cost the backbone's runs of a long study.
         raise argparse.ArgumentTypeError(f"{path} (weights for {backbone}) does not exist")
@@ -272,8 +313,10 @@ def main(argv=None) -> int:
         type=_weights_argument,
         default=[],
         metavar="BACKBONE=PATH",
-        help="a local no-top ImageNet weights file for a transfer backbone (repeatable); without "
-        "it a backbone runs only if Keras' cache holds its weights",
+        help="a local no-top ImageNet weights file for a transfer backbone, or resnet18=FOLDER "
+        "a local keras-hub ResNet-18 preset for SimCLR's ImageNet start (repeatable); without "
+        "it a backbone runs only if Keras' cache holds its weights, and the ImageNet SimCLR "
+        "runs only if kagglehub's cache holds resnet_18_imagenet",
     )
     parser.add_argument(
         "--seed", type=int, default=42, help="seed of splits and runs (default: 42)"

@@ -5,6 +5,7 @@ experiments' tests' business; here each step is a stand-in that records how it w
 from __future__ import annotations
 
 import json
+from argparse import ArgumentTypeError
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ MOBILENET_WEIGHTS = "mobilenet_2_5_224_tf_no_top.h5"
 
 @pytest.fixture(autouse=True)
 def empty_keras_cache(tmp_path, monkeypatch):
-    """No backbone's weights in Keras' cache unless a test puts them there."""
+    """No backbone's weights in Keras' cache, and no keras-hub preset in kagglehub's, unless a
+    test puts them there."""
     (tmp_path / "keras_home").mkdir()  # an existing, writable home: Keras' fallback is /tmp
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
 
 
 def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
@@ -30,8 +33,9 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     assert len(names) == len(set(names))
     # CNN x 2 recipes x 2 splits + cross-fitted, 3 backbones x (2 recipes x 2 splits +
     # cross-fitted), SimCLR pretrain, 4 fine-tunes + cross-fitted, 3 CNN label fractions x 2
-    # recipes, linear x 2, 2 folds x 2 recipes.
-    assert len(steps) == 5 + 15 + 1 + 5 + 6 + 2 + 4
+    # recipes, linear x 2, SimCLR from ImageNet (pretrain, fine-tune, linear), 2 folds x 2
+    # recipes.
+    assert len(steps) == 5 + 15 + 1 + 5 + 6 + 2 + 3 + 4
     produced = {}
     for index, step in enumerate(steps):
         config = study._config(step, tmp_path, resume=False)
@@ -48,6 +52,7 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     assert configs["simclr_finetune_25pct"].label_fraction == 0.25
     assert configs["simclr_linear_random_encoder"].encoder == "none"
     assert isinstance(configs["simclr_pretrain"], PretrainConfig)
+    assert configs["simclr_pretrain"].encoder_init == "random"  # whatever the recipe's default
     assert isinstance(configs["simclr_finetune"], FinetuneConfig)
     assert configs["cnn_report"].image_size == 48  # quick profile
     # The headline models cross-fitted (2 folds in quick), the rest on the single split.
@@ -177,3 +182,68 @@ def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkey
     assert (tmp_path / "study" / "runs" / "cnn_robust_fold2" / runs.METRICS_FILE).is_file()
     assert isinstance(study._config(study.plan(tmp_path, "quick", {}, 1)[0], tmp_path, False),
                       CNNConfig)  # fmt: skip
+
+
+def _preset_folder(folder: Path) -> Path:
+    """A stand-in keras-hub ResNet-18 preset (config.json as keras-hub writes it)."""
+    from bc_keras.models import pretrained
+
+    folder.mkdir(parents=True)
+    config = {"registered_name": pretrained.BACKBONE_CLASS,
+              "config": {"image_shape": [None, None, 3], **pretrained.RESNET18_HUB_CONFIG}}  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.weights.h5").write_bytes(b"stand-in")
+    return folder
+
+
+IMAGENET_STEPS = ("simclr_pretrain_imagenet", "simclr_finetune_imagenet", "simclr_linear_imagenet")
+
+
+def test_simclr_from_imagenet_runs_when_the_preset_is_cached_or_given(tmp_path, monkeypatch):
+    from bc_keras.models import pretrained
+
+    monkeypatch.setattr(pretrained, "keras_hub_installed", lambda: True)
+
+    def imagenet_steps(weights):
+        steps = {s.name: s for s in study.plan(tmp_path, study.PROFILE_QUICK, weights, 1)}
+        return [steps[name] for name in IMAGENET_STEPS], steps
+
+    # Not cached, not given: skipped with what to place where; the random start still runs.
+    skipped, steps = imagenet_steps({})
+    cache = tmp_path / "kagglehub" / "models" / pretrained.IMAGENET_PRESET_HANDLE
+    assert {step.skip for step in skipped} == {
+        "the ImageNet ResNet-18 (keras-hub preset resnet_18_imagenet) is not available offline "
+        f"(place its folder in {cache}, or pass --weights resnet18=PATH to a local keras-hub "
+        "preset folder)"
+    }
+    assert steps["simclr_pretrain"].skip == "" and steps["simclr_linear"].skip == ""
+    # In kagglehub's cache: the ImageNet runs, chained on their own encoder.
+    _preset_folder(cache)
+    ready, _ = imagenet_steps({})
+    assert [step.skip for step in ready] == ["", "", ""]
+    pretrain, finetune, linear = (study._config(s, tmp_path, False) for s in ready)
+    assert pretrain.encoder_init == "imagenet" and pretrain.image_size == 48
+    assert finetune.encoder == linear.encoder == pretrain.model_out != (
+        study._config(steps["simclr_pretrain"], tmp_path, False).model_out
+    )
+    assert ready[1].needs == ready[2].needs == [Path(pretrain.model_out)]
+    # A local preset given as --weights resnet18=FOLDER is the start.
+    local = _preset_folder(tmp_path / "my_preset")
+    given, _ = imagenet_steps({"resnet18": str(local)})
+    assert given[0].skip == "" and given[0].config.encoder_init == str(local)
+    # Without keras-hub: skipped, saying how to install it.
+    monkeypatch.setattr(pretrained, "keras_hub_installed", lambda: False)
+    without, _ = imagenet_steps({"resnet18": str(local)})
+    assert without[0].skip.endswith('is missing (pip install "bc_keras[hub]")')
+
+
+def test_a_resnet18_weights_argument_must_be_a_preset_folder(tmp_path):
+    good = _preset_folder(tmp_path / "preset")
+    assert study._weights_argument(f"resnet18={good}") == ("resnet18", str(good))
+    with pytest.raises(ArgumentTypeError, match="resnet18=/no/such: --encoder-init /no/such does not"):
+        study._weights_argument("resnet18=/no/such")
+    (tmp_path / "weights.h5").write_bytes(b"x")
+    with pytest.raises(ArgumentTypeError, match="weights.h5 is a file"):
+        study._weights_argument(f"resnet18={tmp_path / 'weights.h5'}")
+    with pytest.raises(ArgumentTypeError, match="one of .* or resnet18, got resnet34=x"):
+        study._weights_argument("resnet34=x")
