@@ -30,7 +30,14 @@ KIND_CLASSIFIER = "classifier"
 KIND_PRETRAIN = "pretrain"
 PROTOCOL_UNKNOWN = "unknown"
 ENCODER_PRETRAINED = "SimCLR encoder"
+# A SimCLR encoder whose pretraining started from the ImageNet ResNet-18 (`--encoder-init
+# imagenet`, or PATH: a local copy of that keras-hub preset), not from random weights.
+ENCODER_IMAGENET = "SimCLR encoder from ImageNet"
 ENCODER_RANDOM = "random encoder"
+ENCODER_ORDER = (ENCODER_PRETRAINED, ENCODER_IMAGENET, ENCODER_RANDOM)
+# The key of a pretraining run that started from ImageNet ("SimCLR pretraining, from ImageNet").
+START_IMAGENET = "from ImageNet"
+START_RANDOM = "random"
 EXPERIMENTS = ("cnn", "transfer", "simclr_linear", "simclr_finetune", "simclr_pretrain")
 _BASE_NAMES = {
     "cnn": "baseline CNN",
@@ -52,8 +59,9 @@ class Fold:
 @dataclass(frozen=True, order=True)
 class ModelKey:
     """What makes two runs the same model: experiment, backbone (and its start), recipe,
-    encoder (SimCLR-pretrained or random), the share of training labels and cross-fitting
-    (K folds, 0 for a single split, and the final model)."""
+    encoder (SimCLR-pretrained from random weights, SimCLR-pretrained from ImageNet, or random;
+    for a pretraining run, its start), the share of training labels and cross-fitting (K
+    folds, 0 for a single split, and the final model)."""
 
     experiment: str
     backbone: str = ""
@@ -86,16 +94,18 @@ class ModelKey:
         return replace(self, label_fraction=1.0)
 
     def order(self) -> tuple:
-        """Report order: CNN, transfer, linear, fine-tuned; SimCLR encoder before random; a
-        cross-fitted model right after its single-split twin."""
+        """Report order: CNN, transfer, linear, fine-tuned; the SimCLR encoder, then the one
+        from ImageNet, then random; a cross-fitted model right after its single-split twin."""
         rank = EXPERIMENTS.index(self.experiment) if self.experiment in EXPERIMENTS else 99
+        encoder = ENCODER_ORDER.index(self.encoder) if self.encoder in ENCODER_ORDER else 0
         return (
             rank,
             self.experiment,
             self.backbone,
             self.weights,
             self.recipe,
-            self.encoder != ENCODER_PRETRAINED,
+            encoder,
+            self.encoder,
             -self.label_fraction,
             self.cross_fit,
             self.cross_fit_final,
@@ -114,6 +124,9 @@ class Run:
     prepare: dict = field(default_factory=dict)
     predictions: dict | None = None
     notes: list[str] = field(default_factory=list)
+    # A SimCLR classifier's: the --encoder-init of the pretraining run that wrote its --encoder
+    # (`link_encoders`); "" when no pretraining run found says so.
+    encoder_start: str = ""
 
     @property
     def kind(self) -> str:
@@ -142,11 +155,17 @@ class Run:
 
     @property
     def encoder(self) -> str:
-        """SimCLR runs: whether the encoder was pretrained or randomly initialised."""
+        """SimCLR classifiers: whether the encoder was pretrained (from random weights or from
+        ImageNet, see `encoder_start`) or randomly initialised. Pretraining runs: their start
+        (config.json's encoder_init; runs from before it always started from random weights)."""
+        if self.experiment == "simclr_pretrain":
+            return START_IMAGENET if _from_imagenet(self.config.get("encoder_init")) else ""
         if self.experiment not in ("simclr_linear", "simclr_finetune"):
             return ""
         encoder = str(self.config.get("encoder") or ENCODER_NONE)
-        return ENCODER_RANDOM if encoder.lower() == ENCODER_NONE else ENCODER_PRETRAINED
+        if encoder.lower() == ENCODER_NONE:
+            return ENCODER_RANDOM
+        return ENCODER_IMAGENET if _from_imagenet(self.encoder_start) else ENCODER_PRETRAINED
 
     @property
     def model_key(self) -> ModelKey:
@@ -213,6 +232,32 @@ class Run:
     @property
     def count(self) -> dict:
         return self.metrics.get("counts") or {}
+
+
+def _from_imagenet(encoder_init) -> bool:
+    """Whether an --encoder-init started from pretrained weights: 'imagenet' or a preset PATH."""
+    return isinstance(encoder_init, str) and encoder_init.strip().lower() not in ("", START_RANDOM)
+
+
+def link_encoders(runs: list[Run]) -> None:
+    """Sets each SimCLR classifier's `encoder_start`: the encoder_init of the pretraining run
+    whose --model-out is the classifier's --encoder (paths resolved as `locate` does). Left ""
+    (counted as a random start, the only one before --encoder-init) when no pretraining run
+    among `runs` wrote that file, or when several did, some from ImageNet and some from random
+    weights (the file then holds the last one's encoder, which config.json cannot tell)."""
+    starts: dict[str, set[str]] = {}
+    for run in runs:
+        model_out = run.config.get("model_out")
+        if run.experiment == "simclr_pretrain" and isinstance(model_out, str) and model_out:
+            start = str(run.config.get("encoder_init") or START_RANDOM)
+            starts.setdefault(str(locate(model_out, run.run_dir)), set()).add(start)
+    for run in runs:
+        encoder = run.config.get("encoder")
+        if run.experiment not in ("simclr_linear", "simclr_finetune") or not encoder:
+            continue
+        found = sorted(starts.get(str(locate(str(encoder), run.run_dir)), ()))
+        agree = len({_from_imagenet(start) for start in found}) == 1
+        run.encoder_start = found[0] if agree else ""
 
 
 def resolve_path(text: str) -> Path:
@@ -327,6 +372,7 @@ def find_runs(roots) -> tuple[list[Run], list[str]]:
             left_out.append(f"{name}: {run}")
         else:
             runs.append(run)
+    link_encoders(runs)
     return runs, left_out
 
 
