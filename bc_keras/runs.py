@@ -217,10 +217,19 @@ def check_resume_config(run_dir, config) -> None:
     recipe, ...), listing every difference; the run's config.json is left as it was."""
     stored = read_config(run_dir)
     current = json.loads(json.dumps(config_values(config), default=_json_default))
+    ignored = RESUMABLE_CHANGES + RECORDED_KEYS
+    # A setting added to bc_keras after the run started is absent from its config.json: the
+    # run goes on with the setting's current value, said once, rather than being refused.
+    added = sorted(key for key in set(current) - set(stored) if key not in ignored)
+    if added and stored:
+        print(
+            f"note: {CONFIG_FILE} of {run_dir} predates "
+            + ", ".join(f"{key} (resuming with {current[key]!r})" for key in added)
+        )
     differences = [
         f"{key} {stored.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(stored) | set(current))
-        if key not in RESUMABLE_CHANGES + RECORDED_KEYS and stored.get(key) != current.get(key)
+        if key not in ignored and key not in added and stored.get(key) != current.get(key)
     ]
     if differences:
         raise RunError(

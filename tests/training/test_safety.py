@@ -19,6 +19,7 @@ from helpers import load_script, probe_callbacks
 from PIL import Image
 
 from bc_keras import cli, data, runs
+from bc_keras.errors import RunError
 from bc_keras.evaluation import classifier as evaluation_classifier
 from bc_keras.evaluation import metrics
 from bc_keras.histology.synthetic import write_synthetic_tree
@@ -118,6 +119,22 @@ def test_resume_with_other_settings_is_refused_and_config_kept(split, tmp_path, 
         assert difference in line
     assert config_file.read_bytes() == before
     assert cli.run_script(train_cnn.main, args + ["--resume"]) == 0
+
+
+def test_a_setting_added_after_the_run_started_does_not_block_its_resume(tmp_path, capsys):
+    from bc_keras.config import CNNConfig
+
+    config = CNNConfig(data="d", run_dir=str(tmp_path))
+    runs.write_config(tmp_path, config)
+    stored = json.loads((tmp_path / runs.CONFIG_FILE).read_text())
+    del stored["tensorboard"]  # as written by a bc_keras without that setting
+    (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(stored))
+    runs.check_resume_config(tmp_path, config)
+    assert "predates tensorboard (resuming with False)" in capsys.readouterr().out
+    stored["epochs"] = 7
+    (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(stored))
+    with pytest.raises(RunError, match="epochs 7 -> 100"):
+        runs.check_resume_config(tmp_path, config)
 
 
 def test_outputs_are_checked_before_training(split, tmp_path, capsys):
