@@ -125,15 +125,8 @@ def evaluate_classifier(
             samples=bootstrap_samples,
             seed=seed,
         )
-    if tune_threshold and tuned_threshold is not None:
-        result["tuned_on_validation"] = bc_metrics.compute_metrics(
-            labels,
-            probabilities,
-            threshold=tuned_threshold,
-            patients=patient_keys,
-            magnifications=magnification_keys,
-        )
-    elif tune_threshold:
+    tuned = tuned_threshold
+    if tune_threshold and tuned is None:
         if validation is None:
             raise ValueError("tune_threshold needs the validation split.")
         if len(np.unique(validation.labels)) < 2:
@@ -146,13 +139,14 @@ def evaluate_classifier(
             tuned = bc_metrics.youden_threshold(
                 validation.labels, predict_probabilities(model, validation.data, tta=tta)
             )
-            result["tuned_on_validation"] = bc_metrics.compute_metrics(
-                labels,
-                probabilities,
-                threshold=tuned,
-                patients=patient_keys,
-                magnifications=magnification_keys,
-            )
+    if tune_threshold and tuned is not None:
+        result["tuned_on_validation"] = bc_metrics.compute_metrics(
+            labels,
+            probabilities,
+            threshold=tuned,
+            patients=patient_keys,
+            magnifications=magnification_keys,
+        )
     result.update(extra or {})
     write_json(run_dir / METRICS_FILE, result)
     _figures(result, labels, probabilities, test, run_dir, title, threshold, seed)

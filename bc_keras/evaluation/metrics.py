@@ -164,7 +164,7 @@ def patient_level_scores(labels, probabilities, patients, threshold: float = 0.5
         `"patients"`, `"benign_patients"` and `"malignant_patients"` (counts).
     """
     labels, probabilities = validate_binary_inputs(labels, probabilities)
-    index, count = _patient_index(patients, labels)
+    index, count = group_index(patients, labels)
     images = np.bincount(index, minlength=count)
     patient_labels = (2 * np.bincount(index, weights=labels, minlength=count) >= images).astype(int)
     mean_probabilities = np.bincount(index, weights=probabilities, minlength=count) / images
@@ -326,13 +326,14 @@ def youden_threshold(labels, probabilities) -> float:
 BOOTSTRAP_METRICS = tuple(metric.key for metric in METRICS if metric.bootstrap)
 
 
-def _patient_index(patients, labels) -> tuple[np.ndarray, int]:
-    """Each image's patient as an index into the sorted distinct keys, and how many there are."""
+def group_index(patients, labels, name: str = "patients") -> tuple[np.ndarray, int]:
+    """Each image's patient (or cluster) as an index into the sorted distinct keys, and how
+    many there are; `name` is the argument named in the error."""
     patients = np.asarray(patients)
     if patients.shape != labels.shape:
         raise ValueError(
-            "patients must give one key per image. Received: "
-            f"patients.shape={patients.shape!r} for {len(labels)} images"
+            f"{name} must give one key per image. Received: "
+            f"{name}.shape={patients.shape!r} for {len(labels)} images"
         )
     keys, index = np.unique(patients, return_inverse=True)
     return index.reshape(-1), len(keys)
@@ -410,7 +411,7 @@ def bootstrap_by_patient(
         a metric undefined in every resample is absent.
     """
     labels, probabilities = validate_binary_inputs(labels, probabilities)
-    index, count = _patient_index(patients, labels)
+    index, count = group_index(patients, labels)
     rng = np.random.default_rng(seed)
     # One (samples, patients) draw is the same stream as one draw of `count` per resample.
     chosen = rng.integers(0, count, (samples, count))

@@ -10,7 +10,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as sk
 
-from bc_keras.evaluation.metrics import validate_binary_inputs
+from bc_keras.evaluation.metrics import group_index, validate_binary_inputs
 
 # `auc_difference_test`'s "method": image-level DeLong, or Obuchowski's clustered form.
 METHOD_DELONG, METHOD_OBUCHOWSKI = "delong", "obuchowski"
@@ -164,14 +164,8 @@ def clustered_delong_test(labels, probabilities_a, probabilities_b, clusters) ->
     """
     labels, probabilities_a = validate_binary_inputs(labels, probabilities_a)
     _, probabilities_b = validate_binary_inputs(labels, probabilities_b)
-    clusters = np.asarray(clusters)
-    if clusters.shape != labels.shape:
-        raise ValueError(
-            "clusters must give one key per image. Received: "
-            f"clusters.shape={clusters.shape!r} for {len(labels)} images"
-        )
-    keys, index = np.unique(clusters, return_inverse=True)
-    index, count, malignant = index.reshape(-1), len(keys), labels == 1
+    index, count = group_index(clusters, labels, "clusters")
+    malignant = labels == 1
     with_malignant = len(np.unique(index[malignant]))
     with_benign = len(np.unique(index[~malignant]))
     if min(with_malignant, with_benign) < 2:
