@@ -40,8 +40,9 @@ def _hub_backbone(keras_hub, seed: int = 0):
     for layer in backbone.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             gamma, beta, mean, variance = (w.shape for w in layer.get_weights())
-            layer.set_weights([rng.uniform(0.5, 1.5, gamma), rng.normal(0, 0.1, beta),
-                               rng.normal(0, 0.1, mean), rng.uniform(0.5, 2.0, variance)])  # fmt: skip
+            values = (rng.uniform(0.5, 1.5, gamma), rng.normal(0, 0.1, beta),
+                      rng.normal(0, 0.1, mean), rng.uniform(0.5, 2.0, variance))  # fmt: skip
+            layer.set_weights(list(values))
     return backbone
 
 
@@ -138,6 +139,20 @@ def test_the_cached_imagenet_preset_is_read_without_the_network(hub_preset, tmp_
         backbone.get_layer("stack3_block1_2_conv").get_weights()[0],
     )
     assert preset.source == str(cached)
+
+
+def test_imagenet_not_cached_goes_through_keras_hubs_own_loading(hub_preset, tmp_path,
+                                                                  monkeypatch):  # fmt: skip
+    """The download branch: keras-hub's from_preset of the backbone and of its converter (here
+    pointed at the local folder instead of the Kaggle handle)."""
+    folder, backbone, _ = hub_preset
+    monkeypatch.setattr(pretrained, "IMAGENET_PRESET", str(folder))
+    preset = pretrained.load_preset_weights(ENCODER_INIT_IMAGENET, cache_dir=tmp_path / "empty")
+    assert preset.source == f"keras-hub preset {folder}"
+    np.testing.assert_allclose(preset.input_scale, [255 * s for s in CONVERTER_SCALE], rtol=1e-6)
+    np.testing.assert_array_equal(
+        preset.weights["stem_bn"][3], backbone.get_layer("conv1_bn").get_weights()[3]
+    )
 
 
 def test_imagenet_offline_and_not_cached_is_one_line_naming_what_to_place_where(
