@@ -93,6 +93,87 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class) -> None:
             arguments["default"] = field.default
         arguments.update(options)
         groups[group].add_argument(flag, *aliases.get(field.name, ()), **arguments)
+    groups[configs.GROUP_OUTPUTS].add_argument(
+        REPLAY_FLAG,
+        metavar="RUN/config.json",
+        help="replay a run: every setting from its config.json, the flags given beside it "
+        "overriding (listed); a new run folder and the default --model-out unless given",
+    )
+
+
+# Replaying a run (`--config RUN/config.json`): what is not taken from it.
+REPLAY_FLAG = "--config"
+NOT_REPLAYED = ("run_dir", "model_out", "resume")
+
+
+def _replayed(argv) -> str | None:
+    """The file `--config` names in `argv`, if any (read before the full parse, so that the
+    stored values can become the parser's defaults)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument(REPLAY_FLAG, dest="replay")
+    known, _ = pre.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    return known.replay
+
+
+def read_replayed_config(path, config_class) -> dict:
+    """The flag values a run's config.json gives `config_class`'s fields (not `NOT_REPLAYED`).
+
+    Raises:
+        ConfigError: if the file is missing, not a config.json, or of another experiment.
+    """
+    import json
+    from pathlib import Path
+
+    from bc_keras.errors import ConfigError
+
+    path = Path(path)
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"--config {path} cannot be read as a run's config.json ({one_line(error)}); pass "
+            "RUN/config.json of a bc_keras run"
+        ) from None
+    if not isinstance(stored, dict) or "experiment" not in stored:
+        raise ConfigError(f"--config {path} is not a bc_keras run's config.json")
+    if stored["experiment"] != config_class.EXPERIMENT:
+        raise ConfigError(
+            f"--config {path} is a {stored['experiment']} run, not {config_class.EXPERIMENT}; "
+            "replay it with that experiment's command"
+        )
+    return {
+        field.name: stored[field.name]
+        for field in dataclasses.fields(config_class)
+        if field.name in stored and field.name not in NOT_REPLAYED
+        and configs.field_options(config_class, field.name)
+    }
+
+
+def replay_defaults(parser: argparse.ArgumentParser, config_class, argv) -> dict:
+    """With `--config` in `argv`: its values become `parser`'s defaults (so the flags given
+    override them) and no flag stays required. Returns the replayed values ({} without)."""
+    path = _replayed(argv)
+    if path is None:
+        return {}
+    values = read_replayed_config(path, config_class)
+    for action in parser._actions:
+        if action.dest in values:
+            action.required = False
+    parser.set_defaults(**values)
+    return values
+
+
+def report_replay(config, replayed: dict, path) -> None:
+    """Prints what a replay took from the run and which flags overrode it."""
+    if not replayed:
+        return
+    changed = [
+        f"{configs.field_options(type(config), name)['flag']} {getattr(config, name)!r} "
+        f"(was {value!r})"
+        for name, value in replayed.items()
+        if getattr(config, name) != value
+    ]
+    print(f"replaying {path}: {len(replayed)} settings; overridden: {', '.join(changed) or 'none'}")
 
 
 def build_parser(config_class, description: str, **parser_options) -> argparse.ArgumentParser:
@@ -110,7 +191,10 @@ def experiment_entry(config_class, description: str):
 
     def parse_args(argv=None):
         parser = build_parser(config_class, description)
-        return config_from_args(config_class, parser.parse_args(argv))
+        replayed = replay_defaults(parser, config_class, argv)
+        config = config_from_args(config_class, parser.parse_args(argv))
+        report_replay(config, replayed, _replayed(argv))
+        return config
 
     def main(argv=None) -> int:
         from bc_keras import experiments

@@ -4,6 +4,7 @@ evaluation, each with the run folder, evaluation and saved .h5 of the other expe
 from __future__ import annotations
 
 import argparse
+import sys
 
 from bc_keras import cli
 from bc_keras.config import FinetuneConfig, LinearConfig, PretrainConfig
@@ -42,13 +43,19 @@ def parse_args(argv=None):
         formatter_class=cli.HelpFormatter,
     )
     modes = parser.add_subparsers(dest="mode", required=True, metavar="MODE")
+    replayed = {}
+    given = list(sys.argv[1:] if argv is None else argv)
     for mode, (config_class, summary, description) in MODES.items():
         sub = modes.add_parser(
             mode, help=summary, description=description, formatter_class=cli.HelpFormatter
         )
         cli.add_config_arguments(sub, config_class)
+        if given and given[0] == mode:  # --config: the stored values become this mode's defaults
+            replayed = cli.replay_defaults(sub, config_class, given[1:])
     args = parser.parse_args(argv)
-    return cli.config_from_args(MODES[args.mode][0], args)
+    config = cli.config_from_args(MODES[args.mode][0], args)
+    cli.report_replay(config, replayed, args.config)
+    return config
 
 
 def main(argv=None) -> int:

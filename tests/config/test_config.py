@@ -205,3 +205,29 @@ def test_each_simclr_mode_has_its_own_default_model_file():
     given = train_simclr.parse_args(["linear", "--data", "d", "--encoder", "none", "--model-out",
                                      "m.h5"])  # fmt: skip
     assert given.model_out == "m.h5"
+
+
+def test_config_replays_a_run_with_the_flags_given_beside_it_overriding(tmp_path, capsys):
+    from bc_keras import runs
+
+    original = config.CNNConfig(data="data/patient", recipe="robust", epochs=7, seed=3,
+                                run_dir=str(tmp_path / "old"), model_out="m/old.h5")  # fmt: skip
+    runs.write_config(tmp_path, original)
+    stored = tmp_path / "config.json"
+    replay = train_cnn.parse_args(["--config", str(stored), "--epochs", "9"])
+    assert replay.data == "data/patient" and replay.seed == 3 and replay.recipe == "robust"
+    assert replay.class_weight == "balanced" and replay.threshold == "youden"
+    assert replay.epochs == 9
+    assert replay.run_dir is None and replay.model_out == "models/cnn_model_breast_cancer.h5"
+    out = capsys.readouterr().out
+    assert f"replaying {stored}:" in out and "overridden: --epochs 9 (was 7)" in out
+    # A SimCLR mode replays the same way; another experiment's run is refused in one line.
+    linear = config.LinearConfig(data="d", encoder="none", epochs=4)
+    (tmp_path / "linear").mkdir()
+    runs.write_config(tmp_path / "linear", linear)
+    parsed = train_simclr.parse_args(["linear", "--config", str(tmp_path / "linear" / "config.json")])
+    assert isinstance(parsed, config.LinearConfig) and parsed.epochs == 4 and parsed.encoder == "none"
+    with pytest.raises(ConfigError, match="is a simclr_linear run, not cnn"):
+        train_cnn.parse_args(["--config", str(tmp_path / "linear" / "config.json")])
+    with pytest.raises(ConfigError, match="cannot be read as a run's config.json"):
+        train_cnn.parse_args(["--config", str(tmp_path / "missing.json")])
