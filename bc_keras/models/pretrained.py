@@ -30,7 +30,6 @@ import numpy as np
 from bc_keras.config.values import ENCODER_INIT_IMAGENET, ENCODER_INIT_RANDOM
 from bc_keras.errors import ConfigError, WeightsError, shorten
 from bc_keras.models.resnet import RESNET18_STAGES, build_resnet18
-from bc_keras.models.saving import nonfinite_weights
 
 IMAGENET_PRESET = "resnet_18_imagenet"
 # The preset's Kaggle handle in keras-hub 0.32 (`ResNetBackbone.presets`): where kagglehub
@@ -182,16 +181,15 @@ def check_preset_folder(path: str | os.PathLike) -> dict:
     return values
 
 
-def _converter_normalisation(folder: Path) -> tuple[list[float] | None, list[float] | None]:
-    """The scale and offset of a preset's image_converter.json, as they apply to [0, 1] images
-    (the converter's apply to [0, 255] pixels); None, None when the preset has no converter.
-    The file is read as data: nothing in it is deserialised."""
+def _converter_scale_offset(folder: Path) -> tuple:
+    """The scale and offset of a preset's image_converter.json (None, None without one). The
+    file is read as data: nothing in it is deserialised."""
     path = folder / IMAGE_CONVERTER_FILE
     if not path.is_file():
         return None, None
     try:
         values = json.loads(path.read_text())["config"]
-        return _normalisation(values.get("scale"), values.get("offset"))
+        return values.get("scale"), values.get("offset")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise WeightsError(
             f"{path} is unreadable ({shorten(error, 100)}); fix it or remove it (the encoder "
@@ -200,6 +198,8 @@ def _converter_normalisation(folder: Path) -> tuple[list[float] | None, list[flo
 
 
 def _normalisation(scale, offset) -> tuple[list[float] | None, list[float] | None]:
+    """A converter's scale and offset, which keras-hub applies to [0, 255] pixels, as the
+    encoder applies them to [0, 1] images; None, None for no converter."""
     if scale is None and offset is None:
         return None, None
 
@@ -263,36 +263,23 @@ def load_preset_weights(
             a ResNet-18 preset, or its weights are not finite.
     """
     keras_hub = _keras_hub(str(encoder_init))
-    folder = None
-    if str(encoder_init).lower() == ENCODER_INIT_IMAGENET:
-        folder = cached_imagenet_preset(cache_dir)
-        if folder is None:
-            try:
-                backbone, scale, offset = (download or _download_imagenet)(keras_hub)
-            except Exception as error:  # kagglehub raises requests' or its own errors
-                raise WeightsError(
-                    f"{_offline_message(cache_dir)}. (Download failed: {shorten(error, 200)})"
-                ) from error
-            source = f"keras-hub preset {IMAGENET_PRESET}"
-            _check_backbone(backbone, keras_hub, source)
-            try:
-                input_scale, input_offset = _normalisation(scale, offset)
-            except (ValueError, TypeError) as error:
-                raise WeightsError(f"{source} has an unusable image converter ({error})") from None
+    if str(encoder_init).lower() != ENCODER_INIT_IMAGENET:
+        source, backbone, scale, offset = _read_folder(keras_hub, Path(encoder_init))
+    elif (cached := cached_imagenet_preset(cache_dir)) is not None:
+        source, backbone, scale, offset = _read_folder(keras_hub, cached)
     else:
-        folder = Path(encoder_init)
-    if folder is not None:
-        check_preset_folder(folder)
-        source = str(folder)
         try:
-            backbone = keras_hub.models.Backbone.from_preset(str(folder))
-        except (ValueError, OSError, KeyError, TypeError) as error:
+            backbone, scale, offset = (download or _download_imagenet)(keras_hub)
+        except Exception as error:  # kagglehub raises requests' errors, or its own
             raise WeightsError(
-                f"{folder} cannot be read by keras-hub ({shorten(error, 200)}); pass a keras-hub "
-                "ResNet-18 preset folder"
-            ) from None
-        _check_backbone(backbone, keras_hub, source)
-        input_scale, input_offset = _converter_normalisation(folder)
+                f"{_offline_message(cache_dir)}. (Download failed: {shorten(error, 200)})"
+            ) from error
+        source = f"keras-hub preset {IMAGENET_PRESET}"
+    _check_backbone(backbone, keras_hub, source)
+    try:
+        input_scale, input_offset = _normalisation(scale, offset)
+    except (ValueError, TypeError) as error:
+        raise WeightsError(f"{source} has an unusable image converter ({error})") from None
     preset = PresetWeights(source, _backbone_weights(backbone, source), input_scale, input_offset)
     broken = [name for name, values in preset.weights.items()
               if not all(np.isfinite(v).all() for v in values)]  # fmt: skip
@@ -302,6 +289,19 @@ def load_preset_weights(
             "another preset or --encoder-init random"
         )
     return preset
+
+
+def _read_folder(keras_hub, folder: Path) -> tuple:
+    """`(source, backbone, scale, offset)` of a local preset folder, checked first."""
+    check_preset_folder(folder)
+    try:
+        backbone = keras_hub.models.Backbone.from_preset(str(folder))
+    except (ValueError, OSError, KeyError, TypeError) as error:
+        raise WeightsError(
+            f"{folder} cannot be read by keras-hub ({shorten(error, 200)}); pass a keras-hub "
+            "ResNet-18 preset folder"
+        ) from None
+    return (str(folder), backbone, *_converter_scale_offset(folder))
 
 
 def _check_backbone(backbone, keras_hub, source: str) -> None:
@@ -331,9 +331,6 @@ def apply_preset_weights(encoder: keras.Model, preset: PresetWeights) -> keras.M
             raise WeightsError(
                 f"{preset.source}: layer {name} does not fit ResNet-18 ({shorten(error, 150)})"
             ) from None
-    broken = nonfinite_weights(encoder)
-    if broken:
-        raise WeightsError(f"{preset.source} gave non-finite weights (e.g. {broken[0]})")
     return encoder
 
 

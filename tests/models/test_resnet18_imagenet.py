@@ -125,6 +125,21 @@ def test_a_preset_without_a_converter_takes_the_images_as_they_are(keras_hub, tm
     assert np.abs(encoder.predict(images, verbose=0) - expected).max() < 1e-4
 
 
+def test_a_preset_with_non_finite_weights_or_a_broken_converter_is_refused(keras_hub, tmp_path):
+    backbone = _hub_backbone(keras_hub, seed=4)
+    kernel = backbone.get_layer("stack2_block1_2_conv").get_weights()[0]
+    kernel[0, 0, 0, 0] = np.nan
+    backbone.get_layer("stack2_block1_2_conv").set_weights([kernel])
+    backbone.save_to_preset(str(tmp_path / "diverged"))
+    with pytest.raises(WeightsError, match="non-finite weights .*stage4_block2_conv2"):
+        pretrained.load_preset_weights(tmp_path / "diverged")
+    _hub_backbone(keras_hub).save_to_preset(str(tmp_path / "converter"))
+    config = {"config": {"scale": [1.0, 2.0], "offset": 0.0}}
+    (tmp_path / "converter" / "image_converter.json").write_text(json.dumps(config))
+    with pytest.raises(WeightsError, match="unusable image converter .*1 or 3 finite numbers"):
+        pretrained.load_preset_weights(tmp_path / "converter")
+
+
 def test_the_cached_imagenet_preset_is_read_without_the_network(hub_preset, tmp_path):
     folder, backbone, _ = hub_preset
     cache = tmp_path / "kagglehub"
