@@ -39,7 +39,7 @@ for backbone in resnet50 vgg16 mobilenet; do
     "$PY" train_transfer.py "${common[@]}" --backbone "$backbone" --weights none --epochs 1 \
         --run-dir "$OUT/runs/$backbone" --model-out "$OUT/models/$backbone.h5"
 done
-"$PY" train_simclr.py pretrain "${common[@]}" --epochs 2 --batch-size 64 \
+"$PY" train_simclr.py pretrain "${common[@]}" --epochs 2 --batch-size 64 --encoder-init random \
     --run-dir "$OUT/runs/pretrain" --model-out "$OUT/models/encoder.h5"
 "$PY" train_simclr.py finetune "${common[@]}" --epochs 1 --encoder "$OUT/models/encoder.h5" \
     --run-dir "$OUT/runs/finetune" --model-out "$OUT/models/simclr.h5"
