@@ -83,6 +83,7 @@ def evaluate_classifier(
     bootstrap_samples: int = 1000,
     seed: int = 0,
     extra: dict | None = None,
+    write_metrics: bool = True,
 ) -> dict:
     """Predicts the test split (a tf.data `ImageDataset`) and writes predictions.csv,
     metrics.json and the figures.
@@ -148,7 +149,8 @@ def evaluate_classifier(
             magnifications=magnification_keys,
         )
     result.update(extra or {})
-    write_json(run_dir / METRICS_FILE, result)
+    if write_metrics:  # else the caller writes it last (metrics.json means a finished run)
+        write_json(run_dir / METRICS_FILE, result)
     _figures(result, labels, probabilities, test, run_dir, title, threshold, seed)
     print(f"\nClassification report ({len(labels)} test images, threshold {threshold:.4g}):")
     print(bc_metrics.classification_report_text(labels, probabilities, threshold))

@@ -343,6 +343,7 @@ def finish_classifier(
         title=title,
         seed=config.seed,
         extra=extra,
+        write_metrics=False,
     )
     # Saved once evaluated, so that the model carries its card (and the card its results).
     fields = card.classifier_card(metadata, result, data_summary(sets))
