@@ -288,10 +288,17 @@ def test_median_epochs_rounds_half_up_and_keeps_a_first_phase_epoch():
 
 
 def test_cross_fit_is_refused_with_one_fold_or_on_a_tfrecord_folder(tmp_path, capsys):
+    from bc_keras.config import CNNConfig
+    from bc_keras.data import tfrecords
+    from bc_keras.errors import ConfigError
+
     code = cli.run_script(train_cnn.main, ["--data", str(tmp_path), "--cross-fit", "1"])
-    assert code != 0
+    assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--cross-fit 1 is not a number of folds" in err
+    (tmp_path / tfrecords.INDEX_NAME).write_text("{}")  # what marks a TFRecord folder
+    with pytest.raises(ConfigError, match="pass the image split it was exported from"):
+        crossfit.check_cross_fit(CNNConfig(data=str(tmp_path), cross_fit=3))
 
 
 @pytest.mark.slow
