@@ -36,6 +36,9 @@ from bc_keras.config.options import (  # noqa: F401
     RECIPE_ROBUST,
     RECIPE_VALUES,
     RECIPES,
+    SSL_METHOD_BYOL,
+    SSL_METHOD_SIMCLR,
+    SSL_METHODS,
     STRATEGIES,
     STRATEGY_DEFAULT,
     STRATEGY_MIRRORED,
@@ -48,13 +51,15 @@ from bc_keras.config.options import (  # noqa: F401
     recipe_option,
     switch,
 )
+from bc_keras.config.selfsupervised import (  # noqa: F401
+    FinetuneConfig,
+    LinearConfig,
+    PretrainConfig,
+)
 from bc_keras.config.settings import (  # noqa: F401
     ClassifierConfig,
     CNNConfig,
     DenseHeadConfig,
-    FinetuneConfig,
-    LinearConfig,
-    PretrainConfig,
     RunConfig,
     TransferConfig,
     TwoPhaseConfig,

@@ -28,6 +28,8 @@ CROSS_FIT_FINALS = CROSS_FIT_ENSEMBLE, CROSS_FIT_REFIT = ("ensemble", "refit")
 # live view, so a backbone registered later is a valid choice too).
 BACKBONES = backbones.BACKBONES.keys()
 MODEL_CNN, MODEL_RESNET18 = "cnn", "resnet18"
+# The self-supervised objectives of `train_simclr.py pretrain --method` (issue 21).
+SSL_METHODS = SSL_METHOD_SIMCLR, SSL_METHOD_BYOL = ("simclr", "byol")
 GROUP_DATA, GROUP_MODEL, GROUP_TRAINING, GROUP_ROBUST = "data", "model", "training", "robust"
 GROUP_OUTPUTS, GROUP_EVALUATION = "outputs", "evaluation"
 

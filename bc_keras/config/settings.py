@@ -4,7 +4,6 @@ and the two recipes filled in on construction (see `bc_keras.config.options`).""
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -14,7 +13,6 @@ from bc_keras.config.options import (
     CLASS_WEIGHTS,
     CROSS_FIT_ENSEMBLE,
     CROSS_FIT_FINALS,
-    ENCODER_NONE,
     GROUP_DATA,
     GROUP_EVALUATION,
     GROUP_MODEL,
@@ -34,7 +32,7 @@ from bc_keras.config.options import (
     recipe_option,
     switch,
 )
-from bc_keras.config.values import check_values, encoder_init_value
+from bc_keras.config.values import check_values
 from bc_keras.errors import ConfigError
 
 
@@ -208,6 +206,28 @@ class ClassifierConfig(RunConfig):
         choices=CROSS_FIT_FINALS,
     )
 
+    teacher: str | None = option(
+        None,
+        "--teacher",
+        "knowledge distillation (Hinton et al. 2015): train on the labels mixed with this "
+        "classifier .h5's softened probabilities of the same augmented images",
+        GROUP_MODEL,
+        metavar="MODEL.h5",
+    )
+    distill_alpha: float = option(
+        0.5,
+        "--distill-alpha",
+        "with --teacher: weight of the label loss; 1 - alpha weighs the teacher's (0..1)",
+        GROUP_MODEL,
+    )
+    distill_temperature: float = option(
+        4.0,
+        "--distill-temperature",
+        "with --teacher: the temperature T both logits are divided by (the soft loss is "
+        "scaled by T^2)",
+        GROUP_MODEL,
+    )
+
     def __post_init__(self):
         super().__post_init__()
         if self.cross_fit == 1 or self.cross_fit < 0:
@@ -330,98 +350,6 @@ class TransferConfig(DenseHeadConfig, TwoPhaseConfig):
     def freeze_batchnorm(self) -> bool:
         """Pretrained BatchNorm statistics are kept (inference mode); random ones train."""
         return self.weights.lower() != "none"
-
-
-@dataclass(kw_only=True)
-class PretrainConfig(RunConfig):
-    """SimCLR contrastive pretraining of the ResNet-18 encoder (SPEC 4)."""
-
-    EXPERIMENT: ClassVar[str] = "simclr_pretrain"
-    MIN_IMAGE_SIZE: ClassVar[int] = 32
-    model_out: str = "models/simclr_resnet18_encoder.h5"
-    batch_size: int = 96
-    patience: int = 15
-    unlabeled: list[str] | None = option(
-        None,
-        "--unlabeled",
-        "pretrain on these images instead of the train split's: image folders (searched "
-        "recursively), prepared splits (their train images) or TFRecord folders; validation "
-        "NT-Xent stays on the --data split's val images",
-        GROUP_DATA,
-        nargs="+",
-        metavar="PATH",
-    )
-    encoder_init: str | None = recipe_option(
-        "--encoder-init",
-        "the encoder's start: 'imagenet' is keras-hub's resnet_18_imagenet preset (the report's "
-        "'ResNet-18 pretrained on ImageNet'; from kagglehub's cache, ~/.cache/kagglehub or "
-        "$KAGGLEHUB_CACHE, downloaded if online; needs pip install \"bc_keras[hub]\"), 'random' "
-        "a random initialisation, or the PATH of a local keras-hub ResNet-18 preset folder",
-        metavar="random|imagenet|PATH",
-    )
-    temperature: float = option(0.5, "--temperature", "NT-Xent temperature")
-    projection_hidden_dim: int = option(
-        256, "--projection-hidden-dim", "projection MLP width", GROUP_MODEL
-    )
-    projection_dim: int = option(128, "--projection-dim", "projection output size", GROUP_MODEL)
-    crop_scale_min: float = option(
-        0.2, "--crop-scale-min", "smallest random-crop area, as a fraction of the image"
-    )
-    jitter_strength: float = option(0.5, "--jitter-strength", "colour jitter strength s")
-    blur_probability: float = option(0.5, "--blur-probability", "probability of a Gaussian blur")
-
-    def __post_init__(self):
-        if isinstance(self.encoder_init, os.PathLike):
-            self.encoder_init = os.fspath(self.encoder_init)
-        super().__post_init__()
-        self.encoder_init = encoder_init_value(self.encoder_init)
-        # NT-Xent contrasts each view with the 2N - 2 other views of the batch: N = 1 leaves
-        # none, and the loss is 0 whatever the encoder does.
-        if self.batch_size < 2:
-            raise ConfigError(
-                f"--batch-size {self.batch_size} gives SimCLR no negatives (each view is "
-                "contrasted with the 2N-2 other views of its batch); pass --batch-size 2 or more "
-                "(the report uses 96)"
-            )
-
-
-@dataclass(kw_only=True)
-class LinearConfig(ClassifierConfig):
-    """A Dense(1, sigmoid) head on a frozen SimCLR (or random) encoder: linear evaluation."""
-
-    EXPERIMENT: ClassVar[str] = "simclr_linear"
-    MIN_IMAGE_SIZE: ClassVar[int] = 32
-    # Each mode saves to its own default file, so the README's sequence (finetune, linear,
-    # linear without an encoder) keeps all three models.
-    model_out: str = "models/simclr_resnet18_linear_breast_cancer.h5"
-    RANDOM_ENCODER_MODEL_OUT: ClassVar[str] = "models/random_resnet18_linear_breast_cancer.h5"
-    patience: int = 15
-    encoder: str = option(
-        "models/simclr_resnet18_encoder.h5",
-        "--encoder",
-        f"pretrained encoder .h5 from `train_simclr.py pretrain`, or '{ENCODER_NONE}' for a "
-        "randomly initialised encoder (the no-pretraining comparison)",
-        GROUP_MODEL,
-    )
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.encoder.lower() == ENCODER_NONE:
-            self.encoder = ENCODER_NONE
-            if self.model_out == type(self).__dataclass_fields__["model_out"].default:
-                self.model_out = self.RANDOM_ENCODER_MODEL_OUT
-
-
-@dataclass(kw_only=True)
-class FinetuneConfig(LinearConfig, TwoPhaseConfig):
-    """The SimCLR encoder fine-tuned with a Dense(1, sigmoid) head, optionally frozen first."""
-
-    EXPERIMENT: ClassVar[str] = "simclr_finetune"
-    model_out: str = "models/simclr_resnet18_breast_cancer.h5"
-    RANDOM_ENCODER_MODEL_OUT: ClassVar[str] = "models/random_resnet18_finetune_breast_cancer.h5"
-    freeze_epochs: int = option(
-        0, "--freeze-epochs", "epochs with the encoder frozen before it is fine-tuned"
-    )
 
 
 def config_values(config) -> dict:
