@@ -67,8 +67,7 @@ def threshold_value(text: str) -> float | str:
         value = -1.0
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(
-            f"must be a probability in (0, 1) or one of {', '.join(THRESHOLD_METHODS)}, "
-            f"got {text}"
+            f"must be a probability in (0, 1) or one of {', '.join(THRESHOLD_METHODS)}, got {text}"
         )
     return value
 
@@ -85,6 +84,13 @@ def encoder_init_value(text: str) -> str:
             f"got {text!r}"
         )
     return name
+
+
+def file_path_value(text: str) -> str:
+    """A file's path as given, not empty (whether the file is usable is checked when read)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must be the PATH of a file, got {text!r}")
+    return text
 
 
 # Argparse types by field name where the annotation alone is not precise enough; configs
@@ -106,20 +112,23 @@ FIELD_TYPES = {
     "finetune_learning_rate": positive_float,
     "min_learning_rate": positive_float,
     "temperature": positive_float,
+    "distill_temperature": positive_float,
     "alpha": positive_float,
     "reduce_lr_factor": fraction,
     "label_fraction": fraction,
     "crop_scale_min": fraction,
     "dropout": unit_interval,
+    "distill_alpha": unit_interval,
     "blur_probability": unit_interval,
     "batch_norm_momentum": unit_interval,
     "stain_augment": non_negative_float,
     "jitter_strength": non_negative_float,
     "threshold": threshold_value,
     "encoder_init": encoder_init_value,
+    "teacher": file_path_value,
 }
 # Rules whose values are text, not numbers.
-TEXT_RULES = frozenset({encoder_init_value})
+TEXT_RULES = frozenset({encoder_init_value, file_path_value})
 
 
 # Fields whose registry refuses an unknown name with its own, fuller message.

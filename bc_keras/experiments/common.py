@@ -14,8 +14,8 @@ import numpy as np
 
 from bc_keras import data, evaluation, models, runs, training
 from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig
-from bc_keras.errors import DataError
-from bc_keras.models import card
+from bc_keras.errors import ConfigError, DataError
+from bc_keras.models import card, distill
 from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
 from bc_keras.training import distribute
 from bc_keras.training.run import LABELLED_FILES, Run, start_run, verbosity  # noqa: F401
@@ -24,6 +24,9 @@ from bc_keras.training.run import LABELLED_FILES, Run, start_run, verbosity  # n
 # completed phase, so that an interrupted later phase resumes without training it again.
 PHASE_WEIGHTS = "phase{number}_complete.weights.h5"
 PHASE_STATE = "phase{number}_complete.json"
+# --teacher's record: in the backup from the first epoch, at the end in config.json and the model.
+TEACHER_RECORD = "teacher.json"
+DISTILLATION_KEY = "distillation"
 
 
 @dataclass
@@ -51,6 +54,9 @@ class ClassifierData:
     recalibration: object = None
     # Training images used / training images: --label-fraction as drawn by whole patients.
     label_fraction_used: float = 1.0
+    # --teacher, and where its record goes (the run's backup, also for a cross-fit member).
+    teacher: distill.Teacher | None = None
+    teacher_record_file: Path | None = None
 
     def dataset(self, subset: str, files: data.SplitFiles, **options) -> data.ImageDataset:
         """A tf.data dataset of `files`, un-augmented and in order unless `options` say
@@ -71,12 +77,37 @@ def classifier_run(config: ClassifierConfig, preprocess: str, interpolation: str
     """`start_run` and `classifier_data` (on the labelled training files) of a classifier:
     `with classifier_run(config, preprocess, interpolation) as (run, sets):`."""
     with start_run(config) as run:
+        teacher = load_run_teacher(run)
         train_files, used = labelled_files(config, run.write_dir)
         if run.chief:
             runs.record_in_config(run.run_dir, label_fraction_used=used)
         sets = classifier_data(config, preprocess, interpolation, train_files=train_files)
-        sets.label_fraction_used = used
+        sets.label_fraction_used, sets.teacher = used, teacher
+        sets.teacher_record_file = run.run_dir / runs.BACKUP_DIR / TEACHER_RECORD
         yield run, sets
+
+
+def load_run_teacher(run: Run) -> distill.Teacher | None:
+    """The run's --teacher (see `distill.teacher_metadata`) loaded once, or None; refused if it
+    saw images normalised otherwise, or on --resume if the file changed since it was used."""
+    from bc_keras.evaluation.inference import STAIN_NORMALIZER_KEY as STAIN
+
+    config = run.config
+    if config.teacher is None:
+        return None
+    stain = distill.teacher_metadata(config.teacher, config.model_out).get(STAIN)
+    if stain != stain_normalizer(config.data).get(STAIN):
+        raise ConfigError(
+            f"--teacher {config.teacher} saw images normalised otherwise than {config.data}'s; "
+            "distil on a split normalised as the teacher's was (normalize_stains.py)"
+        )
+    record_file = run.run_dir / runs.BACKUP_DIR / TEACHER_RECORD
+    trained_with = json.loads(record_file.read_text())["sha256"] if record_file.is_file() else None
+    with run.scope():
+        teacher = distill.load_teacher(config.teacher, trained_with)
+    alpha, temperature = config.distill_alpha, config.distill_temperature
+    print(f"distilling from {config.teacher} (alpha {alpha:g}, T {temperature:g})")
+    return teacher
 
 
 # The share drawn by whole patients is near the one asked for; beyond this relative difference
@@ -246,8 +277,9 @@ def fit_phases(
             **callback_options,
         )
         run.training_started = True
-        with distribute.fit_scope(model, run.strategy):
-            model.fit(
+        fitted = model if sets.teacher is None else _distillation_trainer(model, run, sets)
+        with distribute.fit_scope(fitted, run.strategy):
+            fitted.fit(
                 train.data,
                 validation_data=None if sets.validation is None else sets.validation.data,
                 epochs=epochs,
@@ -261,6 +293,18 @@ def fit_phases(
         best_value, best_weights = stopping.best, model.get_weights()
         selected.append(_epochs_kept(stopping.best_epoch, select, phase))
     return selected
+
+
+def _distillation_trainer(student, run: Run, sets: ClassifierData) -> distill.DistillationTrainer:
+    """The student, compiled for its phase, wrapped to train beside the recorded teacher."""
+    alpha, temperature = run.config.distill_alpha, run.config.distill_temperature
+    if run.chief and not sets.teacher_record_file.is_file():
+        sets.teacher_record_file.parent.mkdir(parents=True, exist_ok=True)
+        runs.write_json(sets.teacher_record_file, sets.teacher.record(alpha, temperature))
+    with run.scope():
+        return distill.build_distillation_trainer(
+            student, sets.teacher, sets.preprocess, alpha, temperature
+        )
 
 
 def _epochs_kept(best_epoch, select: bool, phase: Phase) -> int | None:
@@ -328,6 +372,9 @@ def finish_classifier(
         "run_dir": str(run.run_dir),
         **stain_normalizer(config.data),
     }
+    if sets.teacher is not None:
+        record = sets.teacher.record(config.distill_alpha, config.distill_temperature)
+        metadata[DISTILLATION_KEY] = record
     evaluation.plot_run_history(run.run_dir, title=title)
     test = sets.dataset(data.SUBSET_TEST, sets.test_files)
     result = evaluation.evaluate_classifier(
@@ -349,9 +396,13 @@ def finish_classifier(
     fields = card.classifier_card(metadata, result, data_summary(sets))
     model_path = models.save_model(model, config.model_out, {**metadata, "card": fields})
     card_file = card.write_card(model_path, title, fields)
-    result = {**result, runs.MODEL_HASH_KEY: runs.file_sha256(model_path), "model_card": str(card_file)}
+    result = {**result, runs.MODEL_HASH_KEY: runs.file_sha256(model_path),
+              "model_card": str(card_file)}  # fmt: skip
     runs.write_json(run.run_dir / runs.METRICS_FILE, result)
     runs.finish_backup(run.run_dir)
+    if sets.teacher is not None:
+        # Only once finished: config.json gaining a key earlier would make --resume refuse it.
+        runs.record_in_config(run.run_dir, **{DISTILLATION_KEY: record})
     print(
         f"\nmodel: {model_path} (card: {card_file})\nmetrics, predictions and figures: {run.run_dir}"
     )

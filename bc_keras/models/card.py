@@ -61,15 +61,18 @@ def classifier_card(metadata: dict, metrics: dict, data: dict) -> dict:
             f", chosen on the out-of-fold probabilities of {metadata['cross_fit']}-fold "
             f"cross-fitting; final model: {metadata.get('cross_fit_final')}"
         )
+    model = {
+        "experiment": metadata.get("experiment"),
+        "architecture": metadata.get("architecture"),
+        "recipe": metadata.get("recipe"),
+        "input": f"{metadata.get('image_size')} px RGB, preprocessing "
+        f"{metadata.get('preprocess')}, resized with {metadata.get('interpolation')}",
+        "test-time augmentation": bool(metadata.get("tta")),
+    }
+    if metadata.get("distillation"):
+        model["training"] = distillation_line(metadata["distillation"])
     return {
-        "model": {
-            "experiment": metadata.get("experiment"),
-            "architecture": metadata.get("architecture"),
-            "recipe": metadata.get("recipe"),
-            "input": f"{metadata.get('image_size')} px RGB, preprocessing "
-            f"{metadata.get('preprocess')}, resized with {metadata.get('interpolation')}",
-            "test-time augmentation": bool(metadata.get("tta")),
-        },
+        "model": model,
         "data": data,
         "test results (95% patient-bootstrap intervals)": test,
         "flags": list(metrics.get("flags") or []) or ["none"],
@@ -77,6 +80,19 @@ def classifier_card(metadata: dict, metrics: dict, data: dict) -> dict:
         "intended use": INTENDED_USE,
         "known limits": list(KNOWN_LIMITS),
     }
+
+
+def distillation_line(record: dict) -> str:
+    """'distilled from <teacher> (alpha, T)', with what the teacher is and its file's hash."""
+    teacher = ", ".join(
+        str(record[key]) for key in ("experiment", "architecture") if record.get(key) is not None
+    )
+    size = f" at {record['image_size']} px" if record.get("image_size") else ""
+    return (
+        f"distilled from {record.get('teacher')} ({teacher or 'a classifier'}{size}; SHA-256 "
+        f"{str(record.get('sha256'))[:12]}...) with alpha {record.get('alpha'):g}, "
+        f"T {record.get('temperature'):g}"
+    )
 
 
 def encoder_card(metadata: dict, summary: dict, data: dict) -> dict:
