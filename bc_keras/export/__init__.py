@@ -1,0 +1,10 @@
+"""Deployment: a trained classifier as a self-contained export (`.keras`, SavedModel, LiteRT
+float32 / float16 / int8) that takes uint8 RGB images of any size and returns the malignant
+probability with no bc_keras code at inference, and the measured cost of each export
+(`python -m bc_keras.export MODEL.h5 --out DIR --format ...`, `--check SPLIT`).
+
+Importing this package imports no TensorFlow; its modules do.
+"""
+
+FORMATS = ("keras", "savedmodel", "litert")
+QUANTIZATIONS = ("none", "float16", "int8")
