@@ -45,12 +45,20 @@ __all__ = [
 ]
 
 
+def keep_pixels(images):
+    """The own preprocessing of a backbone that preprocesses inside the model (MobileNetV3,
+    EfficientNet, see `Backbone.includes_preprocessing`): float pixels in [0, 255] as they are."""
+    return images
+
+
 def preprocess_function(preprocess: str):
     """The function mapping float pixels in [0, 255] to model inputs (None for rescale).
 
     Args:
-        preprocess: "rescale" (the report: x / 255) or a backbone name whose
-            `keras.applications` `preprocess_input` is used.
+        preprocess: "rescale" (the report: x / 255, whatever the model; a backbone that
+            preprocesses inside then gets [0, 1] where it expects [0, 255]) or a backbone
+            name: its `keras.applications` `preprocess_input`, or `keep_pixels` for a backbone
+            that preprocesses inside the model.
     """
     if preprocess == PREPROCESS_RESCALE or preprocess in NO_PREPROCESS_MODELS:
         return None
@@ -59,8 +67,10 @@ def preprocess_function(preprocess: str):
             f"Unknown preprocessing; use {PREPROCESS_RESCALE!r} or one of "
             f"{sorted(BACKBONES)}. Received: preprocess={preprocess!r}"
         )
-    module = getattr(keras.applications, BACKBONES[preprocess].preprocess_module)
-    return module.preprocess_input
+    record = BACKBONES[preprocess]
+    if record.includes_preprocessing:
+        return keep_pixels
+    return getattr(keras.applications, record.preprocess_module).preprocess_input
 
 
 def apply_preprocess(images, preprocess: str):
