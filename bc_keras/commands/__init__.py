@@ -71,7 +71,7 @@ COMMANDS = (
         SECTION_DATA,
     ),
     Command(
-        "export",
+        "tfrecords",
         "bc_keras.commands.export_tfrecords",
         "a prepared split as sharded TFRecords (--data of training, --pipeline tfdata)",
         SECTION_DATA,
@@ -103,6 +103,13 @@ COMMANDS = (
         "predict benign/malignant for image files with a saved .h5 model (and Grad-CAM)",
         SECTION_RESULTS,
         "interrupted: nothing was written",
+    ),
+    Command(
+        "export",
+        "bc_keras.commands.export_model",
+        "a classifier as a self-contained .keras, SavedModel or LiteRT (float16, int8) export, "
+        "and what each costs (--check)",
+        SECTION_RESULTS,
     ),
     # The commands below are `python -m bc_keras.<x>`; their lines on Ctrl-C are theirs.
     Command(

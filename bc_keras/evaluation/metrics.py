@@ -356,7 +356,7 @@ def _resampled_auc(weights, labels, probabilities) -> np.ndarray:
         return np.where(pairs > 0, wins / pairs, np.nan)
 
 
-def _resampled_scores(multiplicity, index, labels, probabilities, threshold) -> dict:
+def resampled_scores(multiplicity, index, labels, probabilities, threshold) -> dict:
     """`BOOTSTRAP_METRICS` of every resample at once, NaN where `binary_scores` gives None.
 
     Args:
@@ -418,7 +418,7 @@ def bootstrap_by_patient(
     offsets = (np.arange(samples) * count)[:, None]
     multiplicity = np.bincount((chosen + offsets).ravel(), minlength=samples * count)
     multiplicity = multiplicity.reshape(samples, count).astype(float)
-    scores = _resampled_scores(multiplicity, index, labels, probabilities, threshold)
+    scores = resampled_scores(multiplicity, index, labels, probabilities, threshold)
     intervals = {}
     for key in BOOTSTRAP_METRICS:
         values = scores[key][~np.isnan(scores[key])]
