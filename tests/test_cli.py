@@ -152,7 +152,7 @@ def test_each_subcommand_is_its_script_with_the_same_help(name, monkeypatch, cap
         got = _help(commands.main, [*name.split(), *argv], "/bin/bc-keras", monkeypatch, capsys)
         assert got == expected
         named = name in SCRIPTS or name in NAMED_BY_ARGV
-            assert got.startswith("usage: bc-keras " if named else "usage: python -m ")
+        assert got.startswith("usage: bc-keras " if named else "usage: python -m ")
 
 
 def test_the_command_lists_every_subcommand_on_one_line(capsys):
