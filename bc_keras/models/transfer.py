@@ -1,20 +1,25 @@
-"""Transfer learning: keras.applications backbones, their weights, the head and the two phases."""
+"""Transfer learning: keras.applications backbones, their weights (ImageNet, a no-top file or a
+self-supervised encoder), the head and the two phases."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import numpy as np
 
-from bc_keras.backbones import BACKBONES, KERAS_APPLICATIONS_URL
+from bc_keras import runs
+from bc_keras.backbones import BACKBONES, Backbone
 from bc_keras.backbones import get_backbone as backbone_record
 from bc_keras.errors import WeightsError, shorten
+from bc_keras.models import saving
 from bc_keras.models.classifier import compile_classifier, sigmoid_output
-from bc_keras.models.saving import check_model_file, nonfinite_weights
 from bc_keras.models.scope import model_scope
 
 WEIGHTS_IMAGENET = "imagenet"
@@ -27,6 +32,10 @@ PHASE_FROZEN = 1
 PHASE_FINE_TUNE = 2
 PHASE1_LEARNING_RATE = 1e-3
 PHASE2_LEARNING_RATE = 1e-4
+# The metadata kinds of a self-supervised encoder file ("simclr_encoder": before issue 21).
+ENCODER_KINDS = ("encoder", "simclr_encoder")
+# `weights_provenance`'s "weights_source": where a transfer model's starting weights came from.
+SOURCE_IMAGENET, SOURCE_NONE, SOURCE_FILE, SOURCE_ENCODER = "imagenet", "none", "file", "encoder"
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,8 @@ def imagenet_weights_file(
             f"{tuple(a for a, _ in record.alphas)} only; use one of them or weights none. "
             f"Received: alpha={alpha}"
         )
-    url = f"{KERAS_APPLICATIONS_URL}{record.weights_folder}{file_name}"
-    return ImageNetWeightsFile(file_name, url, record.weights_hash)
+    url = f"{record.weights_url}{record.weights_folder}{file_name}"
+    return ImageNetWeightsFile(file_name, url, record.weights_file_hash(alpha))
 
 
 def keras_models_dir(keras_home: str | os.PathLike | None = None) -> Path:
@@ -73,7 +82,7 @@ def keras_models_dir(keras_home: str | os.PathLike | None = None) -> Path:
             than at import, so a changed $KERAS_HOME is honoured.
 
     Returns:
-        `<keras home>/models`, or `/tmp/.keras/models` when the keras home is not writable.
+        `<keras home>/models` (`/tmp/.keras/models` when the keras home is not writable).
     """
     if keras_home is None:
         if "KERAS_HOME" in os.environ:
@@ -134,10 +143,12 @@ def resolve_imagenet_weights(
 
 
 def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float = 1.0) -> None:
-    """Loads a no-top .h5 weights file into a backbone, with a clear error when it cannot.
+    """Loads a no-top .h5 weights file (or an encoder's backbone, `load_encoder_backbone`) into a
+    backbone, with a clear error when it cannot.
 
     The file is untrusted: a full model saved as .h5 (which has a configuration) is inspected
-    with `check_model_file` first, although only its weights are read.
+    with `check_model_file` first, although only its weights are read. Keras' EfficientNet
+    ImageNet file gets the correction Keras applies when it loads it itself.
 
     Raises:
         WeightsError: if the file is missing, a folder, not HDF5, does not match the
@@ -161,7 +172,10 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
         )
     if path.suffix != ".h5" or not h5py.is_hdf5(path):
         raise WeightsError(f"{path} is not an HDF5 (.h5) weights file; expected {expected}.")
-    check_model_file(path)
+    if (metadata := file_metadata(path)) is not None:
+        load_encoder_backbone(model, path, backbone, alpha, metadata)
+        return
+    saving.check_model_file(path)
     try:
         model.load_weights(path)
     except (ValueError, KeyError, OSError, TypeError) as error:
@@ -169,7 +183,12 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
             f"Weights file {path.name} ({path}) does not match the {backbone} backbone: expected "
             f"{expected} (include_top=False). Keras said: {shorten(error)}"
         ) from error
-    broken = nonfinite_weights(model)
+    _correct_imagenet_variance(model, backbone_record(backbone))
+    _refuse_nonfinite(model, path)
+
+
+def _refuse_nonfinite(model: keras.Model, path: Path) -> None:
+    broken = saving.nonfinite_weights(model)
     if broken:
         # A NaN backbone makes every prediction NaN (or 0.5 after the head): never train on it.
         raise WeightsError(
@@ -177,6 +196,106 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
             f"{broken[0]}): it was saved from a diverged run; pass another file, "
             f"{WEIGHTS_IMAGENET!r} or {WEIGHTS_NONE!r}."
         )
+
+
+def _correct_imagenet_variance(model: keras.Model, record: Backbone) -> None:
+    """Folds Keras' correction of its EfficientNet ImageNet file into the input Normalization:
+    the file's variance v is the standard deviations s, and Keras divides by sqrt(s) again in
+    a Rescaling layer it adds only when it loads the file itself; v * s does the same with the
+    layers of any backbone. Another variance (random, saved by bc_keras) is left as it is."""
+    if not record.stddev_as_variance:
+        return
+    layer = next(lay for lay in model.layers if isinstance(lay, keras.layers.Normalization))
+    mean, variance, *rest = layer.get_weights()
+    stddev = np.asarray(record.stddev_as_variance, variance.dtype)
+    if np.allclose(variance, stddev, rtol=0.0, atol=1e-6):
+        layer.set_weights([mean, variance * stddev, *rest])
+        layer.finalize_state()  # the layer computes with a copy of its variables
+
+
+def file_metadata(path) -> dict | None:
+    """The bc_keras metadata of an HDF5 file; None for a file without (a no-top weights file)."""
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        raw = file.attrs.get(saving.METADATA_ATTRIBUTE)
+    return None if raw is None else json.loads(raw)
+
+
+def load_encoder_backbone(
+    model: keras.Model, path, backbone: str, alpha: float, metadata: dict | None = None
+) -> None:
+    """Copies the "backbone" layer of a self-supervised encoder file into a transfer backbone.
+
+    The encoder (`train_simclr.py pretrain`) is a bc_keras model of kind "encoder" whose
+    metadata names its `architecture` and `alpha`, with `build_backbone(architecture, size,
+    weights=None, alpha=alpha)` as its layer "backbone"; loaded as untrusted, once they match.
+
+    Raises:
+        WeightsError: not an encoder, or of another backbone or width, or non-finite.
+        ModelFileError: if the file carries code or cannot be loaded.
+    """
+    path = Path(path)
+    metadata = file_metadata(path) if metadata is None else metadata
+    kind, architecture = metadata.get("kind"), metadata.get("architecture")
+    if kind not in ENCODER_KINDS:
+        raise WeightsError(
+            f"{path.name} is a bc_keras {kind} ({architecture}), not starting weights; pass an "
+            "encoder from `train_simclr.py pretrain`, a no-top .h5, 'imagenet' or 'none'"
+        )
+    encoder_alpha = float(metadata.get("alpha", 1.0))
+    width = f" --alpha {encoder_alpha:g}" if encoder_alpha != 1.0 else ""
+    described = f"a {metadata.get('method', 'simclr')} {architecture} encoder"
+    if architecture != backbone:
+        other = f"fine-tune it with `train_simclr.py finetune --encoder {path}`"
+        other = f"pass --backbone {architecture}{width}" if architecture in BACKBONES else other
+        article = "an" if backbone[0] in "aeiou" else "a"
+        raise WeightsError(
+            f"{path.name} is {described}, not {article} {backbone} one; pretrain with --encoder "
+            f"{backbone} or {other}"
+        )
+    if encoder_alpha != float(alpha):
+        raise WeightsError(
+            f"{path.name} is {described} of alpha {encoder_alpha:g}, not {alpha:g}; pass --alpha "
+            f"{encoder_alpha:g}, or pretrain a {backbone} encoder of alpha {alpha:g}"
+        )
+    encoder, _ = saving.load_model(path)
+    try:
+        model.set_weights(encoder.get_layer(BACKBONE_LAYER_NAME).get_weights())
+    except ValueError as error:
+        raise WeightsError(
+            f"{path.name} is {described} without a {backbone} {BACKBONE_LAYER_NAME!r} layer "
+            f"({shorten(error, 120)}); pretrain it again with `train_simclr.py pretrain`"
+        ) from error
+    for layer in [lay for lay in model.layers if isinstance(lay, keras.layers.Normalization)]:
+        layer.finalize_state()  # the layer computes with a copy of its variables
+    _refuse_nonfinite(model, path)
+
+
+def weights_provenance(weights) -> dict:
+    """Where a transfer model's starting weights come from, for its metadata: "weights_source"
+    (imagenet, none, file or encoder) and, for a file, its SHA-256, and for an encoder its
+    method, architecture, alpha, image size and preprocessing too."""
+    if weights is None or str(weights).lower() == WEIGHTS_NONE:
+        return {"weights_source": SOURCE_NONE}
+    if weights == WEIGHTS_IMAGENET:
+        return {"weights_source": SOURCE_IMAGENET}
+    provenance = {"weights_file": str(weights), "weights_sha256": runs.file_sha256(weights)}
+    metadata = file_metadata(weights) or {}
+    if metadata.get("kind") not in ENCODER_KINDS:
+        return {"weights_source": SOURCE_FILE, **provenance}
+    defaults = {"method": "simclr", "alpha": 1.0}
+    keys = ("method", "alpha", "architecture", "image_size", "preprocess")
+    encoder = {f"encoder_{key}": metadata.get(key, defaults.get(key)) for key in keys}
+    return {"weights_source": SOURCE_ENCODER, **provenance, **encoder}
+
+
+def _hard_sigmoid_layers(x):
+    """MobileNetV3's gate relu6(x + 3) / 6 in layers, the same arithmetic as Keras' raw ops
+    (x + 3.0, * 1/6), which its .h5 loader cannot rebuild ("Only input tensors may be passed
+    as positional arguments", Keras 3.15)."""
+    x = keras.layers.ReLU(6.0)(keras.layers.Rescaling(1.0, offset=3.0)(x))
+    return keras.layers.Rescaling(1.0 / 6.0)(x)
 
 
 def build_backbone(
@@ -194,7 +313,8 @@ def build_backbone(
         backbone: the name of a registered backbone (`bc_keras.backbones`).
         image_size: square input size, at least 32.
         weights: "imagenet" (the Keras cache, see `resolve_imagenet_weights`), None or "none"
-            (random initialisation), or the path of a local no-top .h5 weights file.
+            (random initialisation), the path of a local no-top .h5 weights file, or that of
+            a self-supervised encoder of this backbone (see `load_encoder_backbone`).
         alpha: the width multiplier of a backbone that has one (see its registry record).
         keras_home: the Keras home folder for the ImageNet cache; None resolves it as Keras does.
         download: how a missing ImageNet file is fetched (default `keras.utils.get_file`).
@@ -211,20 +331,22 @@ def build_backbone(
         )
     if isinstance(weights, str) and weights.lower() == WEIGHTS_NONE:
         weights = None
+    weights_path = None if weights is None else Path(weights)
     if weights == WEIGHTS_IMAGENET:
         weights_path = resolve_imagenet_weights(backbone, image_size, alpha, keras_home, download)
-    else:
-        weights_path = None if weights is None else Path(weights)
     record = backbone_record(backbone)
     options = {**record.builder_options, **({"alpha": alpha} if record.has_alpha else {})}
-    # Built without weights, then loaded here, so a bad file gets a message naming it.
-    model = getattr(keras.applications, record.application)(
-        include_top=False,
-        weights=None,
-        input_shape=(image_size, image_size, 3),
-        name=name,
-        **options,
-    )
+    builder = getattr(keras.applications, record.application)
+    module = vars(sys.modules[builder.__module__])
+    patch = {"hard_sigmoid": _hard_sigmoid_layers} if record.hard_sigmoid_layers else {}
+    saved = {key: module[key] for key in patch}
+    module.update(patch)
+    shape = (image_size, image_size, 3)
+    try:  # Weights loaded below, so that a bad file gets a message naming it.
+        model = builder(include_top=False, weights=None, input_shape=shape, **options)
+    finally:
+        module.update(saved)
+    model.name = name  # built under Keras' name: EfficientNetV2 picks its blocks by it
     if weights_path is not None:
         load_backbone_weights(model, weights_path, backbone, alpha)
     return model
