@@ -262,6 +262,7 @@ def test_gradcam_reaches_the_last_feature_map(backbone):
     path = gradcam.find_target_layer(model)
     assert path[0] == "backbone" and path[1] == transfer.get_backbone(model).layers[-1].name
     heatmaps, probabilities = gradcam.gradcam(model, images, return_probabilities=True)
+    np.testing.assert_array_equal(heatmaps.max(axis=(1, 2)), 1.0)  # maps with evidence
     expected, expected_probabilities = manual_gradcam(model, tf.constant(images))
     np.testing.assert_allclose(heatmaps, expected, rtol=0, atol=1e-4)
     np.testing.assert_allclose(probabilities, np.ravel(expected_probabilities), atol=1e-6)
