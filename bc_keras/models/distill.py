@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bc_keras.data.pipeline import apply_preprocess
+from bc_keras.data.pipeline import apply_preprocess, preprocess_function
 from bc_keras.errors import ConfigError, ModelFileError, RunError
 from bc_keras.models.classifier import classifier_metrics
 
@@ -227,6 +227,13 @@ def load_teacher(path, trained_with: str | None = None) -> Teacher:
     model, metadata = load_model(path)
     model.trainable = False
     size = int(metadata["image_size"])
+    try:
+        preprocess_function(metadata["preprocess"])
+    except ValueError:
+        raise ModelFileError(
+            f"--teacher {path} wants the preprocessing {metadata['preprocess']!r}, which this "
+            "version of bc_keras does not know; use a teacher saved by this version"
+        ) from None
     if tuple(model.input_shape[1:3]) not in ((size, size), (None, None)):
         raise ModelFileError(
             f"--teacher {path} takes {model.input_shape[1:3]} inputs but its metadata says "
@@ -240,7 +247,8 @@ class DistillationTrainer(keras.Model):
 
     `fit()` trains the student on `DistillationLoss` of the labels and the teacher's
     probabilities of the same (augmented) batch, which the teacher sees through
-    `teacher_inputs` (training=False); class and sample weights weigh each image's loss. The
+    `teacher_inputs` (training=False, one view: no test-time augmentation); class and sample
+    weights weigh each image's loss. The
     metrics (accuracy, AUC, ...) are the student's on the labels, under the names a plain
     classifier logs, and the validation loss (`val_loss`) is the plain BCE of the labels, so
     that early stopping and model selection judge a distilled student as they judge any.
