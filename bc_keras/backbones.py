@@ -47,6 +47,8 @@ class Backbone:
         hard_sigmoid_layers: build the builder's `hard_sigmoid` (MobileNetV3's squeeze-excite
             gate) from Keras layers rather than the raw ops Keras' .h5 loader cannot rebuild.
         in_report: whether the original report published transfer results with it.
+        light: a lightweight backbone for deployment (issue 20; the report's future work):
+            the study trains these in its full profile only.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Backbone:
     hard_sigmoid_layers: bool = False
     # Whether the original report published transfer results with this backbone.
     in_report: bool = False
+    light: bool = False
 
     @property
     def has_alpha(self) -> bool:
@@ -191,6 +194,7 @@ def mobilenet_v3(model_type: str, minimalistic: bool = False) -> Backbone:
         ),
         builder_options={"minimalistic": minimalistic, "include_preprocessing": True},
         includes_preprocessing=True,
+        light=True,
         hard_sigmoid_layers=True,
     )
 
@@ -211,6 +215,7 @@ register_backbone(
         weights_hash="50bc09e76180e00e4465e1a485ddc09d",
         weights_url="https://storage.googleapis.com/keras-applications/",
         includes_preprocessing=True,
+        light=True,
         # keras/src/applications/efficientnet.py: IMAGENET_STDDEV_RGB.
         stddev_as_variance=(0.229, 0.224, 0.225),
     )
@@ -226,5 +231,6 @@ register_backbone(
         weights_hash="893217f2bb855e2983157299931e43ff",
         builder_options={"include_preprocessing": True},
         includes_preprocessing=True,
+        light=True,
     )
 )

@@ -25,6 +25,12 @@ from bc_keras.prepare import SETTINGS_NAME, prepare_folds, prepare_split
 
 PROFILE_QUICK, PROFILE_FULL = PROFILES = ("quick", "full")
 BACKBONES = configs.BACKBONES
+# The report's three backbones run in both profiles; the light ones (issue 20) in the full one.
+LIGHT_BACKBONES = tuple(name for name in BACKBONES if get_backbone(name).light)
+REPORT_BACKBONES = tuple(name for name in BACKBONES if name not in LIGHT_BACKBONES)
+# The distilled CNN's teacher (full profile): the robust transfer of the report's backbone
+# (ResNet50: "transferring knowledge from a large ResNet50 to a smaller CNN").
+TEACHER_BACKBONE = next(name for name in BACKBONES if get_backbone(name).in_report)
 LABEL_FRACTIONS = (0.1, 0.25, 0.5)
 # Per profile: config values of every classifier, the two-phase and SimCLR settings, the
 # backbones' width, and the folds; the full profile keeps the report's values.
@@ -37,6 +43,7 @@ SETTINGS = {
         "finetune": dict(freeze_epochs=2),
         "folds": 2,
         "cross_fit": 2,
+        "deployment": False,
     },
     PROFILE_FULL: {
         "classifier": {},
@@ -46,6 +53,7 @@ SETTINGS = {
         "finetune": dict(freeze_epochs=5),
         "folds": 5,
         "cross_fit": 5,
+        "deployment": True,
     },
 }
 
@@ -133,7 +141,7 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
     for recipe in configs.RECIPES:
         add(f"cnn_{recipe}_image_split", configs.CNNConfig, data=data["image"], recipe=recipe,
             **classifier)  # fmt: skip
-    for backbone in BACKBONES:
+    for backbone in REPORT_BACKBONES:
         # Quick: the narrowest width of a backbone with a width multiplier; full: 1.0.
         alpha = get_backbone(backbone).smallest_alpha if settings["smallest_alpha"] else 1.0
         transfer = dict(classifier, backbone=backbone, alpha=alpha, **settings["transfer"])
@@ -147,6 +155,8 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
             name += "_cross_fit" if extra else ""
             add(name, configs.TransferConfig, skip=reason, data=data[split], recipe=recipe,
                 **extra, **transfer)  # fmt: skip
+    if settings["deployment"]:
+        _deployment_steps(add, data, models_dir, classifier, settings, weights)
     encoder = models_dir / "simclr_encoder.h5"
     # From random weights always (the runs below depend on it), from ImageNet when it can be.
     add("simclr_pretrain", configs.PretrainConfig, data=data["patient"], seed=seed,
@@ -181,6 +191,27 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
             add(f"cnn_{recipe}_fold{fold}", configs.CNNConfig,
                 data=str(out / "data" / "folds" / f"fold_{fold}"), recipe=recipe, **classifier)  # fmt: skip
     return steps
+
+
+def _deployment_steps(add, data, models_dir, classifier, settings, weights) -> None:
+    """The full profile's deployment runs (issue 20): each light backbone in both recipes on
+    the patient split, and the CNN distilled from the robust ResNet50 transfer (skipped with
+    its teacher)."""
+    for backbone in LIGHT_BACKBONES:
+        alpha = get_backbone(backbone).smallest_alpha if settings["smallest_alpha"] else 1.0
+        transfer = dict(classifier, backbone=backbone, alpha=alpha, **settings["transfer"])
+        if backbone in weights:
+            transfer["weights"] = str(weights[backbone])
+        reason = _weights_available(backbone, alpha, weights)
+        for recipe in configs.RECIPES:
+            add(f"transfer_{backbone}_{recipe}", configs.TransferConfig, skip=reason,
+                data=data["patient"], recipe=recipe, **transfer)  # fmt: skip
+    teacher = models_dir / f"transfer_{TEACHER_BACKBONE}_{configs.RECIPE_ROBUST}.h5"
+    alpha = 1.0
+    reason = _weights_available(TEACHER_BACKBONE, alpha, weights)
+    add(f"cnn_{configs.RECIPE_ROBUST}_distilled", configs.CNNConfig, needs=[teacher],
+        skip=reason and f"its teacher is skipped: {reason}", data=data["patient"],
+        recipe=configs.RECIPE_ROBUST, teacher=str(teacher), **classifier)  # fmt: skip
 
 
 def prepare_data(source, out: Path, profile: str, seed: int, log) -> None:

@@ -1,5 +1,5 @@
 """A prepared split as sharded TFRecords: `python data_tools/export_tfrecords.py` is `bc-keras
-export`, whose code is bc_keras.commands.export_tfrecords (this script is kept for clones and the
+tfrecords`, whose code is bc_keras.commands.export_tfrecords (this script is kept for clones and the
 commands written before)."""
 
 from __future__ import annotations
@@ -13,4 +13,4 @@ from bc_keras import commands
 from bc_keras.commands.export_tfrecords import *  # noqa: F403
 
 if __name__ == "__main__":
-    sys.exit(commands.run_command("export"))
+    sys.exit(commands.run_command("tfrecords"))

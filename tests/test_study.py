@@ -59,7 +59,7 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     crossed = {name for name, config in configs.items() if getattr(config, "cross_fit", 0)}
     assert crossed == {
         "cnn_robust_cross_fit", "simclr_finetune_cross_fit",
-        *(f"transfer_{backbone}_robust_cross_fit" for backbone in study.BACKBONES),
+        *(f"transfer_{backbone}_robust_cross_fit" for backbone in study.REPORT_BACKBONES),
     }  # fmt: skip
     assert {configs[name].cross_fit for name in crossed} == {2}
     assert all(configs[name].recipe == "robust" for name in crossed if name.startswith("cnn"))
@@ -73,6 +73,26 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     assert sum(step.name.startswith("cnn_report_fold") for step in full) == 5
     assert {step.config.cross_fit for step in full if step.name.endswith("_cross_fit")} == {5}
     assert study._config(full[0], tmp_path, resume=False).image_size == 224  # the report's
+    # Full only: the light backbones in both recipes and the CNN distilled from the robust
+    # ResNet50 transfer, which runs after its teacher (and is skipped with it).
+    assert study.LIGHT_BACKBONES == (
+        "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0", "efficientnetv2_b0"
+    )  # fmt: skip
+    assert not any(step.config.backbone in study.LIGHT_BACKBONES for step in steps
+                   if isinstance(step.config, TransferConfig))  # fmt: skip
+    full_steps = {step.name: (index, step) for index, step in enumerate(full)}
+    for backbone in study.LIGHT_BACKBONES:
+        for recipe in ("report", "robust"):
+            _, step = full_steps[f"transfer_{backbone}_{recipe}"]
+            assert (step.config.backbone, step.config.recipe) == (backbone, recipe)
+            assert step.config.data == str(tmp_path / "data" / "patient")
+    index, distilled = full_steps["cnn_robust_distilled"]
+    teacher = tmp_path / "models" / "transfer_resnet50_robust.h5"
+    assert distilled.config.teacher == str(teacher) and distilled.needs == [teacher]
+    assert full_steps["transfer_resnet50_robust"][0] < index
+    assert distilled.skip.startswith("its teacher is skipped: its ImageNet weights")
+    # 3 more folds x 2 recipes, 4 light backbones x 2 recipes, the distilled CNN.
+    assert len(full) == len(steps) + 3 * 2 + 4 * 2 + 1
 
 
 def test_backbones_without_weights_are_skipped_with_what_to_put_where(tmp_path):
