@@ -57,10 +57,14 @@ def inference_model(
     images = keras.Input((None, None, 3), dtype="uint8", name=INPUT_NAME)
     resized = pil_resize(images, size, interpolation, max_side, dtype)
     inputs = apply_preprocess(ops.cast(resized, "float32"), preprocess)
-    views = range(DIHEDRAL_VIEWS) if tta else range(1)
-    outputs = [ops.cast(network(dihedral_view(inputs, index)), "float32") for index in views]
-    probability = outputs[0] if len(outputs) == 1 else ops.mean(ops.stack(outputs), axis=0)
-    probability = ops.reshape(probability, (-1,))
+    if tta:
+        # The 8 views as one batch through one call of the network: its weights appear once in
+        # the graph (an int8 LiteRT export would otherwise quantise them once per view).
+        views = ops.concatenate([dihedral_view(inputs, i) for i in range(DIHEDRAL_VIEWS)], axis=0)
+        outputs = ops.reshape(ops.cast(network(views), "float32"), (DIHEDRAL_VIEWS, -1))
+        probability = ops.mean(outputs, axis=0)
+    else:
+        probability = ops.reshape(ops.cast(network(inputs), "float32"), (-1,))
     # A side beyond the resize's window would be resized wrongly: NaN says so.
     line = ops.cast(images[:1, :, :1, 0], "float32")
     column = ops.cast(images[:1, :1, :, 0], "float32")
