@@ -91,7 +91,13 @@ class RunConfig:
         "runs/<experiment>/<timestamp>)",
         GROUP_OUTPUTS,
     )
-    model_out: str = option("", "--model-out", "where the trained .h5 is saved", GROUP_OUTPUTS)
+    model_out: str = option(
+        "",
+        "--model-out",
+        "where the trained model is saved: a .h5 (HDF5, the default) or a .keras (Keras' native "
+        "archive); bc_keras' metadata travels inside either",
+        GROUP_OUTPUTS,
+    )
     resume: bool = switch(
         "--resume",
         "continue an interrupted run from its last completed epoch (the --run-dir, or the newest "

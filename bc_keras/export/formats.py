@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import bc_keras
 from bc_keras import runs
+from bc_keras.models import saving
 from bc_keras.data.decode import DEFAULT_INTERPOLATION
 from bc_keras.errors import DataError, ModelFileError, RunError, one_line
 from bc_keras.export import FORMATS, QUANTIZATIONS  # noqa: E402  (spelled once, TF-free)
@@ -37,7 +38,7 @@ MODEL_FILES = {
 }
 # The name of the metadata inside a .keras archive and a .tflite flatbuffer, and the
 # SavedModel signature that returns it.
-METADATA_NAME = "bc_keras_export.json"
+METADATA_NAME = saving.EXPORT_MEMBER
 METADATA_SIGNATURE = "metadata"
 SERVING_SIGNATURE = "serving_default"
 DEFAULT_CALIBRATION_IMAGES = 100

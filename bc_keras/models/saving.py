@@ -1,10 +1,11 @@
-"""Saving and loading bc_keras models: .h5 files with their metadata, written atomically, and
-checked as untrusted input before Keras reads them."""
+"""Saving and loading bc_keras models: .h5 files (the default) or native `.keras` archives with
+their metadata, written atomically, and checked as untrusted input before Keras reads them."""
 
 from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -15,19 +16,25 @@ from bc_keras.errors import ModelFileError, RunError, TrainingError, one_line, s
 
 # The name of the HDF5 attribute holding what inference needs to know about a saved model.
 METADATA_ATTRIBUTE = "bc_keras_metadata"
+# The same metadata in a native .keras archive (a zip): a member beside Keras' config.json.
+METADATA_MEMBER = "bc_keras_metadata.json"
+# The member an exported inference model carries instead (bc_keras.export.formats).
+EXPORT_MEMBER = "bc_keras_export.json"
+MODEL_SUFFIXES = (".h5", ".keras")
 
 
 def check_model_out(path) -> Path:
-    """Checks, before any training, that a model can be saved at `path` (a .h5 file in a
-    folder that exists or can be made and is writable); returns it as a Path."""
+    """Checks, before any training, that a model can be saved at `path` (a .h5 file, or a
+    native .keras archive, in a folder that exists or can be made and is writable); returns
+    it as a Path."""
     path = Path(path)
-    if path.suffix != ".h5":
+    if path.suffix not in MODEL_SUFFIXES:
         raise RunError(
-            f"--model-out {path} must end in .h5 (bc_keras saves HDF5 models); e.g. "
-            f"{path.with_suffix('.h5')}"
+            f"--model-out {path} must end in .h5 (HDF5, the default) or .keras (Keras' native "
+            f"format); e.g. {path.with_suffix('.h5')}"
         )
     if path.is_dir():
-        raise RunError(f"--model-out {path} is a folder; name a .h5 file inside it")
+        raise RunError(f"--model-out {path} is a folder; name a {path.suffix} file inside it")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -82,11 +89,13 @@ def float32_copy(model: keras.Model) -> keras.Model:
 
 
 def save_model(model: keras.Model, path, metadata: dict) -> Path:
-    """Saves `model` as .h5 with `metadata` (JSON) inside the file, atomically.
+    """Saves `model` as .h5 (or, for a `.keras` path, Keras' native archive) with `metadata`
+    (JSON) inside the file, atomically.
 
     The metadata says how inputs were prepared (image size, preprocessing) so that
-    `predict.py` never has to be told. A mixed-precision model is saved computing in float32.
-    The file appears only once it is complete.
+    `predict.py` never has to be told: an HDF5 attribute of the .h5, a member of the .keras
+    zip. A mixed-precision model is saved computing in float32. The file appears only once it
+    is complete.
     """
     import h5py
 
@@ -94,16 +103,54 @@ def save_model(model: keras.Model, path, metadata: dict) -> Path:
     check_finite_weights(model)
     with runs.atomic_path(path, keep_suffix=True) as temporary:
         float32_copy(model).save(temporary)
-        with h5py.File(temporary, "a") as file:
-            file.attrs[METADATA_ATTRIBUTE] = json.dumps(metadata)
+        if path.suffix == ".keras":
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(METADATA_MEMBER, json.dumps(metadata))
+        else:
+            with h5py.File(temporary, "a") as file:
+                file.attrs[METADATA_ATTRIBUTE] = json.dumps(metadata)
     return path
 
 
+def _keras_archive_members(path: Path) -> dict:
+    """The bc_keras metadata, export record and Keras config of a .keras zip (None where
+    absent), as text."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            return {
+                member: archive.read(member).decode() if member in names else None
+                for member in (METADATA_MEMBER, EXPORT_MEMBER, "config.json")
+            }
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as error:
+        raise ModelFileError(
+            f"{path} cannot be read as a .keras model ({one_line(error)}); it is truncated or "
+            "corrupt: copy it again or retrain"
+        ) from error
+
+
+def _read_keras_metadata(path: Path) -> dict:
+    members = _keras_archive_members(path)
+    if members[EXPORT_MEMBER] is not None and members[METADATA_MEMBER] is None:
+        raise ModelFileError(
+            f"{path} is an exported inference model (uint8 images in, the probability out), "
+            "not a trained bc_keras model; pass the .h5 or .keras the training script saved"
+        )
+    if members[METADATA_MEMBER] is None:
+        kind = "a Keras model" if members["config.json"] is not None else "a zip file"
+        raise ModelFileError(
+            f"{path} is {kind} without bc_keras metadata, so its input size and preprocessing "
+            "are unknown; use a model saved by a bc_keras training script."
+        )
+    return json.loads(members[METADATA_MEMBER])
+
+
 def read_metadata(path) -> dict:
-    """The bc_keras metadata stored in a saved .h5 model.
+    """The bc_keras metadata stored in a saved .h5 (or .keras) model.
 
     Raises:
-        ModelFileError: if the file is missing, a folder, not HDF5, or not saved by bc_keras.
+        ModelFileError: if the file is missing, a folder, neither HDF5 nor a .keras archive,
+            or not saved by bc_keras.
     """
     import h5py
 
@@ -117,10 +164,17 @@ def read_metadata(path) -> dict:
         raise ModelFileError(
             f"Model file {path} does not exist; pass the .h5 a training script saved."
         )
+    if zipfile.is_zipfile(path):
+        return _read_keras_metadata(path)
+    if path.suffix == ".keras":
+        raise ModelFileError(
+            f"{path} is not a .keras archive (a zip); it is truncated or corrupt: copy it again "
+            "or retrain"
+        )
     if not h5py.is_hdf5(path):
         raise ModelFileError(
-            f"{path} is not an HDF5 (.h5) model file; pass a .h5 saved by train_cnn.py, "
-            "train_transfer.py or train_simclr.py."
+            f"{path} is neither an HDF5 (.h5) nor a .keras model file; pass a model saved by "
+            "train_cnn.py, train_transfer.py or train_simclr.py."
         )
     try:
         with h5py.File(path, "r") as file:
@@ -235,8 +289,21 @@ def _code_in(value) -> str | None:
     return next((found for item in value.values() if (found := _code_in(item))), None)
 
 
+def _hdf5_configs(path: Path) -> dict:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as file:
+            return {key: file.attrs.get(key) for key in ("model_config", "training_config")}
+    except OSError as error:
+        raise ModelFileError(
+            f"{path} cannot be read as HDF5 ({shorten(error)}); it is truncated or corrupt: "
+            "copy it again or retrain"
+        ) from error
+
+
 def check_model_file(path) -> None:
-    """Refuses a .h5 whose Keras configuration could run code when loaded, before Keras reads
+    """Refuses a .h5 (or .keras) whose Keras configuration could run code when loaded, before Keras reads
     it: a Lambda (or TFSMLayer) layer, a Python function, or a class that is neither a Keras
     built-in nor registered by bc_keras, anywhere in the model (nested models included) or its
     training configuration. A weights-only file (no configuration) passes.
@@ -244,21 +311,17 @@ def check_model_file(path) -> None:
     Raises:
         ModelFileError: if the file carries code, or its configuration cannot be read.
     """
-    import h5py
-
     # Importing bc_keras.models.simclr registers NTXentLoss, bc_keras' only Keras-registered
     # object (`import bc_keras` alone registers nothing), so compiled files resolve it.
     from bc_keras.models import simclr  # noqa: F401
 
     path = Path(path)
-    try:
-        with h5py.File(path, "r") as file:
-            raw = {key: file.attrs.get(key) for key in ("model_config", "training_config")}
-    except OSError as error:
-        raise ModelFileError(
-            f"{path} cannot be read as HDF5 ({shorten(error)}); it is truncated or corrupt: "
-            "copy it again or retrain"
-        ) from error
+    if zipfile.is_zipfile(path):
+        # A .keras archive: its config.json holds the model and (as compile_config) training
+        # configuration.
+        raw = {"model configuration": _keras_archive_members(path)["config.json"]}
+    else:
+        raw = _hdf5_configs(path)
     for key, text in raw.items():
         if text is None:
             continue
