@@ -346,6 +346,19 @@ def check_model_file(path) -> None:
             )
 
 
+def _finalize_normalizations(model: keras.Model) -> None:
+    """Sets every adapted Normalization's mean and variance from its loaded statistics.
+
+    Keras' .h5 loader calls `finalize_state` on top-level layers only: a nested backbone's
+    input Normalization (EfficientNet's) keeps its build-time mean 0 and variance 1 and would
+    compute differently from the saved model. A Normalization given its mean at construction
+    has nothing to finalise (Keras skips it).
+    """
+    for layer in model._flatten_layers(include_self=False):
+        if isinstance(layer, keras.layers.Normalization) and layer.built:
+            layer.finalize_state()
+
+
 def load_model(path, compile: bool = False) -> tuple[keras.Model, dict]:
     """Loads a bc_keras .h5 model and its metadata, treating the file as untrusted.
 
@@ -371,6 +384,7 @@ def load_model(path, compile: bool = False) -> tuple[keras.Model, dict]:
             f"{path} cannot be loaded: {shorten(error)}; use a .h5 saved by a bc_keras "
             "training script with this version of Keras"
         ) from error
+    _finalize_normalizations(model)
     broken = nonfinite_weights(model)
     if broken:
         raise ModelFileError(

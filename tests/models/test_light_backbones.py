@@ -194,17 +194,14 @@ def test_efficientnet_imagenet_file_is_normalised_as_keras_loads_it(tmp_path, mo
     np.testing.assert_array_equal(normalization_of(fresh).get_weights()[1], [1, 1, 1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Keras' .h5 loader calls Normalization.finalize_state only on top-level layers: a "
-    "nested backbone's input Normalization keeps its build-time mean 0 and variance 1 "
-    "(bc_keras.models.saving.load_model is to finalize them)",
-)
-def test_a_reloaded_imagenet_efficientnet_normalises_as_before_saving(tmp_path):
+@pytest.mark.parametrize("suffix", [".h5", ".keras"])
+def test_a_reloaded_imagenet_efficientnet_normalises_as_before_saving(suffix, tmp_path):
+    """Keras' .h5 loader finalises only top-level Normalization layers: bc_keras' load_model
+    finalises the nested backbone's, so the reloaded model computes as the saved one."""
     stand_in = tmp_path / "efficientnetb0_notop.h5"
     efficientnet_imagenet_like(stand_in, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     model = transfer.build_transfer_model("efficientnet_b0", IMAGE_SIZE, weights=stand_in)
-    path = models.save_model(model, tmp_path / "model.h5", {"kind": "classifier"})
+    path = models.save_model(model, tmp_path / f"model{suffix}", {"kind": "classifier"})
     loaded, _ = models.load_model(path)
     pixels = np.random.default_rng(0).uniform(0, 255, (2, IMAGE_SIZE, IMAGE_SIZE, 3))
     before, after = (
@@ -212,6 +209,9 @@ def test_a_reloaded_imagenet_efficientnet_normalises_as_before_saving(tmp_path):
         for inner in (transfer.get_backbone(model), transfer.get_backbone(loaded))
     )
     np.testing.assert_allclose(after, before, rtol=1e-6)
+    assert np.abs(before - pixels).max() > 1.0  # the normalisation is not the identity
+    np.testing.assert_allclose(loaded.predict(pixels, verbose=0), model.predict(pixels, verbose=0),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
 
 
 @pytest.mark.parametrize("backbone", LIGHT_BACKBONES)
