@@ -203,6 +203,35 @@ def test_int8_mobilenet_is_scored_against_float32_with_its_interval(
     assert "| litert int8 |" in check_markdown(result)
 
 
+def test_a_light_backbone_exports_to_full_integer_litert(synthetic_split, tmp_path):
+    """MobileNetV3-Small (hard-swish, squeeze-excite gates, its preprocessing inside the model)
+    converts with every network op in int8 (the export refuses a float op left behind), a third
+    of the .h5 or less, and predicts one probability in [0, 1] per image."""
+    import tensorflow as tf
+
+    model = build_transfer_model("mobilenet_v3_small", 32, weights=None)
+    path = _save(tmp_path / "v3.h5", model, preprocess="mobilenet_v3_small")
+    folder = tmp_path / "int8"
+    exported = formats.export_model(path, folder, "litert", "int8", calibration=synthetic_split,
+                                    max_side=MAX_SIDE)  # fmt: skip
+    assert exported.stat().st_size <= path.stat().st_size / 3
+    interpreter = tf.lite.Interpreter(model_path=str(exported))
+    convolutions = [op for op in interpreter._get_ops_details()
+                    if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D")]  # fmt: skip
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    assert len(convolutions) > 20
+    assert {details[op["inputs"][1]]["dtype"] for op in convolutions} == {np.int8}
+    files = data.list_split_files(synthetic_split, "test").paths[:4]
+    interpreter.resize_tensor_input(0, (len(files), 32, 48, 3))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"],
+                           np.stack([read_rgb(f) for f in files]))  # fmt: skip
+    interpreter.invoke()
+    probabilities = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    assert probabilities.shape == (len(files),)
+    assert np.all((probabilities >= 0) & (probabilities <= 1))
+
+
 def test_a_stain_normalised_model_normalises_inside_the_savedmodel(
     classifiers, synthetic_split, tmp_path
 ):
