@@ -14,13 +14,13 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "bc_keras"
 SUBPACKAGES = ("config", "histology", "prepare", "data", "models", "training", "evaluation", "experiments",
-               "report", "export")  # fmt: skip
+               "report", "export", "robustness")  # fmt: skip
 # The modules that are commands (`python -m ...`, a `main`, and the installed command's
 # package bc_keras.commands): they alone may import `cli`.
 COMMANDS = {
     "bc_keras.study", "bc_keras.probe", "bc_keras.bench", "bc_keras.compare",
     "bc_keras.report.document", "bc_keras.report.__main__", "bc_keras.report.compare",
-    "bc_keras.export.__main__",
+    "bc_keras.export.__main__", "bc_keras.robustness.__main__",
 }  # fmt: skip
 # Forbidden arrows: (importer prefix, imported prefix).
 FORBIDDEN = [
@@ -44,7 +44,8 @@ LIGHT = ["bc_keras.histology", "bc_keras.prepare", "bc_keras.config", "bc_keras.
          "bc_keras.runs", "bc_keras.cli", "bc_keras.backbones", "bc_keras.experiments",
          "bc_keras.evaluation", "bc_keras.evaluation.metrics", "bc_keras.report",
          "bc_keras.report.compare", "bc_keras.report.runs", "bc_keras.report.tables",
-         "bc_keras.commands", "bc_keras.console", "bc_keras.export"]  # fmt: skip
+         "bc_keras.commands", "bc_keras.console", "bc_keras.export",
+         "bc_keras.robustness"]  # fmt: skip
 MAX_LINES = 450
 MAX_TOP_LEVEL = 12
 
