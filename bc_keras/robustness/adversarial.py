@@ -127,15 +127,15 @@ def fgsm(model, pixels, labels, epsilon, preprocess: str, tta: bool = False, bat
 
 
 def pgd(model, pixels, labels, epsilon, preprocess: str, tta: bool = False, *, seed: int = 0,
-        severity: int = 0, indices=None, steps: int = PGD_STEPS, step_share: float = PGD_STEP_SHARE,
+        indices=None, steps: int = PGD_STEPS, step_share: float = PGD_STEP_SHARE,
         batch_size: int = 32, gradient=None) -> np.ndarray:  # fmt: skip
     """Projected gradient descent: a uniform random start in the epsilon ball, then `steps`
     signed steps of `step_share * epsilon`, each projected back into the ball and 0-255.
 
-    The random start of image `i` is drawn from `image_rng(seed, "pgd", severity, index)` (see
-    `bc_keras.robustness.corruptions`), so the attack is deterministic given the seed and does
-    not depend on the batch. Arguments as `fgsm`; `indices` are the images' positions in
-    their split (default 0..n-1).
+    The random start of image `i` is `epsilon` times a uniform field in [-1, 1] drawn from
+    `image_rng(seed, "pgd", index)` (see `bc_keras.robustness.corruptions`), so the attack is
+    deterministic given the seed and does not depend on the batch; `indices` are the images'
+    positions in their split (default 0..n-1). Other arguments as `fgsm`.
     """
     epsilon = _check_epsilon(epsilon)
     gradient = gradient or loss_gradient(model, preprocess, tta)
@@ -143,7 +143,7 @@ def pgd(model, pixels, labels, epsilon, preprocess: str, tta: bool = False, *, s
     labels = np.asarray(labels, dtype=np.float32)
     indices = range(len(clean)) if indices is None else indices
     starts = [
-        image_rng(seed, "pgd", severity, index).uniform(-epsilon, epsilon, clean.shape[1:])
+        epsilon * image_rng(seed, "pgd", index).uniform(-1.0, 1.0, clean.shape[1:])
         for index in indices
     ]
     low = np.maximum(clean - epsilon, 0.0)

@@ -153,7 +153,7 @@ def evaluate_model(path, split, corruptions=None, severities=None, seed: int = 0
             else:
                 gradient = gradient or adversarial.loss_gradient(model, preprocess, tta)
                 attack = adversarial.fgsm if name == "fgsm" else adversarial.pgd
-                options = {} if name == "fgsm" else {"seed": seed, "severity": severity}
+                options = {} if name == "fgsm" else {"seed": seed}
                 pixels = attack(model, images, labels, value, preprocess, tta,
                                 batch_size=batch_size, gradient=gradient, **options)  # fmt: skip
             probabilities = predict_probabilities(
@@ -212,6 +212,8 @@ def benchmark(model_paths, split, corruptions=None, severities=None, seed: int =
     for path in model_paths:
         if not Path(path).is_file():
             raise RunError(f"{path} does not exist; pass a classifier saved by a training script")
+    if not Path(split).is_dir():
+        raise DataError(f"--data {split} does not exist; pass a prepared split folder")
     progress = Progress("robustness", len(model_paths) * len(corruptions) * len(severities),
                         unit="evaluations")  # fmt: skip
     entries = []

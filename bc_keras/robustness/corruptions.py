@@ -2,11 +2,14 @@
 uint8 image, a severity's parameter and a random generator, each at 5 severities, and the
 adversarial attacks' records (their code needs the model: `bc_keras.robustness.adversarial`).
 
-Every corruption is deterministic given the seed: image `i` at severity `s` of corruption `c`
-draws from `numpy.random.default_rng([seed, crc32(c), s, i])`, so a result does not depend on
-the batch size, on the other images or on which corruptions run beside it. Sizes are relative
-to the image (a blur's sigma, the occluded cells), so that one severity means the same tissue
-damage at every model input size. TensorFlow-free.
+Every corruption is deterministic given the seed: image `i` under corruption `c` draws from
+`numpy.random.default_rng([seed, crc32(c), i])`, so a result does not depend on the batch
+size, on the other images or on which corruptions run beside it. The draws do not depend on
+the severity either: each image keeps its noise field, its directions of brightness and stain
+shift and its order of occluded cells, and a higher severity scales the same damage up (the
+cells occluded at severity 2 include those of severity 1). Sizes are relative to the image (a
+blur's sigma, the occluded cells), so that one severity means the same tissue damage at every
+model input size. TensorFlow-free.
 """
 
 from __future__ import annotations
@@ -123,8 +126,9 @@ def grid_edges(size: int, cells: int = OCCLUSION_GRID) -> np.ndarray:
 
 
 def occlusion_cells(count: int, rng) -> np.ndarray:
-    """`count` distinct cells (indices into the flattened GRID x GRID lattice), at random."""
-    return rng.choice(OCCLUSION_GRID * OCCLUSION_GRID, size=int(count), replace=False)
+    """The first `count` cells (indices into the flattened GRID x GRID lattice) of an order
+    drawn at random: a larger count occludes the same cells and more."""
+    return rng.permutation(OCCLUSION_GRID * OCCLUSION_GRID)[: int(count)]
 
 
 def occlusion(image, cells, rng) -> np.ndarray:
@@ -220,9 +224,10 @@ def check_severities(values) -> tuple[int, ...]:
     return tuple(sorted(chosen - {CLEAN}))
 
 
-def image_rng(seed: int, name: str, severity: int, index: int) -> np.random.Generator:
-    """The generator of image `index` under corruption `name` at `severity` (module docstring)."""
-    return np.random.default_rng([int(seed), zlib.crc32(name.encode()), int(severity), int(index)])
+def image_rng(seed: int, name: str, index: int) -> np.random.Generator:
+    """The generator of image `index` under corruption `name`, at every severity (see the
+    module docstring)."""
+    return np.random.default_rng([int(seed), zlib.crc32(name.encode()), int(index)])
 
 
 def corrupt(name: str, images, severity: int, seed: int = 0, indices=None) -> np.ndarray:
@@ -256,7 +261,7 @@ def corrupt(name: str, images, severity: int, seed: int = 0, indices=None) -> np
     indices = range(len(images)) if indices is None else indices
     return np.stack(
         [
-            corruption.function(image, value, image_rng(seed, name, severity, index))
+            corruption.function(image, value, image_rng(seed, name, index))
             for image, index in zip(images, indices, strict=True)
         ]
     ) if len(images) else images.copy()  # fmt: skip
