@@ -1,5 +1,6 @@
-"""Benchmarks of the input pipelines, training, inference and the SimCLR step (SPEC 8):
-`python -m bc_keras.bench pipeline|train|infer|simclr DIR ...`, one JSON object printed last.
+"""Benchmarks of the input pipelines, training, inference, the SimCLR step (SPEC 8) and the
+exports (issue 20): `python -m bc_keras.bench pipeline|train|infer|simclr|export DIR ...`, one
+JSON object printed last.
 
 The command line only: it imports TensorFlow (`bc_keras.benchmarks`) after the quiet console
 is set up, so the start-up logs stay filtered and `--help` is instant."""
@@ -10,6 +11,7 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from bc_keras import cli
 from bc_keras.config import BENCH_MODELS, MODEL_CNN, MODEL_RESNET18, WARMUP_STEPS, BenchSettings
@@ -116,7 +118,51 @@ def build_parser() -> argparse.ArgumentParser:
         benchmark.add_argument("--repeats", type=int, default=3, help="passes of each (default: 3)")
         benchmark.add_argument("--mixed-precision", action="store_true", help="mixed_float16")
         benchmark.add_argument("--jit-compile", action="store_true", help="XLA-compiled steps")
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="latency and images/s of bc_keras' predictor vs each export (Keras, SavedModel, "
+        "LiteRT float32/float16/int8)",
+        description="Exports a model to every format (int8 calibrated on DIR's training "
+        "images) and times bc_keras' predictor and each export, run as a service would, on "
+        "DIR's uint8 test images at batch 1 and --batch-size, interleaved in --repeats rounds "
+        "in one process (medians; ratios against the predictor).",
+    )
+    export.add_argument(
+        "--model-file",
+        default=None,
+        help="a bc_keras .h5 or .keras classifier (default: --model built with random weights "
+        "at --image-size)",
+    )
+    export.add_argument("--model", choices=list(BENCH_MODELS), default=MODEL_CNN,
+                        help="the model built when no --model-file is given (default: cnn)")  # fmt: skip
+    export.add_argument("--repeats", type=int, default=5, help="timed rounds (default: 5)")
     return parser
+
+
+def _run_export(args) -> dict:
+    import tempfile
+
+    from bc_keras.export import bench
+
+    if args.repeats < 1 or args.batch_size < 1:
+        raise ConfigError("--repeats and --batch-size must be positive")
+    with tempfile.TemporaryDirectory(prefix="bc_keras_bench_model_") as scratch:
+        model_file = args.model_file
+        if model_file is None:
+            from bc_keras import benchmarks, models
+
+            settings = BenchSettings(model=args.model, image_size=args.image_size, seed=args.seed)
+            settings.check()
+            model_file = Path(scratch) / f"{args.model}.h5"
+            metadata = {"kind": "classifier", "image_size": args.image_size,
+                        "preprocess": benchmarks.model_preprocess(args.model), "threshold": 0.5}  # fmt: skip
+            models.save_model(benchmarks.build_classifier_model(settings), model_file, metadata)
+        result = bench.benchmark_exports(
+            model_file, args.dir, batch_size=args.batch_size, repeats=args.repeats
+        )
+    print("\n".join(bench.describe(result)))
+    return result
 
 
 def main(argv=None) -> int:
@@ -126,6 +172,8 @@ def main(argv=None) -> int:
 
     if args.command == "pipeline":
         result = _run_pipeline(args, benchmarks)
+    elif args.command == "export":
+        result = _run_export(args)
     else:
         names = [field.name for field in fields(BenchSettings)]
         measure = getattr(benchmarks, BENCHMARKS[args.command][0])

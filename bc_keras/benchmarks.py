@@ -130,7 +130,7 @@ def _choose_files(files, settings: BenchSettings, where: str):
     return [files.paths[i] for i in chosen], np.asarray(files.labels)[chosen]
 
 
-def _preprocess(model: str) -> str:
+def model_preprocess(model: str) -> str:
     """The preprocessing training gives `model`: the backbone's own for transfer models."""
     return PREPROCESS_RESCALE if model in (MODEL_CNN, MODEL_RESNET18) else model
 
@@ -216,7 +216,7 @@ def benchmark_training(split_dir, settings: BenchSettings) -> dict:
         augment=True,
         shuffle=True,
         seed=settings.seed,
-        preprocess=_preprocess(settings.model),
+        preprocess=model_preprocess(settings.model),
     )
     pipeline = tfdata_from_files(paths, labels, options, cache=True, epochs=None)
     steps, batch_size = settings.steps, settings.batch_size
@@ -256,7 +256,7 @@ def benchmark_inference(split_dir, settings: BenchSettings) -> dict:
     paths, _ = _choose_files(pooled, settings, f"{split_dir} (train, val and test)")
     metadata = {
         "image_size": settings.image_size,
-        "preprocess": _preprocess(settings.model),
+        "preprocess": model_preprocess(settings.model),
         "interpolation": DEFAULT_INTERPOLATION,
     }
     batch_size, warmup = settings.batch_size, WARMUP_STEPS * settings.batch_size

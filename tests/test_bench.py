@@ -164,10 +164,10 @@ def test_every_model_builds_with_its_preprocessing(model):
     outputs = classifier.predict(np.zeros((2, 32, 32, 3), np.float32), verbose=0)
     assert outputs.shape == (2, 1)
     expected = "rescale" if model in ("cnn", "resnet18") else model
-    assert benchmarks._preprocess(model) == expected
+    assert benchmarks.model_preprocess(model) == expected
 
 
-@pytest.mark.parametrize("command", ["pipeline", "train", "infer", "simclr"])
+@pytest.mark.parametrize("command", ["pipeline", "train", "infer", "simclr", "export"])
 def test_a_folder_that_is_not_a_prepared_split_is_one_line(tmp_path, capsys, command):
     line = _fails(capsys, [command, str(tmp_path), "--image-size", "32"])
     assert "not a prepared split" in line
@@ -191,3 +191,35 @@ def test_simclr_measures_only_the_resnet18_encoder(synthetic_split, capsys):
     assert "invalid choice: 'cnn'" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="resnet18"):
         benchmarks.benchmark_simclr(synthetic_split, bench.BenchSettings(model="cnn", steps=3))
+
+
+def test_export_benchmark_times_the_predictor_and_every_export(synthetic_split, capsys):
+    """bench export (issue 20 item 6): one row per runner, the predictor first; speed-ups are
+    the quotients of the medians printed; the float exports give the predictor's probabilities,
+    int8 is the smallest file; the JSON is the last line."""
+    argv = ["export", str(synthetic_split), "--image-size", "32", "--batch-size", "4",
+            "--repeats", "2"]  # fmt: skip
+    lines, result = _run(capsys, argv)
+    names = [row["name"] for row in result["runners"]]
+    assert names == ["keras .h5 (float32)", "keras", "savedmodel", "litert", "litert float16",
+                     "litert int8"]  # fmt: skip
+    assert (result["batch_size"], result["repeats"], result["device"]) == (4, 2, "CPU")
+    rows = {row["name"]: row for row in result["runners"]}
+    reference = rows["keras .h5 (float32)"]
+    for row in rows.values():
+        assert row["speedup_batch1"] == pytest.approx(
+            reference["latency_ms_batch1"] / row["latency_ms_batch1"], rel=2e-3, abs=2e-3
+        )
+        assert row["images_per_second"] == pytest.approx(4 / row["ms_batch4"] * 1000, rel=1e-3)
+        assert any(line.strip().startswith(f"{row['name']}:") for line in lines)
+    for name in ("keras", "savedmodel", "litert"):
+        assert rows[name]["max_abs_probability_difference"] < 1e-4, name
+    assert rows["litert int8"]["size_bytes"] < rows["litert"]["size_bytes"]
+    assert reference["speedup_batch1"] == 1.0
+
+
+def test_export_benchmark_refuses_bad_settings_in_one_line(synthetic_split, tmp_path, capsys):
+    line = _fails(capsys, ["export", str(synthetic_split), "--repeats", "0"])
+    assert "--repeats and --batch-size must be positive" in line
+    line = _fails(capsys, ["export", str(synthetic_split), "--model-file", str(tmp_path / "no.h5")])
+    assert "does not exist" in line

@@ -20,7 +20,7 @@ SUBPACKAGES = ("config", "histology", "prepare", "data", "models", "training", "
 COMMANDS = {
     "bc_keras.study", "bc_keras.probe", "bc_keras.bench", "bc_keras.compare",
     "bc_keras.report.document", "bc_keras.report.__main__", "bc_keras.report.compare",
-    "bc_keras.export.__main__", "bc_keras.robustness.__main__",
+    "bc_keras.export.__main__", "bc_keras.robustness.__main__", "bc_keras.active.__main__",
 }  # fmt: skip
 # Forbidden arrows: (importer prefix, imported prefix).
 FORBIDDEN = [

@@ -10,13 +10,17 @@ is static: what LiteRT wants, and what lets the graph be traced once for every i
 arithmetic is PIL's: float64 coefficients rounded to 22-bit fixed point, int32 accumulation,
 rounding to 8 bits between the two passes, the pass order Pillow chooses. With `dtype="float32"`
 (LiteRT has no float64) a coefficient can round one unit of 2^-22 differently, which moves a
-pixel by one grey level in rare cases.
+pixel by one grey level in rare cases. Nearest's source indices are a running float64 sum in
+PIL, which float32 misses by a whole pixel at many sizes (up to 114 grey levels seen): with
+float32 they are looked up in a table made with float64 when the graph is built, one row per
+input side up to `max_side` (int16, 2 x max_side x size bytes).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from keras import ops
 
 from bc_keras.data.decode import INTERPOLATIONS
@@ -76,6 +80,23 @@ def _nearest_indices(in_size, size: int, dtype: str):
     return ops.cast(ops.minimum(positions, in_size - 1.0), "int32")
 
 
+def nearest_table(size: int, max_side: int) -> np.ndarray:
+    """PIL's nearest source indices for every input side 1..max_side, `[max_side, size]`
+    (int16): row n - 1 is side n's, the running float64 sum of n / size from half a step
+    (Pillow's ImagingScaleAffine), clamped to the image."""
+    sides = np.arange(1, max_side + 1, dtype=np.float64)[:, None]
+    scale = sides / float(size)
+    steps = np.concatenate([0.5 * scale, np.repeat(scale, size - 1, axis=1)], axis=1)
+    positions = np.floor(np.cumsum(steps, axis=1))
+    return np.minimum(positions, sides - 1.0).astype(np.int16)
+
+
+def _nearest_lookup(in_size, size: int, max_side: int):
+    """The nearest indices of a side from `nearest_table` (exact whatever the float width)."""
+    row = ops.cast(ops.minimum(in_size, float(max_side)), "int32") - 1
+    return ops.cast(ops.take(nearest_table(size, max_side), row, axis=0), "int32")
+
+
 def _window(in_size, size: int, interpolation: str, taps: int, dtype: str):
     """For each output pixel: the input indices of its window `[size, taps]` (int32, clamped)
     and their fixed-point weights `[size, taps]` (int32), as PIL's precompute_coeffs and
@@ -129,8 +150,14 @@ def pil_resize(
         )
     height, width = _side(images, 1, dtype), _side(images, 2, dtype)
     if interpolation == "nearest":
-        rows = ops.take(images, _nearest_indices(height, size, dtype), axis=1)
-        return ops.take(rows, _nearest_indices(width, size, dtype), axis=2)
+        if dtype == "float64":
+            row_indices = _nearest_indices(height, size, dtype)
+            column_indices = _nearest_indices(width, size, dtype)
+        else:
+            row_indices = _nearest_lookup(height, size, max_side)
+            column_indices = _nearest_lookup(width, size, max_side)
+        rows = ops.take(images, row_indices, axis=1)
+        return ops.take(rows, column_indices, axis=2)
     taps = taps_for(interpolation, size, max_side)
     pixels = ops.cast(images, "int32")
 

@@ -90,6 +90,22 @@ def test_the_graphs_resize_is_pils_for_every_size_and_order(interpolation):
         np.testing.assert_array_equal(got, want, err_msg=f"{interpolation} {shape}")
 
 
+def test_nearest_in_float32_is_pils_through_its_table():
+    """PIL's nearest indices are a running float64 sum, which float32 misses by a whole pixel
+    (64 -> 48 px: 114 grey levels): LiteRT's graph looks them up in a float64-made table."""
+    from bc_keras.export.resize import nearest_table
+
+    table = nearest_table(48, 200)
+    for side in range(1, 201):
+        source = Image.fromarray(np.arange(side, dtype=np.int32)[None, :], mode="I")
+        want = np.asarray(source.resize((48, 1), Image.NEAREST))[0]
+        np.testing.assert_array_equal(table[side - 1], want, err_msg=str(side))
+    images = np.random.default_rng(1).integers(0, 256, (2, 48, 64, 3), dtype=np.uint8)
+    want = [np.asarray(Image.fromarray(i).resize((48, 48), Image.NEAREST)) for i in images]
+    got = np.asarray(pil_resize(images, 48, "nearest", max_side=200, dtype="float32"))
+    np.testing.assert_array_equal(got, want)
+
+
 PLAIN_RUNTIME = """
 import json, sys
 import numpy as np
