@@ -374,8 +374,10 @@ def plot_gradcam_panel(
     columns: int = 4,
     alpha: float = 0.4,
     colormap: str = DEFAULT_COLORMAP,
+    map_title: str = "Grad-CAM",
 ) -> Path:
-    """A PNG grid of image / Grad-CAM overlay pairs, each pair under its title.
+    """A PNG grid of image / heat-map overlay pairs (Grad-CAM's, or another explanation's),
+    each pair under its title.
 
     Args:
         images_uint8: N uint8 RGB images `[H, W, 3]` (as shown, not preprocessed).
@@ -384,6 +386,7 @@ def plot_gradcam_panel(
         path: the .png file to write (folders are created).
         columns: image / overlay pairs per row (a row has twice as many panels).
         alpha, colormap: see `overlay`.
+        map_title: the title over every overlay (the method that made the maps).
 
     Returns:
         The path written.
@@ -415,7 +418,7 @@ def plot_gradcam_panel(
         image_axis.imshow(image)
         image_axis.set_title(title, fontsize=9)
         overlay_axis.imshow(overlay(image, heatmap, alpha, colormap))
-        overlay_axis.set_title("Grad-CAM", fontsize=9)
+        overlay_axis.set_title(map_title, fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
