@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from bc_keras import cli
-from bc_keras.errors import DataError, ModelFileError, RunError
+from bc_keras.errors import ConfigError, DataError, ModelFileError, RunError
 
 
 def probability(text: str) -> float:
@@ -54,7 +54,38 @@ def parse_args(argv=None):
         "--gradcam",
         metavar="DIR",
         default=None,
-        help="also write a Grad-CAM overlay of each image (where the malignant evidence is) to DIR",
+        help="also write a Grad-CAM overlay of each image (where the malignant evidence is) to "
+        "DIR; the same as --explain gradcam DIR",
+    )
+    parser.add_argument(
+        "--explain",
+        nargs=2,
+        action="append",
+        metavar=("METHOD", "DIR"),
+        default=[],
+        help="also write an overlay of each image's malignant evidence by METHOD to DIR "
+        "(<name>_<method>.png, listed in DIR/<method>.csv): gradcam, occlusion (the drop in "
+        "probability when a patch is hidden) or lime (superpixels and a local linear "
+        "surrogate); may be given once per method",
+    )
+    parser.add_argument(
+        "--occlusion-patch",
+        type=cli.positive_int,
+        default=None,
+        help="occlusion's patch side in pixels, slid in steps of half of it (default: 1/8 of "
+        "the model's input size)",
+    )
+    parser.add_argument(
+        "--lime-samples",
+        type=cli.positive_int,
+        default=1000,
+        help="perturbed images LIME scores per image (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=cli.non_negative_int,
+        default=0,
+        help="LIME's sampling seed: the same seed gives the same maps (default: %(default)s)",
     )
     parser.add_argument(
         "--tta",
@@ -66,6 +97,57 @@ def parse_args(argv=None):
     return cli.apply_quiet(parser.parse_args(argv))
 
 
+def _explanations(args) -> list[tuple[str, str, str]]:
+    """`(method, folder, flag)` for each overlay folder asked for, checked before any work."""
+    asked = [("gradcam", args.gradcam, "--gradcam")] if args.gradcam else []
+    asked += [(method, folder, f"--explain {method}") for method, folder in args.explain]
+    if not asked:
+        return []
+    from bc_keras.evaluation.explain import METHOD_LIME, METHODS
+
+    seen = set()
+    for method, folder, flag in asked:
+        if method not in METHODS:
+            raise ConfigError(
+                f"--explain {method}: unknown method; choose one of {', '.join(METHODS)}"
+            )
+        if method in seen:
+            raise ConfigError(f"{flag} is asked for twice; give each method one folder")
+        seen.add(method)
+        if Path(folder).exists() and not Path(folder).is_dir():
+            raise RunError(f"{flag} {folder} is a file; name a folder for the overlays")
+    if args.lime_samples < 2 and METHOD_LIME in seen:
+        raise ConfigError("--lime-samples must be at least 2 (the image and one perturbation)")
+    return asked
+
+
+def _write_explanations(model, metadata, files, explanations, args) -> None:
+    from bc_keras.evaluation import explain_panels
+    from bc_keras.evaluation.explain import METHOD_TITLES
+
+    for method, folder, flag in explanations:
+        try:
+            overlays, renamed = explain_panels.write_explanation_overlays(
+                model, metadata, files, folder, method, seed=args.seed,
+                batch_size=args.batch_size, patch_size=args.occlusion_patch,
+                num_samples=args.lime_samples,
+            )  # fmt: skip
+        except OSError as error:
+            raise RunError(
+                f"cannot write {METHOD_TITLES[method]} overlays to {folder} ({error.strerror}); "
+                f"choose a writable {flag} DIR"
+            ) from error
+        index = Path(folder) / explain_panels.overlay_index(method)
+        title = METHOD_TITLES[method]
+        print(f"wrote {len(overlays)} {title} overlays to {folder} (listed in {index})")
+        if renamed:
+            print(
+                f"note: {renamed} images share a file name with another input; their overlays "
+                f"are named <name>_<hash>_{method}.png (the hash of the full path) so that none "
+                f"replaces another; {index} names each image's overlay"
+            )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
@@ -73,8 +155,7 @@ def main(argv=None) -> int:
         raise RunError(
             f"--out {out} is a folder; name a .csv file (e.g. {out / 'predictions.csv'})"
         )
-    if args.gradcam and Path(args.gradcam).exists() and not Path(args.gradcam).is_dir():
-        raise RunError(f"--gradcam {args.gradcam} is a file; name a folder for the overlays")
+    explanations = _explanations(args)
     from bc_keras import models
     from bc_keras.evaluation import inference
 
@@ -84,6 +165,12 @@ def main(argv=None) -> int:
             f"{args.model} is a {metadata.get('kind', 'unknown')} model, not a classifier; a "
             "SimCLR encoder has no classification head: fine-tune it with `train_simclr.py "
             "finetune` and predict with the classifier it saves"
+        )
+    size = int(metadata["image_size"])
+    if explanations and args.occlusion_patch is not None and args.occlusion_patch > size:
+        raise ConfigError(
+            f"--occlusion-patch {args.occlusion_patch} is larger than the model's {size} px "
+            f"input; give at most {size}"
         )
     if args.threshold is not None:
         metadata["threshold"] = args.threshold
@@ -119,23 +206,6 @@ def main(argv=None) -> int:
     )
     if patients:
         print(f"wrote {len(patients)} patient summaries to {patient_out}")
-    if args.gradcam:
-        good = [row["path"] for row in rows]
-        try:
-            overlays, renamed = inference.write_gradcam_overlays(
-                model, metadata, good, args.gradcam
-            )
-        except OSError as error:
-            raise RunError(
-                f"cannot write Grad-CAM overlays to {args.gradcam} ({error.strerror}); choose a "
-                "writable --gradcam DIR"
-            ) from error
-        index = Path(args.gradcam) / inference.OVERLAY_INDEX
-        print(f"wrote {len(overlays)} Grad-CAM overlays to {args.gradcam} (listed in {index})")
-        if renamed:
-            print(
-                f"note: {renamed} images share a file name with another input; their overlays "
-                "are named <name>_<hash>_gradcam.png (the hash of the full path) so that none "
-                f"replaces another; {index} names each image's overlay"
-            )
+    if explanations:
+        _write_explanations(model, metadata, [row["path"] for row in rows], explanations, args)
     return 0

@@ -1,6 +1,7 @@
-"""predict.py: --gradcam on every kind of saved classifier (flat CNN, nested backbone, nested
-SimCLR encoder), one overlay per image, where the maps come from the model's Grad-CAM; names
-that never collide (overlays, prediction rows) and a validated --threshold."""
+"""predict.py: --gradcam and --explain occlusion|lime on every kind of saved classifier (flat
+CNN, nested backbone, nested SimCLR encoder), one overlay per image, where the maps come from
+the model's Grad-CAM, occlusion or LIME; names that never collide (overlays, prediction rows),
+a validated --threshold and one-line refusals of bad --explain flags."""
 
 from __future__ import annotations
 
@@ -160,3 +161,99 @@ def test_a_gradcam_path_that_is_a_file_is_refused_before_predicting(tmp_path, ca
     code, out, err = run_tool(predict, argv, capsys)
     assert_one_line_error(code, err, f"--gradcam {taken} is a file; name a folder")
     assert out == "" and not (tmp_path / "p.csv").exists()
+
+
+def _three_images(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(4)
+    names = [f"SOB_B_A-14-22549AB-40-{index:03d}.png" for index in range(1, 4)]
+    for name in names:
+        Image.fromarray(rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)).save(images / name)
+    return images, names
+
+
+@pytest.mark.parametrize("kind", ["cnn", "mobilenet", "simclr"])
+def test_occlusion_and_lime_overlays_for_every_classifier(kind, tmp_path, capsys, request):
+    from bc_keras.evaluation import explain
+
+    keras.utils.set_random_seed(0)
+    metadata = {"kind": "classifier", "image_size": SIZE, "preprocess": "rescale",
+                "interpolation": "nearest", "threshold": 0.5}  # fmt: skip
+    if kind == "mobilenet":  # random MobileNet features vanish at 32 px: every map would be 0
+        weights = request.getfixturevalue("mobilenet_weights")
+        model = transfer.build_transfer_model("mobilenet", SIZE, weights=weights, alpha=0.25)
+    else:
+        model = _builders()[kind]()
+    path = models.save_model(model, tmp_path / f"{kind}.h5", metadata)
+    images, names = _three_images(tmp_path)
+    argv = [path, images, "--out", tmp_path / "p.csv", "--explain", "occlusion", tmp_path / "occ",
+            "--explain", "lime", tmp_path / "lime", "--lime-samples", "24", "--seed", "5",
+            "--occlusion-patch", "8"]  # fmt: skip
+    code, out, err = run_tool(predict, argv, capsys)
+    assert code == 0, err
+    assert "wrote 3 occlusion overlays" in out and "wrote 3 LIME overlays" in out
+    loaded, _ = models.load_model(path)
+    shown = np.stack([decode_and_resize(str(images / n), SIZE, "nearest").numpy() for n in names])
+    inputs = shown.astype("float32") / 255.0
+    for method, options in (("occlusion", {"patch_size": 8}), ("lime", {"num_samples": 24})):
+        folder = tmp_path / ("occ" if method == "occlusion" else "lime")
+        with open(folder / f"{method}.csv", newline="") as file:
+            index = {row["path"]: row["overlay"] for row in csv.DictReader(file)}
+        expected_names = [n.replace(".png", f"_{method}.png") for n in names]
+        assert index == dict(zip([str(images / n) for n in names], expected_names, strict=True))
+        # Each overlay is the model-sized image under the method's map, LIME seeded by --seed.
+        maps = explain.explain(loaded, inputs, method, shown, seed=5, **options)
+        assert maps.max() == 1.0  # not an empty map compared with an empty overlay
+        for image, heatmap, name in zip(shown, maps, expected_names, strict=True):
+            written = np.asarray(Image.open(folder / name)).astype(int)
+            difference = np.abs(written - gradcam.overlay(image, heatmap).astype(int))
+            assert difference.max() <= 3 and difference.mean() < 0.1
+
+
+def test_explain_gradcam_is_the_gradcam_flag_and_lime_follows_the_seed(tmp_path, capsys):
+    path = _cnn_file(tmp_path)
+    images, names = _three_images(tmp_path)
+    lime = ["--lime-samples", "12", "--explain", "lime"]
+    for flags in (["--gradcam", tmp_path / "a", *lime, tmp_path / "s1", "--seed", "1"],
+                  ["--explain", "gradcam", tmp_path / "b", *lime, tmp_path / "s3", "--seed", "1"],
+                  [*lime, tmp_path / "s2", "--seed", "2"]):  # fmt: skip
+        argv = [path, images, "--out", tmp_path / "p.csv", *flags]
+        code, out, err = run_tool(predict, argv, capsys)
+        assert code == 0, err
+
+    def overlays(folder, suffix):
+        return [(tmp_path / folder / n.replace(".png", suffix)).read_bytes() for n in names]
+
+    assert overlays("a", "_gradcam.png") == overlays("b", "_gradcam.png")
+    assert (tmp_path / "b" / inference.OVERLAY_INDEX).is_file()
+    assert overlays("s1", "_lime.png") == overlays("s3", "_lime.png")
+    assert overlays("s1", "_lime.png") != overlays("s2", "_lime.png")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--explain", "shap", "{tmp}/x"],
+         "--explain shap: unknown method; choose one of gradcam, occlusion, lime"),
+        (["--explain", "lime", "{tmp}/taken"], "--explain lime {tmp}/taken is a file; name a folder"),
+        (["--explain", "occlusion", "{tmp}/a", "--explain", "occlusion", "{tmp}/b"],
+         "--explain occlusion is asked for twice; give each method one folder"),
+        (["--gradcam", "{tmp}/a", "--explain", "gradcam", "{tmp}/b"],
+         "--explain gradcam is asked for twice"),
+        (["--explain", "lime", "{tmp}/a", "--lime-samples", "1"],
+         "--lime-samples must be at least 2"),
+        (["--explain", "occlusion", "{tmp}/a", "--occlusion-patch", "33"],
+         "--occlusion-patch 33 is larger than the model's 32 px input; give at most 32"),
+    ],
+)  # fmt: skip
+def test_bad_explain_flags_are_refused_in_one_line_before_predicting(
+    flags, message, tmp_path, capsys
+):
+    path = _cnn_file(tmp_path)
+    images, _ = _three_images(tmp_path)
+    (tmp_path / "taken").write_text("not a folder")
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    code, out, err = run_tool(predict, [path, images, "--out", tmp_path / "p.csv", *flags], capsys)
+    assert_one_line_error(code, err, message.format(tmp=tmp_path))
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "a").exists()
