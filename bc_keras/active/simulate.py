@@ -222,13 +222,11 @@ def simulate(settings: SimulationSettings, out, log=print) -> dict:
         the paired AUC difference from random at equal labels with the verdict line.
     """
     from bc_keras import data
-    from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
 
     check_settings(settings)
     out, split = Path(out), Path(settings.data)
     train = data.list_split_files(split, data.SUBSET_TRAIN)
-    start = label_fraction_indices(train.labels, patients_of_paths(train.paths),
-                                   settings.start_fraction, seed=settings.seed)  # fmt: skip
+    start = start_indices(train, settings.start_fraction, settings.seed)
     unlabelled = len(train.paths) - len(start)
     if settings.rounds * settings.budget > unlabelled:
         raise ConfigError(
@@ -304,6 +302,26 @@ def write_outputs(out: Path, settings: SimulationSettings, curves: dict, predict
         file.write(results.markdown(result))
     runs.write_json(out / RESULT_FILE, result)
     return result
+
+
+def start_indices(train, start_fraction: float, seed: int) -> np.ndarray:
+    """The training images labelled from the start: `start_fraction` of them drawn by whole
+    patients per class (`label_fraction_indices`, as --label-fraction draws them)."""
+    from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
+
+    patients = patients_of_paths(train.paths)
+    return label_fraction_indices(train.labels, patients, start_fraction, seed=seed)
+
+
+def round_budget(split, rounds: int, start_fraction: float = 0.1, share: float = 0.05,
+                 seed: int = 42) -> int:  # fmt: skip
+    """A per-round budget for a split of any size (the study's): `share` of its training
+    images, lowered so that `rounds` rounds fit in the images the start leaves unlabelled."""
+    from bc_keras import data
+
+    train = data.list_split_files(split, data.SUBSET_TRAIN)
+    left = len(train.paths) - len(start_indices(train, start_fraction, seed))
+    return max(1, min(round(share * len(train.paths)), left // max(1, rounds)))
 
 
 def selected_labels(result: dict, strategy: str) -> np.ndarray:

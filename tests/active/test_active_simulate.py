@@ -186,3 +186,15 @@ def test_paired_difference_is_the_difference_of_two_aucs_on_one_bootstrap():
     assert results.paired_auc_difference(a, a, samples=50)["difference_95ci"] == [0.0, 0.0]
     with pytest.raises(bc_keras.errors.DataError, match="different test images"):
         results.paired_auc_difference(a, {**b, "filename": list("abcdefgx")})
+
+
+def test_the_study_budget_fits_the_split(synthetic_split):
+    from bc_keras.active.simulate import round_budget
+
+    train = data.list_split_files(synthetic_split, "train")
+    start = label_fraction_indices(train.labels, patients_of_paths(train.paths), 0.1, seed=SEED)
+    left = len(train.paths) - len(start)
+    # 96 training images: 5% is 5 a round while 2 rounds fit in what the start leaves.
+    assert len(train.paths) == 96 and round_budget(synthetic_split, 2) == min(5, left // 2)
+    # 50 rounds do not fit 5 a round: the budget drops to what does.
+    assert round_budget(synthetic_split, 50) == max(1, left // 50) < 5
