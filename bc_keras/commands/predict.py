@@ -71,6 +71,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--occlusion-patch",
         type=cli.positive_int,
+        metavar="PX",
         default=None,
         help="occlusion's patch side in pixels, slid in steps of half of it (default: 1/8 of "
         "the model's input size)",
@@ -78,12 +79,14 @@ def parse_args(argv=None):
     parser.add_argument(
         "--lime-samples",
         type=cli.positive_int,
+        metavar="N",
         default=1000,
         help="perturbed images LIME scores per image (default: %(default)s)",
     )
     parser.add_argument(
         "--seed",
         type=cli.non_negative_int,
+        metavar="N",
         default=0,
         help="LIME's sampling seed: the same seed gives the same maps (default: %(default)s)",
     )
