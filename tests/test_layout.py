@@ -18,7 +18,8 @@ SUBPACKAGES = ("config", "histology", "prepare", "data", "models", "training", "
 # The modules that are commands (`python -m ...`, a `main`, and the installed command's
 # package bc_keras.commands): they alone may import `cli`.
 COMMANDS = {
-    "bc_keras.study", "bc_keras.probe", "bc_keras.bench", "bc_keras.compare",
+    "bc_keras.study", "bc_keras.study.__main__", "bc_keras.probe", "bc_keras.bench",
+    "bc_keras.compare",
     "bc_keras.report.document", "bc_keras.report.__main__", "bc_keras.report.compare",
     "bc_keras.export.__main__", "bc_keras.robustness.__main__", "bc_keras.active.__main__",
 }  # fmt: skip

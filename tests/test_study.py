@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from argparse import ArgumentTypeError
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from bc_keras import runs, study
 from bc_keras.config import CNNConfig, FinetuneConfig, PretrainConfig, TransferConfig
 from bc_keras.histology.synthetic import write_synthetic_tree
 from bc_keras.models import transfer
+from bc_keras.study import analyses
 
 MOBILENET_WEIGHTS = "mobilenet_2_5_224_tf_no_top.h5"
 
@@ -146,8 +148,25 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
         (folder / runs.METRICS_FILE).write_text(json.dumps({"accuracy": 1.0}))
         return "finished"
 
+    analysed = []
+
+    def analysis_stand_in(analysis, log_file):
+        assert all(path.read_bytes() == b"model" for path in analysis.needs)
+        analysed.append(analysis.name)
+        analysis.run()
+        return "finished"
+
+    def write(folder):
+        folder.mkdir()
+        (folder / "check.json").write_text("{}")
+
+    def stand_in_analyses(out, steps, settings):
+        return [replace(a, write=write) for a in analyses.plan_analyses(out, steps, settings)]
+
     reports = []
     monkeypatch.setattr(study, "run_step", stand_in)
+    monkeypatch.setattr(study, "run_analysis", analysis_stand_in)
+    monkeypatch.setattr(study, "plan_analyses", stand_in_analyses)
     monkeypatch.setattr(
         "bc_keras.report.build_report", lambda dirs, out: reports.append(out) or out
     )
@@ -157,10 +176,20 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     planned = [s for s in study.plan(out, study.PROFILE_QUICK, {}, 42) if not s.skip]
     assert [name for name, _ in calls] == [s.name for s in planned]
     assert not any(resumed for _, resumed in calls)
-    assert sum("skipped: its ImageNet weights" in line for line in lines) == 15  # 3 x 5
+    # 3 backbones x 5 steps, and the MobileNet's deployment analysis.
+    assert sum("skipped: its ImageNet weights" in line for line in lines) == 16
     assert any("about 0m00s left" in line for line in lines)
     assert (out / "data" / "patient" / "split.csv").is_file()
     assert (out / "data" / "folds" / "fold_2").is_dir()
+    # After the steps: the deployment analysis of the robust CNN (the MobileNet's is skipped
+    # with its step), its result in runs/deployment/ where the report reads it.
+    assert analysed == ["deployment/cnn_robust"]
+    assert (out / "runs" / "deployment" / "cnn_robust" / "check.json").is_file()
+    assert any(line.endswith("deployment/transfer_mobilenet_robust: skipped: its model's step "
+                             "is skipped: its ImageNet weights are not available offline (put "
+                             "mobilenet_2_5_224_tf_no_top.h5 in " + str(tmp_path / "keras_home")
+                             + "/models, or pass --weights mobilenet=PATH)")
+               for line in lines)  # fmt: skip
 
     # An interrupted run (its backup left behind, no metrics) is resumed; nothing else reruns.
     interrupted = out / "runs" / "simclr_linear"
@@ -170,8 +199,9 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     calls.clear()
     lines.clear()
     assert study.run_study(source, out, log=lines.append) == []
-    assert calls == [("simclr_linear", True)]
-    assert sum(line.endswith("already finished") for line in lines) == len(planned) - 1
+    assert calls == [("simclr_linear", True)] and analysed == ["deployment/cnn_robust"]
+    # Every step but the resumed one, and the analysis.
+    assert sum(line.endswith("already finished") for line in lines) == len(planned)
     assert any(line.endswith("] simclr_linear: resuming ...") for line in lines)
     assert len(reports) == 2
 
@@ -189,6 +219,7 @@ def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkey
         return "finished"
 
     monkeypatch.setattr(study, "run_step", stand_in)
+    monkeypatch.setattr(study, "plan_analyses", lambda out, steps, settings: [])
     monkeypatch.setattr("bc_keras.report.build_report", lambda dirs, out: out)
     problems = study.run_study(source, tmp_path / "study", log=lambda line: None)
     names = [name for name, _ in problems]
@@ -267,3 +298,57 @@ def test_a_resnet18_weights_argument_must_be_a_preset_folder(tmp_path):
         study._weights_argument(f"resnet18={tmp_path / 'weights.h5'}")
     with pytest.raises(ArgumentTypeError, match="one of .* or resnet18, got resnet34=x"):
         study._weights_argument("resnet34=x")
+
+
+def test_the_deployment_analyses_of_each_profile(tmp_path):
+    quick = study.plan(tmp_path, study.PROFILE_QUICK, {}, seed=7)
+    planned = analyses.plan_analyses(tmp_path, quick, study.SETTINGS[study.PROFILE_QUICK])
+    assert [a.name for a in planned] == ["deployment/cnn_robust",
+                                         "deployment/transfer_mobilenet_robust"]  # fmt: skip
+    cnn = planned[0]
+    assert cnn.needs == [tmp_path / "models" / "cnn_robust.h5"] and cnn.skip == ""
+    assert cnn.result == tmp_path / "runs" / "deployment" / "cnn_robust" / "check.json"
+    full = study.plan(tmp_path, study.PROFILE_FULL, {}, seed=7)
+    names = [a.name for a in analyses.plan_analyses(tmp_path, full, study.SETTINGS["full"])]
+    assert names == ["deployment/cnn_robust", "deployment/transfer_mobilenet_robust",
+                     "deployment/cnn_robust_distilled",
+                     *(f"deployment/transfer_{b}_robust" for b in study.LIGHT_BACKBONES)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_deployment_analysis_checks_every_export_and_the_report_shows_it(
+    synthetic_split, tmp_path
+):
+    """The real analysis on a small CNN: five exports checked into runs/deployment/<name>/
+    (written beside the folder and moved in), and the report's Deployment table from it; a
+    failing analysis leaves no folder behind."""
+    from bc_keras import models
+    from bc_keras.report.analyses import deployment_lines
+
+    model = models.save_model(models.build_baseline_cnn(32, dense_units=4), tmp_path / "m.h5",
+                              {"kind": "classifier", "image_size": 32})  # fmt: skip
+    result = tmp_path / "runs" / "deployment" / "m" / "check.json"
+    analysis = analyses.Analysis("deployment/m", [model], result,
+                                 analyses._deployment_writer(model, synthetic_split))  # fmt: skip
+    assert not analysis.finished
+    analysis.run()
+    assert analysis.finished and not result.parent.with_name("m.partial").exists()
+    check = json.loads(result.read_text())
+    assert [row["name"] for row in check["models"]] == [
+        "keras .h5 (float32)", "keras", "savedmodel", "litert", "litert float16", "litert int8"
+    ]  # fmt: skip
+    lines = deployment_lines([tmp_path / "runs"])
+    assert lines[0] == "## Deployment" and "### m" in lines
+    assert sum(line.startswith("| litert int8 |") for line in "\n".join(lines).splitlines()) == 1
+    assert "No export check found" in deployment_lines([tmp_path / "models"])[4]
+
+    def broken(folder):
+        folder.mkdir()
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("interrupted")
+
+    failing = analyses.Analysis("deployment/x", [model], tmp_path / "runs" / "x" / "check.json",
+                                broken)  # fmt: skip
+    with pytest.raises(RuntimeError):
+        failing.run()
+    assert not (tmp_path / "runs" / "x").exists() and not (tmp_path / "runs" / "x.partial").exists()

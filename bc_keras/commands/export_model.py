@@ -5,18 +5,11 @@ each export costs on a test split (`--check`)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from bc_keras import cli
 from bc_keras.errors import RunError
-from bc_keras.export import FORMATS, QUANTIZATIONS
-
-FORMAT_ALL = "all"
-# What `--format all` writes, each in its own subfolder of --out.
-ALL_EXPORTS = (("keras", "none"), ("savedmodel", "none"), ("litert", "none"),
-               ("litert", "float16"), ("litert", "int8"))  # fmt: skip
-ALL_INDEX = "exports.json"
+from bc_keras.export import ALL_EXPORTS, FORMAT_ALL, FORMATS, QUANTIZATIONS
 
 
 def parse_args(argv=None):
@@ -90,26 +83,15 @@ def main(argv=None) -> int:
         raise RunError("--format all writes every quantisation; drop --quantize")
     for fmt, quantize in jobs:
         formats.check_choices(fmt, quantize)
-    out = Path(args.out)
     if args.check and not Path(args.check).is_dir():
         raise RunError(f"--check {args.check} does not exist; pass a prepared split folder")
-    if args.format == FORMAT_ALL:
-        out = check_all_folder(out)
-    folders = []
-    for fmt, quantize in jobs:
-        folder = out / _subfolder(fmt, quantize) if args.format == FORMAT_ALL else out
-        path = formats.export_model(
-            args.model, folder, fmt, quantize, calibration=args.calibration, tta=args.tta,
-            max_side=args.max_side, calibration_count=args.calibration_images,
-        )  # fmt: skip
-        record = json.loads((folder / formats.EXPORT_FILE).read_text())
-        print(f"exported {fmt}{'' if quantize == 'none' else ' ' + quantize}: {path} "
-              f"({record['size_bytes'] / 1e6:.2f} MB)")  # fmt: skip
-        folders.append(folder)
-    if args.format == FORMAT_ALL:
-        from bc_keras import runs
+    from bc_keras.export.suite import export_jobs
 
-        runs.write_json(out / ALL_INDEX, {"exports": [str(f.name) for f in folders]})
+    out = Path(args.out)
+    folders = export_jobs(
+        args.model, out, jobs, all_folder=args.format == FORMAT_ALL, calibration=args.calibration,
+        tta=args.tta, max_side=args.max_side, calibration_count=args.calibration_images,
+    )  # fmt: skip
     if args.check:
         from bc_keras.export.check import check_exports, check_markdown, write_check
 
@@ -118,20 +100,3 @@ def main(argv=None) -> int:
         print(check_markdown(result))
         print(f"wrote {json_path} and {markdown_path}")
     return 0
-
-
-def _subfolder(fmt: str, quantize: str) -> str:
-    return fmt if quantize == "none" else f"{fmt}_{quantize}"
-
-
-def check_all_folder(out: Path) -> Path:
-    """`--format all`'s folder: new, empty, or an earlier `--format all` (with exports.json)."""
-    if out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file; name a folder for the exports")
-    if out.is_dir() and any(out.iterdir()) and not (out / ALL_INDEX).is_file():
-        raise RunError(
-            f"--out {out} exists and is not a bc_keras export folder (no {ALL_INDEX}); choose "
-            "a new folder or empty it"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    return out

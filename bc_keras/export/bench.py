@@ -18,18 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from bc_keras.errors import DataError
-from bc_keras.export import formats
+from bc_keras.export import ALL_EXPORTS, formats
 from bc_keras.export.check import REFERENCE, export_name, file_size
 from bc_keras.export.runtime import load_export
 
-# What `bench export` measures by default: every format, and LiteRT at each quantisation.
-VARIANTS = (
-    (formats.FORMAT_KERAS, formats.QUANTIZE_NONE),
-    (formats.FORMAT_SAVEDMODEL, formats.QUANTIZE_NONE),
-    (formats.FORMAT_LITERT, formats.QUANTIZE_NONE),
-    (formats.FORMAT_LITERT, formats.QUANTIZE_FLOAT16),
-    (formats.FORMAT_LITERT, formats.QUANTIZE_INT8),
-)
 WARMUP_CALLS = 2
 
 
@@ -55,7 +47,7 @@ def _timed(run, images) -> float:
 
 
 def benchmark_exports(
-    model_path, split_dir, batch_size: int = 32, repeats: int = 5, variants=VARIANTS,
+    model_path, split_dir, batch_size: int = 32, repeats: int = 5, variants=ALL_EXPORTS,
     log=print,
 ) -> dict:  # fmt: skip
     """Exports `model_path` once per variant (int8 calibrated on the split's training images)

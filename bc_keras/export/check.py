@@ -18,10 +18,12 @@ from bc_keras.evaluation.metrics import (
     patient_recognition_rate,
     resampled_scores,
 )
+from bc_keras.export.markdown import CHECK_JSON, CHECK_MARKDOWN, REFERENCE, check_markdown
 from bc_keras.export.runtime import load_export, predict_arrays, read_export
 
-CHECK_JSON, CHECK_MARKDOWN = "check.json", "check.md"
-REFERENCE = "keras .h5 (float32)"
+__all__ = ["CHECK_JSON", "CHECK_MARKDOWN", "REFERENCE", "check_exports", "check_markdown",
+           "write_check"]  # fmt: skip
+
 DIFFERENCES = ("auc_roc", "balanced_accuracy", "patient_recognition_rate")
 LATENCY_BATCHES = (1, 32)
 
@@ -137,8 +139,9 @@ def check_exports(
             "path": str(model_path),
             "size_bytes": file_size(model_path),
             **scores(labels, reference, patients, threshold),
-            "latency_ms": {str(b): latency_ms(reference_run, images[0], b, repeats)
-                           for b in LATENCY_BATCHES},  # fmt: skip
+            "latency_ms": {
+                str(b): latency_ms(reference_run, images[0], b, repeats) for b in LATENCY_BATCHES
+            },  # fmt: skip
         }
     ]
     progress = Progress("checked", len(records), unit="exports")
@@ -155,8 +158,9 @@ def check_exports(
                 "differences": paired_differences(
                     labels, reference, probabilities, patients, threshold, samples, seed
                 ),
-                "latency_ms": {str(b): latency_ms(run, images[0], b, repeats)
-                               for b in LATENCY_BATCHES},  # fmt: skip
+                "latency_ms": {
+                    str(b): latency_ms(run, images[0], b, repeats) for b in LATENCY_BATCHES
+                },  # fmt: skip
             }
         )
         progress.advance(1)
@@ -171,51 +175,6 @@ def check_exports(
         "bootstrap_samples": samples,
         "models": rows,
     }
-
-
-def _value(value, digits: int = 3) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
-def _difference(entry: dict | None) -> str:
-    if not entry or entry["difference"] is None:
-        return ""
-    interval = "" if entry["low"] is None else f" [{entry['low']:+.3f}, {entry['high']:+.3f}]"
-    return f"{entry['difference']:+.3f}{interval}"
-
-
-def check_markdown(result: dict) -> str:
-    """The check as a markdown table."""
-    lines = [
-        f"Export check of {result['model']} on {result['split']} (test: {result['images']} "
-        f"images, {result['patients']} patients; threshold {result['threshold']:.4g}; "
-        f"differences are export - {REFERENCE} with paired patient-bootstrap 95% intervals, "
-        f"{result['bootstrap_samples']} resamples; latency on one "
-        f"{result['image_shape'][1]}x{result['image_shape'][0]} image, CPU).",
-        "",
-        "| model | size (MB) | AUC | Δ AUC | balanced acc. | Δ bal. acc. | patient rate | "
-        "Δ patient rate | max abs Δp | ms/batch 1 | ms/batch 32 |",
-        "|---|---:|---:|---|---:|---|---:|---|---:|---:|---:|",
-    ]
-    for row in result["models"]:
-        differences = row.get("differences", {})
-        cells = [
-            row["name"],
-            f"{row['size_bytes'] / 1e6:.2f}",
-            _value(row["auc_roc"]),
-            _difference(differences.get("auc_roc")),
-            _value(row["balanced_accuracy"]),
-            _difference(differences.get("balanced_accuracy")),
-            _value(row["patient_recognition_rate"]),
-            _difference(differences.get("patient_recognition_rate")),
-            _value(row.get("max_abs_probability_difference"), 6)
-            if "max_abs_probability_difference" in row
-            else "",
-            f"{row['latency_ms']['1']:.1f}",
-            f"{row['latency_ms']['32']:.1f}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def write_check(result: dict, out_dir) -> tuple[Path, Path]:

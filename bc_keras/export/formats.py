@@ -19,13 +19,13 @@ import tensorflow as tf
 
 import bc_keras
 from bc_keras import runs
-from bc_keras.models import saving
 from bc_keras.data.decode import DEFAULT_INTERPOLATION
 from bc_keras.errors import DataError, ModelFileError, RunError, one_line
 from bc_keras.export import FORMATS, QUANTIZATIONS  # noqa: E402  (spelled once, TF-free)
 from bc_keras.export.graph import INPUT_NAME, OUTPUT_NAME, inference_model
 from bc_keras.export.resize import DEFAULT_MAX_SIDE
 from bc_keras.histology.breakhis import CLASS_NAMES
+from bc_keras.models import saving
 
 FORMAT_KERAS, FORMAT_SAVEDMODEL, FORMAT_LITERT = FORMATS
 QUANTIZE_NONE, QUANTIZE_FLOAT16, QUANTIZE_INT8 = QUANTIZATIONS

@@ -14,6 +14,7 @@ from bc_keras.console import Progress
 from bc_keras.errors import DataError, RunError
 from bc_keras.evaluation.metrics import VIEW_SUMMARY, metrics_in
 from bc_keras.report import figures as figures_module
+from bc_keras.report.analyses import analysis_lines
 from bc_keras.report.claims import (
     label_efficiency_lines,
     leak_lines,
@@ -234,10 +235,15 @@ def _set_sections(
 
 
 def report_markdown(
-    runs: list[Run], sets: list[EvaluationSet], left_out: list[str], figures: Figures
+    runs: list[Run],
+    sets: list[EvaluationSet],
+    left_out: list[str],
+    figures: Figures,
+    analyses: list[str] | None = None,
 ) -> str:
     """REPORT.md, writing its figures through `figures` on the way. Every significance test
-    is computed first (one family, Holm-adjusted together), then rendered."""
+    is computed first (one family, Holm-adjusted together), then rendered. `analyses`: the
+    lines of the analysis sections (Deployment, ...), placed before the model sections."""
     tests = family(sets)
     classifiers = sum(len(model.runs) for each in sets for model in each.models)
     pretraining = [run for run in runs if run.kind == KIND_PRETRAIN]
@@ -304,6 +310,7 @@ def report_markdown(
         "",
         *label_efficiency_lines(sets, figures, tests),
     ]
+    lines += analyses or []
     lines += ["## Models", ""]
     # The model sections draw the Grad-CAM panels: the long part of a report.
     with Progress("model sections", sum(len(e.models) for e in sets), unit="models") as progress:
@@ -365,7 +372,9 @@ def build_report(runs_dirs, out) -> Path:
                 f"cannot write to --out {out} ({error.strerror}); choose a writable folder"
             ) from error
         sets = evaluation_sets(runs)
-        text = report_markdown(runs, sets, left_out, Figures(staging))
+        text = report_markdown(
+            runs, sets, left_out, Figures(staging), analysis_lines(runs_dirs)
+        )
         (staging / REPORT_FILE).write_text(text)
         write_results_csv(sets, staging / RESULTS_FILE)
         for name in OUTPUTS:

@@ -1,5 +1,6 @@
 """The study: `python -m bc_keras.study DATA [--profile quick|full] [--out study]` prepares the
-splits, runs every experiment of the report (and its claims), then regenerates the report.
+splits, runs every experiment of the report (and its claims), the analyses of the trained
+models (`bc_keras.study.analyses`: deployment, ...), then regenerates the report.
 
 Idempotent and resumable: a finished run is skipped, an interrupted one resumed, so running
 the same command again after a crash or Ctrl-C goes on where it stopped.
@@ -22,8 +23,10 @@ from bc_keras.config.options import MODEL_RESNET18
 from bc_keras.config.values import ENCODER_INIT_IMAGENET, ENCODER_INIT_RANDOM
 from bc_keras.errors import ConfigError, UserError, one_line
 from bc_keras.prepare import SETTINGS_NAME, prepare_folds, prepare_split
+from bc_keras.study.analyses import Analysis, plan_analyses
 
 PROFILE_QUICK, PROFILE_FULL = PROFILES = ("quick", "full")
+INTERRUPTED = "interrupted: run the same command again to resume"
 BACKBONES = configs.BACKBONES
 # The report's three backbones run in both profiles; the light ones (issue 20) in the full one.
 LIGHT_BACKBONES = tuple(name for name in BACKBONES if get_backbone(name).light)
@@ -75,9 +78,7 @@ class Step:
 
 def _config(step: Step, out: Path, resume: bool):
     """The step's config, run in `out/runs/<name>`, resuming or not."""
-    return dataclasses.replace(
-        step.config, run_dir=str(out / "runs" / step.name), resume=resume
-    )
+    return dataclasses.replace(step.config, run_dir=str(out / "runs" / step.name), resume=resume)
 
 
 def _weights_available(backbone: str, alpha: float, weights: dict) -> str:
@@ -148,7 +149,9 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
         if backbone in weights:
             transfer["weights"] = str(weights[backbone])
         reason = _weights_available(backbone, alpha, weights)
-        variants = [(recipe, split, {}) for split in ("patient", "image") for recipe in configs.RECIPES]
+        variants = [
+            (recipe, split, {}) for split in ("patient", "image") for recipe in configs.RECIPES
+        ]
         variants.insert(2, ("robust", "patient", cross_fit))
         for recipe, split, extra in variants:
             name = f"transfer_{backbone}_{recipe}" + ("_image_split" if split == "image" else "")
@@ -297,8 +300,53 @@ def run_study(source, out, profile: str = PROFILE_QUICK, weights=None, seed: int
             f"(elapsed {_duration(time.time() - started)}, about {eta} left)")  # fmt: skip
         if not outcome.endswith("finished"):
             problems.append((step.name, outcome))
+    problems += _run_analyses(plan_analyses(out, steps, SETTINGS[profile]), out, log)
     report = build_report([out / "runs"], out / "report")
     log(f"report: {report} (elapsed {_duration(time.time() - started)})")
+    return problems
+
+
+def run_analysis(analysis: Analysis, log_file: Path) -> str:
+    """Runs one analysis in this process, its output in `log_file`; returns how it ended. A
+    user error (e.g. a model an export cannot take) fails the analysis only."""
+    import keras
+
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as handle, contextlib.redirect_stdout(handle):
+        with contextlib.redirect_stderr(handle):
+            try:
+                analysis.run()
+            except UserError as error:
+                print(f"error: {one_line(error)}")
+                return f"failed: {one_line(error)}"
+            finally:
+                keras.backend.clear_session()
+    return "finished"
+
+
+def _run_analyses(analyses: list[Analysis], out: Path, log) -> list[tuple[str, str]]:
+    """Runs every analysis not finished yet; returns (name, outcome) of those that failed."""
+    problems = []
+    for number, analysis in enumerate(analyses, start=1):
+        prefix = f"[analysis {number}/{len(analyses)}] {analysis.name}"
+        if analysis.skip:
+            log(f"{prefix}: skipped: {analysis.skip}")
+            continue
+        if analysis.finished:
+            log(f"{prefix}: already finished")
+            continue
+        missing = [str(path) for path in analysis.needs if not path.is_file()]
+        if missing:
+            problems.append((analysis.name, f"needs {', '.join(missing)}"))
+            log(f"{prefix}: cannot run: needs {', '.join(missing)} (an earlier step failed)")
+            continue
+        log(f"{prefix}: running ...")
+        begun = time.time()
+        name = analysis.name.replace("/", "_")
+        outcome = run_analysis(analysis, out / "logs" / f"{name}.log")
+        log(f"{prefix}: {outcome} in {_duration(time.time() - begun)}")
+        if outcome != "finished":
+            problems.append((name, outcome))
     return problems
 
 
@@ -362,7 +410,3 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
     return 1 if problems else 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli.run_script(main, interrupted="interrupted: run the same command again to resume"))

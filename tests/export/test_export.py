@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
@@ -257,7 +256,9 @@ def test_a_stain_normalised_model_normalises_inside_the_savedmodel(
     fitted = make_normalizer("reinhard").fit(read_rgb(train[0]))
     model, metadata = models.load_model(classifiers["cnn"])
     record = {"method": "reinhard", "target_statistics": fitted.target_statistics()}
-    normalised = _save(tmp_path / "normalised.h5", model, **{**metadata, "stain_normalizer": record})
+    normalised = _save(
+        tmp_path / "normalised.h5", model, **{**metadata, "stain_normalizer": record}
+    )
     files = data.list_split_files(synthetic_split, "test").paths[:6]
     expected = bc_keras.load_model(normalised).predict_proba(files)
     plain = bc_keras.load_model(classifiers["cnn"]).predict_proba(files)

@@ -62,7 +62,9 @@ def test_train_predict_and_export_take_a_keras_model(synthetic_split, tmp_path, 
         "model_out"
     ] == str(model_out)
     # predict.py on the test images gives the run's own test predictions.
-    expected = {row["filename"]: float(row["probability"]) for row in _rows(run / "predictions.csv")}
+    expected = {
+        row["filename"]: float(row["probability"]) for row in _rows(run / "predictions.csv")
+    }
     out = tmp_path / "predicted.csv"
     test_dir = Path(synthetic_split) / "test"
     assert len(data.list_split_files(synthetic_split, "test").paths) == len(expected)
