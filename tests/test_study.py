@@ -168,7 +168,8 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     monkeypatch.setattr(study, "run_analysis", analysis_stand_in)
     monkeypatch.setattr(study, "plan_analyses", stand_in_analyses)
     monkeypatch.setattr(
-        "bc_keras.report.build_report", lambda dirs, out: reports.append(out) or out
+        "bc_keras.report.build_report",
+        lambda dirs, out, explain: reports.append((out, explain)) or out,
     )
     out = tmp_path / "study"
     lines = []
@@ -203,7 +204,7 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     # Every step but the resumed one, and the analysis.
     assert sum(line.endswith("already finished") for line in lines) == len(planned)
     assert any(line.endswith("] simclr_linear: resuming ...") for line in lines)
-    assert len(reports) == 2
+    assert reports == [(out / "report", ("occlusion", "lime"))] * 2
 
 
 def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkeypatch):
@@ -220,7 +221,7 @@ def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkey
 
     monkeypatch.setattr(study, "run_step", stand_in)
     monkeypatch.setattr(study, "plan_analyses", lambda out, steps, settings: [])
-    monkeypatch.setattr("bc_keras.report.build_report", lambda dirs, out: out)
+    monkeypatch.setattr("bc_keras.report.build_report", lambda dirs, out, explain: out)
     problems = study.run_study(source, tmp_path / "study", log=lambda line: None)
     names = [name for name, _ in problems]
     assert names[0] == "simclr_pretrain"
@@ -274,8 +275,11 @@ def test_simclr_from_imagenet_runs_when_the_preset_is_cached_or_given(tmp_path, 
     assert [step.skip for step in ready] == ["", "", ""]
     pretrain, finetune, linear = (study._config(s, tmp_path, False) for s in ready)
     assert pretrain.encoder_init == "imagenet" and pretrain.image_size == 48
-    assert finetune.encoder == linear.encoder == pretrain.model_out != (
-        study._config(steps["simclr_pretrain"], tmp_path, False).model_out
+    assert (
+        finetune.encoder
+        == linear.encoder
+        == pretrain.model_out
+        != (study._config(steps["simclr_pretrain"], tmp_path, False).model_out)
     )
     assert ready[1].needs == ready[2].needs == [Path(pretrain.model_out)]
     # A local preset given as --weights resnet18=FOLDER is the start.
@@ -291,7 +295,9 @@ def test_simclr_from_imagenet_runs_when_the_preset_is_cached_or_given(tmp_path, 
 def test_a_resnet18_weights_argument_must_be_a_preset_folder(tmp_path):
     good = _preset_folder(tmp_path / "preset")
     assert study._weights_argument(f"resnet18={good}") == ("resnet18", str(good))
-    with pytest.raises(ArgumentTypeError, match="resnet18=/no/such: --encoder-init /no/such does not"):
+    with pytest.raises(
+        ArgumentTypeError, match="resnet18=/no/such: --encoder-init /no/such does not"
+    ):
         study._weights_argument("resnet18=/no/such")
     (tmp_path / "weights.h5").write_bytes(b"x")
     with pytest.raises(ArgumentTypeError, match="weights.h5 is a file"):

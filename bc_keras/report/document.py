@@ -26,6 +26,7 @@ from bc_keras.report.figures import (
     FIGURES_DIR,
     PRETRAIN_FIGURES,
     Figures,
+    explanation_panels,
     gradcam_panel,
     overlays,
     reliability,
@@ -152,11 +153,14 @@ def _classifier_details(run: Run) -> list[str]:
 
 
 def _gradcam_lines(figures: Figures, run: Run) -> tuple[list[str], bool]:
-    link, caption = gradcam_panel(figures, run)
-    if link is None:
-        figures.skipped_gradcam.append(f"`{run.name}`: {caption}")
-        return [f"Grad-CAM skipped: {caption}.", ""], False
-    return [f"{caption}:", "", f"![Grad-CAM]({link})", ""], True
+    panels, reason = explanation_panels(figures, run)
+    if not panels:
+        figures.skipped_gradcam.append(f"`{run.name}`: {reason}")
+        return [f"Grad-CAM skipped: {reason}.", ""], False
+    lines = []
+    for title, link, caption in panels:
+        lines += [f"{caption}:", "", f"![{title}]({link})", ""]
+    return lines, True
 
 
 def _run_section(figures: Figures, run: Run) -> list[str]:
@@ -330,6 +334,10 @@ def report_markdown(
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
+# The explanations beside Grad-CAM (bc_keras.evaluation.explain's, spelled here TF-free).
+EXPLANATIONS = ("occlusion", "lime")
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out} is a file; pass a folder for the report")
@@ -340,8 +348,9 @@ def _check_out(out: Path) -> None:
         )
 
 
-def build_report(runs_dirs, out) -> Path:
-    """Writes REPORT.md, results.csv and figures/ into `out` from the runs under `runs_dirs`.
+def build_report(runs_dirs, out, explain: tuple[str, ...] = ()) -> Path:
+    """Writes REPORT.md, results.csv and figures/ into `out` from the runs under `runs_dirs`;
+    `explain` names the explanations drawn beside each model's Grad-CAM ("occlusion", "lime").
 
     Everything is written to a staging folder inside `out` first and moved into place at the
     end, replacing an earlier report's files; an interrupted report leaves those untouched.
@@ -373,7 +382,7 @@ def build_report(runs_dirs, out) -> Path:
             ) from error
         sets = evaluation_sets(runs)
         text = report_markdown(
-            runs, sets, left_out, Figures(staging), analysis_lines(runs_dirs)
+            runs, sets, left_out, Figures(staging, explain), analysis_lines(runs_dirs)
         )
         (staging / REPORT_FILE).write_text(text)
         write_results_csv(sets, staging / RESULTS_FILE)
@@ -408,9 +417,19 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--out", required=True, metavar="DIR", help="folder for REPORT.md, results.csv, figures/"
     )
+    parser.add_argument(
+        "--explain",
+        nargs="+",
+        choices=EXPLANATIONS,
+        default=[],
+        metavar="METHOD",
+        help="also draw these explanations of each model's Grad-CAM images: occlusion "
+        "(the probability's drop under a sliding patch) and/or lime (a linear surrogate over "
+        "superpixels); LIME costs ~1000 model calls per image (default: Grad-CAM only)",
+    )
     cli.add_quiet_flag(parser)
     args = cli.apply_quiet(parser.parse_args(argv))
-    path = build_report(args.runs_dirs, args.out)
+    path = build_report(args.runs_dirs, args.out, tuple(args.explain))
     print(f"wrote {path}, {Path(args.out) / RESULTS_FILE} and {Path(args.out) / FIGURES_DIR}/")
     return 0
 

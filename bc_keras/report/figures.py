@@ -47,6 +47,13 @@ MAX_IMAGE_SIZE = 4096
 DEFAULT_THRESHOLD = 0.5
 
 
+# How each model-agnostic explanation finds its evidence, for the captions.
+EXPLAINED_HOW = {
+    "occlusion": "the drop in probability when a patch is hidden",
+    "lime": "a local linear surrogate over superpixels",
+}
+
+
 def is_png(path) -> bool:
     """Whether `path` is a non-empty file starting with the PNG signature."""
     try:
@@ -64,8 +71,10 @@ def slug(text: str) -> str:
 class Figures:
     """Writes figures under `<out>/figures/` and hands back their links relative to `out`."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, explain: tuple[str, ...] = ()):
         self.out = Path(out)
+        # The explanations drawn beside each model's Grad-CAM panel (occlusion, LIME).
+        self.explain = tuple(explain)
         self.folders: dict[str, str] = {}
         # "run: why" for each model whose Grad-CAM panel was left out (listed in the report).
         self.skipped_gradcam: list[str] = []
@@ -334,20 +343,34 @@ def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
     Returns:
         `(link, caption)`, or `(None, why it was skipped)`.
     """
+    panels, reason = explanation_panels(figures, run, others=False)
+    return panels[0][1:] if panels else (None, reason)
+
+
+def explanation_panels(
+    figures: Figures, run: Run, others: bool = True
+) -> tuple[list[tuple[str, str, str]], str]:
+    """The Grad-CAM panel of correct and wrong test images of the run's saved model, then
+    (`others`) one panel per method of `figures.explain` (occlusion, LIME) on the same images.
+
+    Returns:
+        `([(method title, link, caption), ...], "")`, or `([], why they were skipped)`.
+    """
     problem = model_file_problem(run)
     if problem:
-        return None, problem
+        return [], problem
     images = gradcam_images(run)
     if not images:
-        return None, f"its test images are no longer under `{run.data}/test/`"
+        return [], f"its test images are no longer under `{run.data}/test/`"
     import keras
     import tensorflow as tf
 
     from bc_keras import data, models
     from bc_keras.data import decode
-    from bc_keras.evaluation import gradcam
+    from bc_keras.evaluation import explain, gradcam
 
-    path = figures.folder(run.name) / "gradcam.png"
+    others = [m for m in figures.explain if m != explain.METHOD_GRADCAM] if others else []
+    methods = (explain.METHOD_GRADCAM, *others)
     try:
         model, metadata = models.load_model(locate(str(run.config["model_out"]), run.run_dir))
         size = int(metadata["image_size"])
@@ -355,14 +378,15 @@ def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
         shown = np.stack(
             [decode.decode_and_resize(str(p), size, interpolation).numpy() for p, _, _ in images]
         )
-        inputs = data.apply_preprocess(shown.astype(np.float32), metadata["preprocess"])
-        heatmaps = gradcam.gradcam(model, np.asarray(inputs))
+        inputs = np.asarray(data.apply_preprocess(shown.astype(np.float32), metadata["preprocess"]))
+        maps = {method: explain.explain(model, inputs, method, rgb_images=shown.astype(np.uint8))
+                for method in methods}  # fmt: skip
     except (UserError, ValueError, KeyError, OSError, tf.errors.OpError) as error:
-        return None, f"Grad-CAM failed ({shorten(error, 160)})"
+        return [], f"Grad-CAM failed ({shorten(error, 160)})"
     except Exception as error:
         # The model file is untrusted input and Keras raises many kinds of error on a bad
         # one (TypeError, AttributeError, ...): one bad run never stops the report.
-        return None, f"Grad-CAM failed ({type(error).__name__}: {shorten(error, 140)})"
+        return [], f"Grad-CAM failed ({type(error).__name__}: {shorten(error, 140)})"
     finally:
         keras.backend.clear_session()
     threshold = run_threshold(run)
@@ -370,10 +394,17 @@ def gradcam_panel(figures: Figures, run: Run) -> tuple[str | None, str]:
     for _, label, probability in images:
         verdict = "correct" if int(probability >= threshold) == label else "WRONG"
         titles.append(f"{verdict}: {CLASS_NAMES[label]}\np(malignant)={probability:.2f}")
-    gradcam.plot_gradcam_panel(shown, heatmaps, titles, path)
     correct = sum(title.startswith("correct") for title in titles)
-    caption = (
-        f"Grad-CAM (malignant evidence) of {correct} correct and {len(titles) - correct} wrong "
-        "test images, the most confident of each; p is the run's recorded test probability"
+    chosen = (
+        f"of {correct} correct and {len(titles) - correct} wrong test images, the most "
+        "confident of each; p is the run's recorded test probability"
     )
-    return figures.link(path), caption
+    panels = []
+    for method in methods:
+        title = explain.METHOD_TITLES[method]
+        path = figures.folder(run.name) / f"{method}.png"
+        gradcam.plot_gradcam_panel(shown, maps[method], titles, path, map_title=title)
+        what = f"{title} (malignant evidence)" if method == explain.METHOD_GRADCAM else (
+            f"{title} map (the model's malignant evidence by {EXPLAINED_HOW[method]})")  # fmt: skip
+        panels.append((title, figures.link(path), f"{what} {chosen}"))
+    return panels, ""

@@ -270,6 +270,7 @@ def run_study(source, out, profile: str = PROFILE_QUICK, weights=None, seed: int
     """Prepares the data, runs every step not yet finished, then writes out/report. Returns
     the list of (step, outcome) for steps that did not finish."""
     from bc_keras.report import build_report
+    from bc_keras.report.document import EXPLANATIONS
 
     out = Path(out)
     started = time.time()
@@ -301,7 +302,7 @@ def run_study(source, out, profile: str = PROFILE_QUICK, weights=None, seed: int
         if not outcome.endswith("finished"):
             problems.append((step.name, outcome))
     problems += _run_analyses(plan_analyses(out, steps, SETTINGS[profile]), out, log)
-    report = build_report([out / "runs"], out / "report")
+    report = build_report([out / "runs"], out / "report", explain=EXPLANATIONS)
     log(f"report: {report} (elapsed {_duration(time.time() - started)})")
     return problems
 

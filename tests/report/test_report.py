@@ -552,6 +552,31 @@ def test_copied_runs_folder_keeps_its_grad_cam(study, tmp_path):
     assert "now holds the model of another run" in ten
 
 
+def test_occlusion_and_lime_panels_beside_grad_cam(study, tmp_path):
+    """`--explain occlusion lime` (the study's report) draws both beside each model's Grad-CAM,
+    on the same images, from the maps bc_keras.evaluation.explain gives; without it, none."""
+    from bc_keras.evaluation import explain
+    from bc_keras.report.document import EXPLANATIONS
+
+    assert (explain.METHOD_GRADCAM, *EXPLANATIONS) == explain.METHODS  # spelled alike
+    root, _, _ = study
+    out = tmp_path / "explained"
+    assert report.main([str(root / "runs"), "--out", str(out), "--explain", "occlusion",
+                        "lime", "--quiet"]) == 0  # fmt: skip
+    models = section((out / "REPORT.md").read_text(), "## Models")
+    cnn = section(models, "### baseline CNN (report recipe): `cnn/patient`")
+    for title, name in (("Grad-CAM", "gradcam"), ("occlusion", "occlusion"), ("LIME", "lime")):
+        assert f"![{title}](figures/cnn__patient/{name}.png)" in cnn, title
+        with Image.open(out / f"figures/cnn__patient/{name}.png") as panel:
+            assert panel.size == Image.open(out / "figures/cnn__patient/gradcam.png").size
+    assert "occlusion map (the model's malignant evidence by the drop in probability" in cnn
+    plain = tmp_path / "plain"
+    report.build_report([root / "runs"], plain)
+    assert not (plain / "figures/cnn__patient/lime.png").exists()
+    with pytest.raises(SystemExit):
+        report.main([str(root / "runs"), "--out", str(plain), "--explain", "shap"])
+
+
 def test_a_model_of_another_run_with_the_same_folder_name_is_not_taken():
     from bc_keras.report.figures import ownership_problem
     from bc_keras.report.runs import Run
