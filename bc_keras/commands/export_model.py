@@ -23,7 +23,9 @@ def parse_args(argv=None):
         "LiteRT: no bc_keras needed at inference.",
         formatter_class=cli.HelpFormatter,
     )
-    parser.add_argument("model", help="a classifier .h5 saved by a bc_keras training script")
+    parser.add_argument(
+        "model", help="a classifier .h5 (or .keras) saved by a bc_keras training script"
+    )
     parser.add_argument("--out", required=True, help="the export folder (made; an earlier "
                         "export there is replaced, any other folder refused)")  # fmt: skip
     parser.add_argument(
@@ -78,6 +80,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from bc_keras.export import formats
 
+    if args.format not in (*FORMATS, FORMAT_ALL):
+        raise RunError(
+            f"unknown export format {args.format!r}; choose one of {', '.join(FORMATS)}, or "
+            f"{FORMAT_ALL} (every format and quantisation)"
+        )
     jobs = ALL_EXPORTS if args.format == FORMAT_ALL else ((args.format, args.quantize),)
     if args.format == FORMAT_ALL and args.quantize != "none":
         raise RunError("--format all writes every quantisation; drop --quantize")

@@ -347,5 +347,6 @@ def test_the_command_exports_checks_and_refuses(classifiers, synthetic_split, tm
     )  # fmt: skip
     assert run.returncode == 2
     assert run.stderr.strip().splitlines()[-1] == (
-        "error: unknown export format 'onnx'; choose one of keras, savedmodel, litert"
+        "error: unknown export format 'onnx'; choose one of keras, savedmodel, litert, or all "
+        "(every format and quantisation)"
     )
