@@ -14,7 +14,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "bc_keras"
 SUBPACKAGES = ("config", "histology", "prepare", "data", "models", "training", "evaluation", "experiments",
-               "report", "export", "robustness")  # fmt: skip
+               "report", "export", "robustness", "active")  # fmt: skip
 # The modules that are commands (`python -m ...`, a `main`, and the installed command's
 # package bc_keras.commands): they alone may import `cli`.
 COMMANDS = {
@@ -46,7 +46,8 @@ LIGHT = ["bc_keras.histology", "bc_keras.prepare", "bc_keras.config", "bc_keras.
          "bc_keras.evaluation", "bc_keras.evaluation.metrics", "bc_keras.report",
          "bc_keras.report.compare", "bc_keras.report.runs", "bc_keras.report.tables",
          "bc_keras.commands", "bc_keras.console", "bc_keras.export",
-         "bc_keras.robustness"]  # fmt: skip
+         "bc_keras.robustness", "bc_keras.active", "bc_keras.active.strategies",
+         "bc_keras.active.select"]  # fmt: skip
 MAX_LINES = 450
 MAX_TOP_LEVEL = 12
 

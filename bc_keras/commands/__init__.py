@@ -125,6 +125,15 @@ COMMANDS = (
         SECTION_RESULTS,
     ),
     Command(
+        "active",
+        "bc_keras.active.__main__",
+        "active learning: the images to annotate next (select), or each strategy against "
+        "random in a label-efficiency simulation (simulate)",
+        SECTION_RESULTS,
+        "interrupted: a selection CSV is written whole or not at all; run the same simulate "
+        "command again to resume",
+    ),
+    Command(
         "study",
         "bc_keras.study",
         "the whole study: splits, every experiment, then the report (resumable)",
