@@ -59,30 +59,31 @@ def logit_function(model: keras.Model):
     return log_odds
 
 
-def loss_gradient(model: keras.Model, preprocess: str, tta: bool = False):
-    """A compiled function `(pixels [n, h, w, 3] float32 in 0-255, labels [n]) -> d loss /
-    d pixels`, the loss being the margin `(1 - 2 y) * logit` summed over the batch (each
-    image's gradient is its own)."""
+def loss_gradient(model: keras.Model, preprocess: str, tta: bool = False, compiled: bool = True):
+    """A function `(pixels [n, h, w, 3] float32 in 0-255, labels [n]) -> d loss / d pixels`,
+    the loss being the margin `(1 - 2 y) * logit` summed over the batch (each image's gradient
+    is its own); a `tf.function` unless not `compiled`. With `tta` the 8 views go through the
+    network as one batch (inference mode: one view's result does not depend on the others)."""
     logits = logit_function(model)
-    views = range(DIHEDRAL_VIEWS) if tta else range(1)
+    views = DIHEDRAL_VIEWS if tta else 1
     size = int(model.inputs[0].shape[1])
 
-    @tf.function(
-        input_signature=(
-            tf.TensorSpec([None, size, size, 3], tf.float32),
-            tf.TensorSpec([None], tf.float32),
-        ),
-        reduce_retracing=True,
-    )
     def gradient(pixels, labels):
         with tf.GradientTape() as tape:
             tape.watch(pixels)
             inputs = apply_preprocess(pixels, preprocess)
-            logit = tf.add_n([logits(dihedral_view(inputs, view)) for view in views])
-            loss = tf.reduce_sum((1.0 - 2.0 * labels) * logit / len(views))
+            stacked = tf.concat([dihedral_view(inputs, view) for view in range(views)], axis=0)
+            logit = tf.reduce_mean(tf.reshape(logits(stacked), [views, -1]), axis=0)
+            loss = tf.reduce_sum((1.0 - 2.0 * labels) * logit)
         return tape.gradient(loss, pixels)
 
-    return gradient
+    if not compiled:
+        return gradient
+    signature = (
+        tf.TensorSpec([None, size, size, 3], tf.float32),
+        tf.TensorSpec([None], tf.float32),
+    )
+    return tf.function(gradient, input_signature=signature, reduce_retracing=True)
 
 
 def _batches(count: int, batch_size: int):

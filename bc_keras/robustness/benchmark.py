@@ -1,7 +1,7 @@
 """The robustness benchmark: saved classifiers scored on a split's test images under each
 corruption at each severity, with the test evaluation's own code (`data.build_dataset`,
-`predict_probabilities`, `metrics.compute_metrics`), so that severity 0 is the run's
-metrics.json; `run_robustness` writes the folder (JSON, markdown, figures)."""
+`predict_probabilities` and the metric functions of `metrics.compute_metrics`), so that
+severity 0 is the run's metrics.json; `run_robustness` writes the folder (JSON, markdown, figures)."""
 
 from __future__ import annotations
 
@@ -40,14 +40,17 @@ DEFAULT_BATCH_SIZE = 32
 CLEAN_TOLERANCE = 1e-5
 
 
-def scores(labels, probabilities, threshold: float, patients, magnifications) -> dict:
-    """AUC, balanced accuracy and the patient recognition rate of one set of predictions, from
-    `compute_metrics` (None where undefined, as there)."""
-    result = bc_metrics.compute_metrics(
-        labels, probabilities, threshold=threshold, patients=patients,
-        magnifications=magnifications,
-    )  # fmt: skip
-    return {key: result.get(key) for key in SCORES}
+def scores(labels, probabilities, threshold: float, patients) -> dict:
+    """AUC, balanced accuracy and the patient recognition rate of one set of predictions, by
+    the functions `compute_metrics` computes them with (None where undefined, as there; the
+    patient rate without patient keys)."""
+    binary = bc_metrics.binary_scores(labels, probabilities, threshold)
+    rate = None
+    if patients is not None:
+        predicted = (np.asarray(probabilities) >= threshold).astype(int)
+        rate = bc_metrics.patient_recognition_rate(labels, predicted, np.asarray(patients))
+    return {"auc_roc": binary["auc_roc"], "balanced_accuracy": binary["balanced_accuracy"],
+            "patient_recognition_rate": rate}  # fmt: skip
 
 
 def pixel_dataset(pixels: np.ndarray, preprocess: str, batch_size: int):
@@ -129,11 +132,11 @@ def evaluate_model(path, split, corruptions=None, severities=None, seed: int = 0
     if not len(test.paths):
         raise DataError(f"{split} has no test images; prepare a split with a test subset")
     labels = np.asarray(test.labels).astype(int)
-    patients, magnifications = describe_files(test.paths)
+    patients, _ = describe_files(test.paths)
     known = all(patient != UNKNOWN for patient in patients)
-    keys = (patients, magnifications) if known else (None, None)
+    keys = patients if known else None
     clean_probabilities = predict_probabilities(model, test.data, tta=tta)
-    clean = scores(labels, clean_probabilities, threshold, *keys)
+    clean = scores(labels, clean_probabilities, threshold, keys)
     images = decoded_images(test, np.arange(len(labels)))
     again = predict_probabilities(model, pixel_dataset(images, preprocess, batch_size), tta=tta)
     difference = float(np.max(np.abs(again - clean_probabilities)))
@@ -161,7 +164,7 @@ def evaluate_model(path, split, corruptions=None, severities=None, seed: int = 0
             )
             change = float(np.mean(np.abs(pixels - images.astype(np.float32))))
             rows.append({"severity": severity, "value": value, "pixel_change": change,
-                         **scores(labels, probabilities, threshold, *keys)})  # fmt: skip
+                         **scores(labels, probabilities, threshold, keys)})  # fmt: skip
             if progress is not None:
                 progress.advance(1)
         results[name] = rows

@@ -109,7 +109,9 @@ def test_stain_shift_is_the_hed_perturbation_with_per_image_signs_at_the_amplitu
         got = c.corrupt("stain_shift", tissue, severity, seed=5)
         for index in (0, 3):
             scale, shift = c.stain_signs(c.image_rng(5, "stain_shift", index))
-            expected = hed_perturbation_numpy(tissue[index], 1 + amplitude * scale, amplitude * shift)
+            expected = hed_perturbation_numpy(
+                tissue[index], 1 + amplitude * scale, amplitude * shift
+            )
             np.testing.assert_array_equal(got[index], np.clip(np.rint(expected), 0, 255))
     # Larger amplitudes move the stain amounts (HED) further.
     moved = [np.abs(rgb_to_hed(c.corrupt("stain_shift", tissue, s)) - rgb_to_hed(tissue)).mean()
@@ -120,7 +122,7 @@ def test_stain_shift_is_the_hed_perturbation_with_per_image_signs_at_the_amplitu
 def test_occlusion_fills_the_stated_share_of_cells_with_the_mean_colour(tissue):
     image = tissue[2]
     fill = np.clip(np.rint(image.reshape(-1, 3).mean(axis=0)), 0, 255).astype(np.uint8)
-    shares = []
+    shares, previous = [], np.zeros((SIZE, SIZE), dtype=bool)
     for severity in c.SEVERITIES:
         cells = c.CORRUPTIONS["occlusion"].value(severity)
         got = c.corrupt("occlusion", tissue[2:3], severity, seed=2, indices=[2])[0]
@@ -131,7 +133,7 @@ def test_occlusion_fills_the_stated_share_of_cells_with_the_mean_colour(tissue):
             row, column = divmod(int(cell), c.OCCLUSION_GRID)
             mask[row * step : (row + 1) * step, column * step : (column + 1) * step] = True
         assert np.all(got[mask] == fill) and np.array_equal(got[~mask], image[~mask])
-        assert not shares or np.all(mask[previous])  # the cells of a lower severity and more
+        assert np.all(mask[previous])  # the cells of the severity below, and more
         previous = mask
         shares.append(mask.mean())
     np.testing.assert_allclose(shares, np.asarray(c.CORRUPTIONS["occlusion"].values) / 64)
