@@ -32,7 +32,7 @@ from bc_keras.config.options import (
     recipe_option,
     switch,
 )
-from bc_keras.config.values import check_values
+from bc_keras.config.values import check_values, randaugment_value
 from bc_keras.errors import ConfigError
 
 
@@ -158,6 +158,43 @@ class ClassifierConfig(RunConfig):
         "(e.g. 0.1 for the report's 10% labels)",
         GROUP_DATA,
     )
+    mixup: float = option(
+        0.0,
+        "--mixup",
+        "MixUp (Zhang et al. 2018): blend each training image with another of its batch, "
+        "keeping a share drawn from Beta(ALPHA, ALPHA), labels and class weights alike (0.2-0.4 "
+        "is usual; 0 = off; tf.data pipeline)",
+        GROUP_DATA,
+        metavar="ALPHA",
+    )
+    cutmix: float = option(
+        0.0,
+        "--cutmix",
+        "CutMix (Yun et al. 2019): paste a box of another training image of the batch over "
+        "each, its area share 1 - lam with lam ~ Beta(ALPHA, ALPHA), labels mixed by area (1.0 "
+        "is usual; with --mixup one of the two per batch; 0 = off; tf.data pipeline)",
+        GROUP_DATA,
+        metavar="ALPHA",
+    )
+    randaugment: list[int] | None = option(
+        None,
+        "--randaugment",
+        "RandAugment (Cubuk et al. 2020) for H&E: each training image takes N operations drawn "
+        "from rotations, flips, shear, translation, contrast, brightness, sharpness, posterize "
+        "and HED stain jitter, at magnitude M in 0..10 (e.g. 2 5; default: off; tf.data "
+        "pipeline)",
+        GROUP_DATA,
+        nargs=2,
+        type=int,
+        metavar=("N", "M"),
+    )
+    label_smoothing: float = option(
+        0.0,
+        "--label-smoothing",
+        "train on the targets y (1 - EPS) + EPS / 2, the binary form of label smoothing "
+        "(Szegedy et al. 2016); 0 = off",
+        metavar="EPS",
+    )
     class_weight: str | None = recipe_option(
         "--class-weight",
         "'balanced' weights each class by n / (2 n_class) on the training split",
@@ -240,6 +277,28 @@ class ClassifierConfig(RunConfig):
             raise ConfigError(
                 f"--cross-fit {self.cross_fit} is not a number of folds; pass --cross-fit 2 or "
                 "more (5 is usual), or 0 for the single validation split"
+            )
+        self.check_training_techniques()
+
+    def check_training_techniques(self) -> None:
+        """Refuses --randaugment values out of range, the batch techniques with the report's
+        generator (which has none of them), and --label-smoothing with --teacher (whose
+        distillation loss replaces the smoothed one)."""
+        if self.randaugment is not None:
+            self.randaugment = randaugment_value(self.randaugment)
+        used = [flag for flag, on in (("--mixup", self.mixup), ("--cutmix", self.cutmix),
+                                      ("--randaugment", self.randaugment)) if on]  # fmt: skip
+        if used and self.pipeline != PIPELINE_TFDATA:
+            raise ConfigError(
+                f"{' and '.join(used)} need --pipeline tfdata: the report's ImageDataGenerator "
+                f"has no batch mixing nor these seeded batch operations; pass --pipeline tfdata "
+                f"or drop {used[0]}"
+            )
+        if self.label_smoothing and self.teacher is not None:
+            raise ConfigError(
+                "--label-smoothing does not combine with --teacher: the distillation loss "
+                "replaces the smoothed cross-entropy (the teacher's soft targets soften the "
+                "labels already); drop one of them"
             )
 
 

@@ -56,6 +56,39 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def smoothing_value(text: str) -> float:
+    """A label-smoothing epsilon: 0 (off) up to, not including, 1 (every target 0.5)."""
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+# RandAugment's ranges (bc_keras.data.randaugment, which imports TensorFlow, keeps the same).
+RANDAUGMENT_MAX_LAYERS, RANDAUGMENT_MAX_MAGNITUDE = 14, 10
+
+
+def randaugment_value(values) -> list[int]:
+    """`--randaugment N M` as `[N, M]`: N operations per image in 1..14, magnitude M in 0..10.
+
+    Raises:
+        ConfigError: naming the flag, the values and the ranges.
+    """
+    rule = (
+        f"N (operations per image) must be in 1..{RANDAUGMENT_MAX_LAYERS} and M (magnitude) "
+        f"in 0..{RANDAUGMENT_MAX_MAGNITUDE}; pass e.g. --randaugment 2 5"
+    )
+    shown = " ".join(map(str, values)) if isinstance(values, list | tuple) else repr(values)
+    if not isinstance(values, list | tuple) or len(values) != 2:
+        raise ConfigError(f"--randaugment {shown}: two integers N M are needed; {rule}")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in values):
+        raise ConfigError(f"--randaugment {shown}: N and M are integers; {rule}")
+    layers, magnitude = values
+    if not (1 <= layers <= RANDAUGMENT_MAX_LAYERS and 0 <= magnitude <= RANDAUGMENT_MAX_MAGNITUDE):
+        raise ConfigError(f"--randaugment {shown}: out of range; {rule}")
+    return [int(layers), int(magnitude)]
+
+
 def threshold_value(text: str) -> float | str:
     """A probability in (0, 1), or the name of a method choosing it on validation."""
     name = text.strip().lower().replace("-", "_")
@@ -122,6 +155,9 @@ FIELD_TYPES = {
     "blur_probability": unit_interval,
     "batch_norm_momentum": unit_interval,
     "stain_augment": non_negative_float,
+    "mixup": non_negative_float,
+    "cutmix": non_negative_float,
+    "label_smoothing": smoothing_value,
     "jitter_strength": non_negative_float,
     "threshold": threshold_value,
     "encoder_init": encoder_init_value,

@@ -62,6 +62,12 @@ def generator_from_files(
     from tensorflow.keras.preprocessing.image import ImageDataGenerator
 
     check_interpolation(options.interpolation)
+    if options.techniques():
+        raise ValueError(
+            f"{' and '.join(options.techniques())} need the tf.data pipeline: the report's "
+            "ImageDataGenerator transforms one image at a time and has no batch mixing; use "
+            "--pipeline tfdata"
+        )
     function = preprocess_function(options.preprocess)
     transforms = options.augmentation.generator_kwargs() if options.augment else {}
     stain = None

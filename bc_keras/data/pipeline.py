@@ -30,6 +30,8 @@ from bc_keras.data.augment import (
     simclr_pair,
 )
 from bc_keras.data.decode import DEFAULT_INTERPOLATION, INTERPOLATIONS, decode_and_resize
+from bc_keras.data.mixing import check_alpha, mix_batch
+from bc_keras.data.randaugment import check_randaugment, randaugment
 
 # SimCLR's ResNet-18 has no ImageNet preprocessing of its own: rescale is used.
 NO_PREPROCESS_MODELS = (MODEL_RESNET18,)
@@ -139,6 +141,30 @@ class PipelineOptions:
     seed: int = 42
     interpolation: str = DEFAULT_INTERPOLATION
     start_epoch: int = 0
+    # The training-data techniques of issue 22 (tf.data only; off by default). `randaugment`
+    # is (N, M); `class_weight` the (benign, malignant) weights a mixed batch carries as
+    # per-image weights (Keras' class_weight would round a mixed label to one class).
+    randaugment: tuple[int, int] | None = None
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    class_weight: tuple[float, float] | None = None
+
+    def __post_init__(self):
+        check_alpha(self.mixup_alpha, "mixup_alpha")
+        check_alpha(self.cutmix_alpha, "cutmix_alpha")
+        if self.randaugment is not None:
+            check_randaugment(*self.randaugment)
+
+    @property
+    def mixing(self) -> bool:
+        """Whether training batches are mixed (MixUp and/or CutMix)."""
+        return bool(self.mixup_alpha or self.cutmix_alpha)
+
+    def techniques(self) -> list[str]:
+        """The flags of the issue-22 techniques these options use (for refusals)."""
+        used = [("--randaugment", self.randaugment is not None)]
+        used += [("--mixup", bool(self.mixup_alpha)), ("--cutmix", bool(self.cutmix_alpha))]
+        return [flag for flag, on in used if on]
 
 
 def tfdata_from_files(paths, labels, options: PipelineOptions, *, cache=True, epochs=1):
@@ -166,9 +192,12 @@ def epochs_from_decoded(decoded, count: int, options: PipelineOptions, *, epochs
     """The per-epoch part of the tf.data pipeline on an already decoded (and cached) dataset of
     `count` `(uint8 image, label)` pairs, from image files or TFRecord shards alike: shuffle ->
     batch -> augment (one fused affine warp, and the stain perturbation, per batch) ->
-    preprocess -> prefetch, every epoch a function of (seed, epoch, batch)."""
+    RandAugment -> MixUp / CutMix -> preprocess -> prefetch, every epoch a function of
+    (seed, epoch, batch). A mixed stream with `options.class_weight` yields
+    `(images, targets, weights)`."""
     function = preprocess_function(options.preprocess)
     seed, stain_strength = options.seed, options.stain_strength
+    transformed = options.augment or options.randaugment is not None or options.mixing
 
     def to_inputs(images):
         images = tf.cast(images, tf.float32)
@@ -179,11 +208,31 @@ def epochs_from_decoded(decoded, count: int, options: PipelineOptions, *, epochs
         # One stateless seed per batch keeps runs reproducible while every epoch sees new
         # warps. The warp runs on 0-255 floats, as the generator's does.
         batch_seed = tf.stack([epoch_seed, index])
-        images = random_affine_warp(tf.cast(images, tf.float32), batch_seed, options.augmentation)
-        if stain_strength > 0:
+        images = tf.cast(images, tf.float32)
+        if options.augment:
+            images = random_affine_warp(images, batch_seed, options.augmentation)
+        if options.augment and stain_strength > 0:
             stain_seed = tf.random.experimental.stateless_fold_in(batch_seed, 7)
             images = random_hed_perturbation(images, stain_seed, stain_strength)
-        return to_inputs(images), batch_labels
+        # The warp's output has a dynamic shape; RandAugment and CutMix need the static one.
+        images = tf.ensure_shape(images, [None, options.image_size, options.image_size, 3])
+        if options.randaugment is not None:
+            augment_seed = tf.random.experimental.stateless_fold_in(batch_seed, 11)
+            images = randaugment(images, augment_seed, *options.randaugment)
+        if not options.mixing:
+            return to_inputs(images), batch_labels
+        # Mixing pixels commutes with every preprocessing here (per-channel affine maps).
+        mixed = mix_batch(
+            images,
+            batch_labels,
+            tf.random.experimental.stateless_fold_in(batch_seed, 13),
+            mixup_alpha=options.mixup_alpha,
+            cutmix_alpha=options.cutmix_alpha,
+            class_weight=options.class_weight,
+        )
+        if mixed.weights is None:
+            return to_inputs(mixed.images), mixed.labels
+        return to_inputs(mixed.images), mixed.labels, mixed.weights
 
     def one_epoch(epoch):
         epoch_seed = _epoch_seed(seed, epoch)
@@ -191,7 +240,7 @@ def epochs_from_decoded(decoded, count: int, options: PipelineOptions, *, epochs
         if options.shuffle:
             data = _shuffled(data, count, epoch_seed)
         data = data.batch(options.batch_size)
-        if options.augment:
+        if transformed:
             return data.enumerate().map(
                 lambda index, batch: augment_batch(index, batch, epoch_seed),
                 num_parallel_calls=tf.data.AUTOTUNE,

@@ -28,14 +28,28 @@ def classifier_metrics() -> list:
     ]
 
 
+def classifier_loss(label_smoothing: float = 0.0) -> keras.losses.Loss:
+    """Binary cross-entropy; with `label_smoothing` eps in [0, 1) its targets are
+    `y (1 - eps) + eps / 2` (Keras' binary form of Szegedy et al.'s smoothing)."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(
+            f"label_smoothing must be in [0, 1). Received: label_smoothing={label_smoothing}"
+        )
+    return keras.losses.BinaryCrossentropy(label_smoothing=float(label_smoothing))
+
+
 def compile_classifier(
-    model: keras.Model, learning_rate: float, jit_compile: bool = False
+    model: keras.Model,
+    learning_rate: float,
+    jit_compile: bool = False,
+    label_smoothing: float = 0.0,
 ) -> keras.Model:
-    """Binary cross-entropy, Adam(learning_rate) and the report's metrics; `jit_compile`
-    compiles the training step with XLA."""
+    """Binary cross-entropy (smoothed by `label_smoothing`, see `classifier_loss`),
+    Adam(learning_rate) and the report's metrics; `jit_compile` compiles the training step
+    with XLA."""
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.BinaryCrossentropy(),
+        loss=classifier_loss(label_smoothing),
         metrics=classifier_metrics(),
         jit_compile=jit_compile,
     )
