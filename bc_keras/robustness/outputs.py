@@ -33,7 +33,10 @@ def score_table(result: dict, score: str) -> list[str]:
     the mean over the corrupted severities."""
     severities = result["severities"]
     header = ["model", "corruption", *(f"{s}" if s else "0 (clean)" for s in severities)]
-    header.append("mean 1-5" if severities[1:] else "mean")
+    corrupted = severities[1:]
+    header.append(
+        "mean 1-5" if corrupted == [1, 2, 3, 4, 5] else f"mean {', '.join(map(str, corrupted))}"
+    )
     lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
     for entry in result["models"]:
         for name, rows in entry["results"].items():
