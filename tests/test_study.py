@@ -159,9 +159,11 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     def write(folder):
         folder.mkdir()
         (folder / "check.json").write_text("{}")
+        (folder / "active.json").write_text("{}")
 
-    def stand_in_analyses(out, steps, settings):
-        return [replace(a, write=write) for a in analyses.plan_analyses(out, steps, settings)]
+    def stand_in_analyses(out, steps, settings, seed):
+        planned = analyses.plan_analyses(out, steps, settings, seed)
+        return [replace(a, write=write) for a in planned]
 
     reports = []
     monkeypatch.setattr(study, "run_step", stand_in)
@@ -184,7 +186,7 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     assert (out / "data" / "folds" / "fold_2").is_dir()
     # After the steps: the deployment analysis of the robust CNN (the MobileNet's is skipped
     # with its step), its result in runs/deployment/ where the report reads it.
-    assert analysed == ["deployment/cnn_robust"]
+    assert analysed == ["deployment/cnn_robust", "active/cnn", "active/linear"]
     assert (out / "runs" / "deployment" / "cnn_robust" / "check.json").is_file()
     assert any(line.endswith("deployment/transfer_mobilenet_robust: skipped: its model's step "
                              "is skipped: its ImageNet weights are not available offline (put "
@@ -200,9 +202,9 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     calls.clear()
     lines.clear()
     assert study.run_study(source, out, log=lines.append) == []
-    assert calls == [("simclr_linear", True)] and analysed == ["deployment/cnn_robust"]
-    # Every step but the resumed one, and the analysis.
-    assert sum(line.endswith("already finished") for line in lines) == len(planned)
+    assert calls == [("simclr_linear", True)] and len(analysed) == 3
+    # Every step but the resumed one, and the three analyses.
+    assert sum(line.endswith("already finished") for line in lines) == len(planned) + 2
     assert any(line.endswith("] simclr_linear: resuming ...") for line in lines)
     assert reports == [(out / "report", ("occlusion", "lime"))] * 2
 
@@ -220,7 +222,7 @@ def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkey
         return "finished"
 
     monkeypatch.setattr(study, "run_step", stand_in)
-    monkeypatch.setattr(study, "plan_analyses", lambda out, steps, settings: [])
+    monkeypatch.setattr(study, "plan_analyses", lambda out, steps, settings, seed: [])
     monkeypatch.setattr("bc_keras.report.build_report", lambda dirs, out, explain: out)
     problems = study.run_study(source, tmp_path / "study", log=lambda line: None)
     names = [name for name, _ in problems]
@@ -308,17 +310,22 @@ def test_a_resnet18_weights_argument_must_be_a_preset_folder(tmp_path):
 
 def test_the_deployment_analyses_of_each_profile(tmp_path):
     quick = study.plan(tmp_path, study.PROFILE_QUICK, {}, seed=7)
-    planned = analyses.plan_analyses(tmp_path, quick, study.SETTINGS[study.PROFILE_QUICK])
+    planned = analyses.plan_analyses(tmp_path, quick, study.SETTINGS[study.PROFILE_QUICK], 7)
     assert [a.name for a in planned] == ["deployment/cnn_robust",
-                                         "deployment/transfer_mobilenet_robust"]  # fmt: skip
+                                         "deployment/transfer_mobilenet_robust",
+                                         "active/cnn", "active/linear"]  # fmt: skip
+    # The SimCLR linear head's simulation needs the pretrained encoder.
+    assert planned[3].needs == [tmp_path / "models" / "simclr_encoder.h5"]
+    assert planned[2].result == tmp_path / "runs" / "active" / "cnn" / "active.json"
     cnn = planned[0]
     assert cnn.needs == [tmp_path / "models" / "cnn_robust.h5"] and cnn.skip == ""
     assert cnn.result == tmp_path / "runs" / "deployment" / "cnn_robust" / "check.json"
     full = study.plan(tmp_path, study.PROFILE_FULL, {}, seed=7)
-    names = [a.name for a in analyses.plan_analyses(tmp_path, full, study.SETTINGS["full"])]
+    names = [a.name for a in analyses.plan_analyses(tmp_path, full, study.SETTINGS["full"], 7)]
     assert names == ["deployment/cnn_robust", "deployment/transfer_mobilenet_robust",
                      "deployment/cnn_robust_distilled",
-                     *(f"deployment/transfer_{b}_robust" for b in study.LIGHT_BACKBONES)]  # fmt: skip
+                     *(f"deployment/transfer_{b}_robust" for b in study.LIGHT_BACKBONES),
+                     "active/cnn", "active/linear"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -358,3 +365,38 @@ def test_a_deployment_analysis_checks_every_export_and_the_report_shows_it(
     with pytest.raises(RuntimeError):
         failing.run()
     assert not (tmp_path / "runs" / "x").exists() and not (tmp_path / "runs" / "x.partial").exists()
+
+
+def test_the_active_learning_analysis_simulates_in_its_work_folder_and_copies_the_results(
+    tmp_path, monkeypatch
+):
+    """The simulation runs in out/work/active/<experiment> (its run folders stay out of the
+    report's RUNS_DIR) with the profile's settings and a budget fitted to the split; its three
+    result files are copied to runs/active/<experiment>/."""
+    from bc_keras.active import simulate
+
+    write_synthetic_tree(tmp_path / "tree", patients_per_subtype=3, images_per_patient=2,
+                         size=(16, 12))  # fmt: skip
+    study.prepare_data(tmp_path / "tree", tmp_path, study.PROFILE_QUICK, 7, log=lambda _: None)
+    seen = []
+
+    def stand_in(settings, work, log=print):
+        seen.append((settings, Path(work)))
+        Path(work).mkdir(parents=True)
+        for name in (simulate.FIGURE_FILE, simulate.SUMMARY_FILE, simulate.RESULT_FILE):
+            (Path(work) / name).write_text(name)
+
+    monkeypatch.setattr(simulate, "simulate", stand_in)
+    steps = study.plan(tmp_path, study.PROFILE_QUICK, {}, seed=7)
+    linear = analyses.plan_analyses(tmp_path, steps, study.SETTINGS["quick"], 7)[-1]
+    linear.run()
+    ((settings, work),) = seen
+    assert work == tmp_path / "work" / "active" / "linear"
+    assert (settings.experiment, settings.encoder) == ("linear", str(tmp_path / "models" /
+                                                                   "simclr_encoder.h5"))  # fmt: skip
+    assert (settings.rounds, settings.strategies, settings.recipe) == (2, ["entropy", "random"],
+                                                                       "robust")  # fmt: skip
+    assert (settings.image_size, settings.epochs, settings.seed) == (48, 12, 7)
+    assert settings.budget == simulate.round_budget(settings.data, 2, seed=7) >= 1
+    for name in (simulate.FIGURE_FILE, simulate.SUMMARY_FILE, simulate.RESULT_FILE):
+        assert (tmp_path / "runs" / "active" / "linear" / name).read_text() == name

@@ -1,11 +1,13 @@
 """The report's sections on analyses of trained models, read from the result files those
 analyses leave under the report's RUNS_DIRs (the study writes them in runs/<kind>/<name>/):
-Deployment (the export checks: size, latency and accuracy of each model and each export).
-TensorFlow-free, like the rest of the report."""
+Deployment (the export checks: size, latency and accuracy of each model and each export) and
+Active learning (the simulations' AUC against labels per strategy). TensorFlow-free, like the
+rest of the report."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from bc_keras.export.markdown import CHECK_JSON, check_markdown
@@ -53,6 +55,53 @@ def deployment_lines(roots) -> list[str]:
     return lines + ([""] if unreadable else [])
 
 
-def analysis_lines(roots) -> list[str]:
-    """Every analysis section, in report order."""
-    return deployment_lines(roots)
+# The active-learning simulation's files (bc_keras.active.simulate's names).
+ACTIVE_RESULT, ACTIVE_FIGURE = "active.json", "active_auc.png"
+
+
+def active_lines(roots, figures) -> list[str]:
+    """The Active learning section: per simulation, its figure (test AUC against labels with
+    patient-bootstrap intervals, one line per strategy), the table of rounds and the verdict
+    of each uncertainty strategy against random."""
+    lines = [
+        "## Active learning",
+        "",
+        "Annotation replayed on the training split (`python -m bc_keras.active simulate`): "
+        "from whole patients holding a fraction of the labels, each round a strategy picks "
+        "the images to label (patient-aware: no patient fills a round) and the model is "
+        "retrained; a strategy beats random only if the paired patient-bootstrap interval of "
+        "its test AUC minus random's at the last round lies above 0.",
+        "",
+    ]
+    found = [(path, _read(path)) for path in _result_files(roots, ACTIVE_RESULT)]
+    found = [(path, result) for path, result in found if result and "curves" in result]
+    if not found:
+        return lines + ["No active-learning simulation found under the run folders.", ""]
+    for path, result in found:
+        settings = result["settings"]
+        lines += [f"### {settings['experiment']} ({path.parent.name})", ""]
+        figure = path.parent / ACTIVE_FIGURE
+        if figure.is_file():
+            target = figures.folder(f"active_{path.parent.name}") / ACTIVE_FIGURE
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(figure, target)
+            lines += [f"![active learning]({figures.link(target)})", ""]
+        lines += ["| strategy | labels | test AUC | 95% interval |", "|---|---:|---:|---|"]
+        for strategy, records in result["curves"].items():
+            for record in records:
+                auc = record.get("auc_roc")
+                interval = record.get("auc_95ci") or []
+                interval = [] if None in interval else interval
+                lines.append(
+                    f"| {strategy} | {record['labels']} | "
+                    f"{'n/a' if auc is None else f'{auc:.3f}'} | "
+                    + (f"{interval[0]:.3f} - {interval[1]:.3f}" if interval else "n/a")
+                    + " |"
+                )
+        lines += ["", *[f"- {verdict}" for verdict in result.get("verdicts", [])], ""]
+    return lines
+
+
+def analysis_lines(roots, figures) -> list[str]:
+    """Every analysis section, in report order (figures copied through `figures`)."""
+    return deployment_lines(roots) + active_lines(roots, figures)

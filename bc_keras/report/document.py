@@ -381,9 +381,8 @@ def build_report(runs_dirs, out, explain: tuple[str, ...] = ()) -> Path:
                 f"cannot write to --out {out} ({error.strerror}); choose a writable folder"
             ) from error
         sets = evaluation_sets(runs)
-        text = report_markdown(
-            runs, sets, left_out, Figures(staging, explain), analysis_lines(runs_dirs)
-        )
+        figures = Figures(staging, explain)
+        text = report_markdown(runs, sets, left_out, figures, analysis_lines(runs_dirs, figures))
         (staging / REPORT_FILE).write_text(text)
         write_results_csv(sets, staging / RESULTS_FILE)
         for name in OUTPUTS:

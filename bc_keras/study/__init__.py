@@ -301,7 +301,7 @@ def run_study(source, out, profile: str = PROFILE_QUICK, weights=None, seed: int
             f"(elapsed {_duration(time.time() - started)}, about {eta} left)")  # fmt: skip
         if not outcome.endswith("finished"):
             problems.append((step.name, outcome))
-    problems += _run_analyses(plan_analyses(out, steps, SETTINGS[profile]), out, log)
+    problems += _run_analyses(plan_analyses(out, steps, SETTINGS[profile], seed), out, log)
     report = build_report([out / "runs"], out / "report", explain=EXPLANATIONS)
     log(f"report: {report} (elapsed {_duration(time.time() - started)})")
     return problems

@@ -4,7 +4,8 @@ models and writes its results into out/runs/<kind>/<name>/, where the report fin
 Resumable like the steps: an analysis whose result file exists is not run again, and each
 writes its folder beside the final one and moves it in, so an interrupted analysis leaves no
 result that looks complete. The deployment analysis (issue 20) exports a model to every format
-and checks each export on the patient split's test images.
+and checks each export on the patient split's test images; the active-learning analysis (issue
+22) simulates annotation rounds for the CNN and the SimCLR linear head.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ from bc_keras.backbones import BACKBONES, get_backbone
 from bc_keras.export.markdown import CHECK_JSON
 
 DEPLOYMENT_DIR = "deployment"
+ACTIVE_DIR = "active"
+# The simulations' run folders live outside out/runs (they are ordinary runs, and would
+# otherwise fill the report's tables); only their results are copied under out/runs/active/.
+ACTIVE_WORK = ("work", "active")
+# Per profile: rounds and strategies of the active-learning simulations.
+ACTIVE_SETTINGS = {
+    False: dict(rounds=2, strategies=["entropy", "random"]),
+    True: dict(rounds=4, strategies=["entropy", "margin", "random", "coreset"]),
+}
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -104,6 +114,47 @@ def _deployment_writer(model: Path, split: Path) -> Callable[[Path], None]:
     return write
 
 
-def plan_analyses(out: Path, steps, settings: dict) -> list[Analysis]:
+def active_analyses(out: Path, steps, settings: dict, seed: int) -> list[Analysis]:
+    """The active-learning simulations (issue 22 item 4) of the CNN and of the SimCLR linear
+    head on the patient split, from 10% of its labels (both profiles; the full one runs more
+    rounds and all four strategies)."""
+    encoder = next((Path(s.config.model_out) for s in steps if s.name == "simclr_pretrain"), None)
+    classifier = settings["classifier"]
+    common = dict(
+        data=str(out / "data" / "patient"), seed=seed, recipe="robust",
+        **ACTIVE_SETTINGS[settings["deployment"]],
+        **{key: classifier[key] for key in ("epochs", "image_size", "batch_size") if key in classifier},
+    )  # fmt: skip
+    analyses = []
+    for experiment, needs in (("cnn", []), ("linear", [encoder] if encoder else [])):
+        if experiment == "linear" and encoder is None:
+            continue
+        name = f"{ACTIVE_DIR}/{experiment}"
+        work = out.joinpath(*ACTIVE_WORK, experiment)
+        values = dict(common, experiment=experiment,
+                      encoder=str(encoder) if experiment == "linear" else None)  # fmt: skip
+        result = out / "runs" / ACTIVE_DIR / experiment / "active.json"
+        analyses.append(Analysis(name, needs, result, _active_writer(values, work)))
+    return analyses
+
+
+def _active_writer(values: dict, work: Path) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        from bc_keras.active import simulate
+
+        settings = simulate.SimulationSettings(**values)
+        settings.budget = simulate.round_budget(settings.data, settings.rounds, seed=settings.seed)
+        simulate.simulate(settings, work, log=print)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in (simulate.FIGURE_FILE, simulate.SUMMARY_FILE, simulate.RESULT_FILE):
+            shutil.copy2(work / name, folder / name)
+
+    return write
+
+
+def plan_analyses(out: Path, steps, settings: dict, seed: int = 42) -> list[Analysis]:
     """Every analysis of the study, in the order they run."""
-    return deployment_analyses(out, steps, settings["deployment"])
+    return [
+        *deployment_analyses(out, steps, settings["deployment"]),
+        *active_analyses(out, steps, settings, seed),
+    ]
