@@ -160,6 +160,7 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
         folder.mkdir()
         (folder / "check.json").write_text("{}")
         (folder / "active.json").write_text("{}")
+        (folder / "robustness.json").write_text("{}")
 
     def stand_in_analyses(out, steps, settings, seed):
         planned = analyses.plan_analyses(out, steps, settings, seed)
@@ -186,7 +187,8 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     assert (out / "data" / "folds" / "fold_2").is_dir()
     # After the steps: the deployment analysis of the robust CNN (the MobileNet's is skipped
     # with its step), its result in runs/deployment/ where the report reads it.
-    assert analysed == ["deployment/cnn_robust", "active/cnn", "active/linear"]
+    assert analysed == ["deployment/cnn_robust", "robustness/patient", "active/cnn",
+                        "active/linear"]  # fmt: skip
     assert (out / "runs" / "deployment" / "cnn_robust" / "check.json").is_file()
     assert any(line.endswith("deployment/transfer_mobilenet_robust: skipped: its model's step "
                              "is skipped: its ImageNet weights are not available offline (put "
@@ -202,9 +204,9 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     calls.clear()
     lines.clear()
     assert study.run_study(source, out, log=lines.append) == []
-    assert calls == [("simclr_linear", True)] and len(analysed) == 3
-    # Every step but the resumed one, and the three analyses.
-    assert sum(line.endswith("already finished") for line in lines) == len(planned) + 2
+    assert calls == [("simclr_linear", True)] and len(analysed) == 4
+    # Every step but the resumed one, and the four analyses.
+    assert sum(line.endswith("already finished") for line in lines) == len(planned) + 3
     assert any(line.endswith("] simclr_linear: resuming ...") for line in lines)
     assert reports == [(out / "report", ("occlusion", "lime"))] * 2
 
@@ -313,10 +315,15 @@ def test_the_deployment_analyses_of_each_profile(tmp_path):
     planned = analyses.plan_analyses(tmp_path, quick, study.SETTINGS[study.PROFILE_QUICK], 7)
     assert [a.name for a in planned] == ["deployment/cnn_robust",
                                          "deployment/transfer_mobilenet_robust",
-                                         "active/cnn", "active/linear"]  # fmt: skip
+                                         "robustness/patient", "active/cnn",
+                                         "active/linear"]  # fmt: skip
     # The SimCLR linear head's simulation needs the pretrained encoder.
-    assert planned[3].needs == [tmp_path / "models" / "simclr_encoder.h5"]
-    assert planned[2].result == tmp_path / "runs" / "active" / "cnn" / "active.json"
+    assert planned[4].needs == [tmp_path / "models" / "simclr_encoder.h5"]
+    assert planned[3].result == tmp_path / "runs" / "active" / "cnn" / "active.json"
+    # Quick: the headline models of the patient split that can run (MobileNet has no
+    # weights here); full: every classifier of the patient split but the cross-fitted ones.
+    assert [s.name for s in analyses.robustness_models(quick, full=False)] == [
+        "cnn_report", "cnn_robust", "simclr_finetune", "simclr_linear"]  # fmt: skip
     cnn = planned[0]
     assert cnn.needs == [tmp_path / "models" / "cnn_robust.h5"] and cnn.skip == ""
     assert cnn.result == tmp_path / "runs" / "deployment" / "cnn_robust" / "check.json"
@@ -325,7 +332,11 @@ def test_the_deployment_analyses_of_each_profile(tmp_path):
     assert names == ["deployment/cnn_robust", "deployment/transfer_mobilenet_robust",
                      "deployment/cnn_robust_distilled",
                      *(f"deployment/transfer_{b}_robust" for b in study.LIGHT_BACKBONES),
-                     "active/cnn", "active/linear"]  # fmt: skip
+                     "robustness/patient", "active/cnn", "active/linear"]  # fmt: skip
+    scored = [s.name for s in analyses.robustness_models(full, full=True)]
+    assert "cnn_robust_10pct" in scored and "simclr_linear" in scored
+    assert not any("cross_fit" in n or "image_split" in n or "fold" in n for n in scored)
+    assert "simclr_linear_random_encoder" not in scored and "transfer_vgg16_robust" not in scored
 
 
 @pytest.mark.slow

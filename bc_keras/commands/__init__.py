@@ -125,6 +125,13 @@ COMMANDS = (
         SECTION_RESULTS,
     ),
     Command(
+        "robustness",
+        "bc_keras.robustness.__main__",
+        "AUC, balanced accuracy and patient rate of classifiers under graded corruptions, "
+        "stain shift, occlusion and FGSM/PGD",
+        SECTION_RESULTS,
+    ),
+    Command(
         "active",
         "bc_keras.active.__main__",
         "active learning: the images to annotate next (select), or each strategy against "

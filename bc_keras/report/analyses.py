@@ -1,7 +1,8 @@
 """The report's sections on analyses of trained models, read from the result files those
 analyses leave under the report's RUNS_DIRs (the study writes them in runs/<kind>/<name>/):
-Deployment (the export checks: size, latency and accuracy of each model and each export) and
-Active learning (the simulations' AUC against labels per strategy). TensorFlow-free, like the
+Deployment (the export checks: size, latency and accuracy of each model and each export),
+Robustness (scores under graded corruptions and attacks) and Active learning (the simulations'
+AUC against labels per strategy). TensorFlow-free, like the
 rest of the report."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from bc_keras.export.markdown import CHECK_JSON, check_markdown
+from bc_keras.robustness import outputs as robustness_outputs
 
 
 def _result_files(roots, name: str) -> list[Path]:
@@ -102,6 +104,39 @@ def active_lines(roots, figures) -> list[str]:
     return lines
 
 
+def robustness_lines(roots, figures) -> list[str]:
+    """The Robustness section: per benchmark, the AUC and balanced accuracy of each model
+    under each corruption by severity, and one figure per corruption (every score against
+    severity, a line per model)."""
+    lines = [
+        "## Robustness",
+        "",
+        "How each model fails (`python -m bc_keras.robustness`): the test split under graded "
+        "corruptions (noise, blur, JPEG, brightness, contrast, H&E stain shift, occlusion) and "
+        "white-box attacks (FGSM, PGD), each at growing severity; severity 0 is the clean test "
+        "split, equal to the runs' metrics.json.",
+        "",
+    ]
+    found = [(path, _read(path)) for path in _result_files(roots, robustness_outputs.RESULT_FILE)]
+    found = [(path, result) for path, result in found if result and "models" in result]
+    if not found:
+        return lines + ["No robustness benchmark found under the run folders.", ""]
+    for path, result in found:
+        lines += [f"### {path.parent.name}: {len(result['models'])} model(s)", ""]
+        for key in ("auc_roc", "balanced_accuracy"):
+            title = result["scores"].get(key, key)
+            lines += [f"{title[0].upper()}{title[1:]}:", "",
+                      *robustness_outputs.score_table(result, key), ""]  # fmt: skip
+        for corruption, record in result["corruptions"].items():
+            figure = path.parent / robustness_outputs.figure_name(corruption)
+            if figure.is_file():
+                target = figures.folder(f"robustness_{path.parent.name}") / figure.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(figure, target)
+                lines += [f"![{record['title']}]({figures.link(target)})", ""]
+    return lines
+
+
 def analysis_lines(roots, figures) -> list[str]:
     """Every analysis section, in report order (figures copied through `figures`)."""
-    return deployment_lines(roots) + active_lines(roots, figures)
+    return deployment_lines(roots) + robustness_lines(roots, figures) + active_lines(roots, figures)

@@ -5,7 +5,8 @@ Resumable like the steps: an analysis whose result file exists is not run again,
 writes its folder beside the final one and moves it in, so an interrupted analysis leaves no
 result that looks complete. The deployment analysis (issue 20) exports a model to every format
 and checks each export on the patient split's test images; the active-learning analysis (issue
-22) simulates annotation rounds for the CNN and the SimCLR linear head.
+22) simulates annotation rounds for the CNN and the SimCLR linear head; the robustness
+analysis (issue 22) scores the classifiers under graded corruptions and attacks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ from bc_keras.export.markdown import CHECK_JSON
 
 DEPLOYMENT_DIR = "deployment"
 ACTIVE_DIR = "active"
+ROBUSTNESS_DIR = "robustness"
+# The quick profile's robustness benchmark: its models and severities (the full one scores
+# every classifier of the patient split at all five).
+QUICK_ROBUSTNESS = ("cnn_report", "cnn_robust", "transfer_mobilenet_robust", "simclr_finetune",
+                    "simclr_linear")  # fmt: skip
+QUICK_SEVERITIES = (1, 3, 5)
 # The simulations' run folders live outside out/runs (they are ordinary runs, and would
 # otherwise fill the report's tables); only their results are copied under out/runs/active/.
 ACTIVE_WORK = ("work", "active")
@@ -152,9 +159,57 @@ def _active_writer(values: dict, work: Path) -> Callable[[Path], None]:
     return write
 
 
+def robustness_models(steps, full: bool) -> list:
+    """The steps whose models the robustness benchmark scores: in the full profile every
+    classifier trained and tested on the patient split (cross-fitted ensembles aside: their
+    members are scored as the single-split runs are), in the quick one `QUICK_ROBUSTNESS`."""
+    from bc_keras.config import LinearConfig, PretrainConfig
+
+    chosen = []
+    for step in steps:
+        config = step.config
+        if step.skip or isinstance(config, PretrainConfig) or getattr(config, "cross_fit", 0):
+            continue
+        if not str(config.data).endswith("patient") or isinstance(config, LinearConfig) and (
+                config.encoder == "none"):  # fmt: skip
+            continue
+        if full or step.name in QUICK_ROBUSTNESS:
+            chosen.append(step)
+    return chosen
+
+
+def robustness_analyses(out: Path, steps, settings: dict, seed: int) -> list[Analysis]:
+    """One robustness benchmark (issue 22 item 1) of the chosen models on the patient split's
+    test images; a model whose step failed is left out (the benchmark says which ran)."""
+    full = settings["deployment"]
+    models = [Path(step.config.model_out) for step in robustness_models(steps, full)]
+    severities = None if full else QUICK_SEVERITIES
+    result = out / "runs" / ROBUSTNESS_DIR / "patient" / "robustness.json"
+    split = out / "data" / "patient"
+    return [Analysis(f"{ROBUSTNESS_DIR}/patient", [], result,
+                     _robustness_writer(models, split, severities, seed))]  # fmt: skip
+
+
+def _robustness_writer(models, split, severities, seed) -> Callable[[Path], None]:
+    def write(folder: Path) -> None:
+        from bc_keras.errors import RunError
+        from bc_keras.robustness import run_robustness
+
+        present = [path for path in models if path.is_file()]
+        if not present:
+            raise RunError("no model to benchmark: every chosen step failed")
+        missing = [path.name for path in models if not path.is_file()]
+        if missing:
+            print(f"left out (their steps failed): {', '.join(missing)}")
+        run_robustness(present, split, folder, severities=severities, seed=seed)
+
+    return write
+
+
 def plan_analyses(out: Path, steps, settings: dict, seed: int = 42) -> list[Analysis]:
     """Every analysis of the study, in the order they run."""
     return [
         *deployment_analyses(out, steps, settings["deployment"]),
+        *robustness_analyses(out, steps, settings, seed),
         *active_analyses(out, steps, settings, seed),
     ]

@@ -108,6 +108,21 @@ def test_a_cnn_and_a_transfer_model_write_the_table_and_figures_and_severity_0_i
     cnn_entry = result["models"][0]
     assert cnn_entry["input_epsilon_per_grey_level"] == pytest.approx([1 / 255] * 3)
     assert result["models"][1]["input_epsilon_per_grey_level"] == pytest.approx([2 / 255] * 3)
+    # The report's Robustness section: the AUC and balanced accuracy tables, every figure.
+    from bc_keras.report.analyses import robustness_lines
+    from bc_keras.report.figures import Figures
+
+    lines = robustness_lines([tmp_path], Figures(tmp_path / "report"))
+    assert lines[0] == "## Robustness" and "### robustness: 2 model(s)" in lines
+    for row in outputs.score_table(result, "auc_roc") + outputs.score_table(
+        result, "balanced_accuracy"
+    ):
+        assert row in lines
+    figures = [line for line in lines if line.startswith("![")]
+    assert len(figures) == len(CORRUPTIONS)
+    for line in figures:
+        copied = tmp_path / "report" / line.split("](")[1].rstrip(")")
+        assert copied.read_bytes() == (out / copied.name).read_bytes()
 
 
 def _train_inputs(split):
