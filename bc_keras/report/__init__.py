@@ -1,9 +1,8 @@
 """The report regenerated from run folders (`python -m bc_keras.report`): the document, claims,
-figures, runs, evaluation sets, tables and the comparison table."""
-
+figures, runs, evaluation sets, tables, the comparison table and the analysis sections."""
 
 _SUBMODULES = {
-    "claims", "compare", "document", "figures", "forest", "panels", "runs", "sets", "significance",
+    "analyses", "claims", "compare", "document", "figures", "forest", "panels", "runs", "sets", "significance",
     "tables", "validation",
 }  # fmt: skip
 
