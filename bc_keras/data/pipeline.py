@@ -111,7 +111,7 @@ def _epoch_seed(seed: int, epoch):
     return tf.cast(seed, tf.int64) * 1_000_003 + tf.cast(epoch, tf.int64)
 
 
-def _shuffled(data, count: int, seed):
+def shuffled(data, count: int, seed):
     """`data` in an order drawn from the tensor `seed` alone.
 
     `Dataset.shuffle` pairs its seed with the global one (`tf.random.set_seed`), so the order
@@ -165,6 +165,19 @@ class PipelineOptions:
         used = [("--randaugment", self.randaugment is not None)]
         used += [("--mixup", bool(self.mixup_alpha)), ("--cutmix", bool(self.cutmix_alpha))]
         return [flag for flag, on in used if on]
+
+
+def technique_options(config, class_weight: dict | None = None) -> dict:
+    """The `build_dataset` keywords of a classifier config's training-data techniques
+    (`--randaugment`, `--mixup`, `--cutmix`); a mixed stream carries the Keras `class_weight`
+    ({0: benign, 1: malignant}) as per-image weights, so `fit` must then get none."""
+    mixing = bool(config.mixup or config.cutmix)
+    return {
+        "randaugment": tuple(config.randaugment) if config.randaugment else None,
+        "mixup_alpha": float(config.mixup),
+        "cutmix_alpha": float(config.cutmix),
+        "class_weight": (class_weight[0], class_weight[1]) if mixing and class_weight else None,
+    }
 
 
 def tfdata_from_files(paths, labels, options: PipelineOptions, *, cache=True, epochs=1):
@@ -238,7 +251,7 @@ def epochs_from_decoded(decoded, count: int, options: PipelineOptions, *, epochs
         epoch_seed = _epoch_seed(seed, epoch)
         data = decoded
         if options.shuffle:
-            data = _shuffled(data, count, epoch_seed)
+            data = shuffled(data, count, epoch_seed)
         data = data.batch(options.batch_size)
         if transformed:
             return data.enumerate().map(

@@ -144,11 +144,9 @@ def resolve_imagenet_weights(
 
 def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float = 1.0) -> None:
     """Loads a no-top .h5 weights file (or an encoder's backbone, `load_encoder_backbone`) into a
-    backbone, with a clear error when it cannot.
-
-    The file is untrusted: a full model saved as .h5 (which has a configuration) is inspected
-    with `check_model_file` first, although only its weights are read. Keras' EfficientNet
-    ImageNet file gets the correction Keras applies when it loads it itself.
+    backbone, with a clear error when it cannot. The file is untrusted: a full model saved as .h5 (which has a configuration) is inspected
+    with `check_model_file` before anything else, although only its weights are read. Keras'
+    EfficientNet ImageNet file gets the correction Keras applies when it loads it itself.
 
     Raises:
         WeightsError: if the file is missing, a folder, not HDF5, does not match the
@@ -172,10 +170,10 @@ def load_backbone_weights(model: keras.Model, path, backbone: str, alpha: float 
         )
     if path.suffix != ".h5" or not h5py.is_hdf5(path):
         raise WeightsError(f"{path} is not an HDF5 (.h5) weights file; expected {expected}.")
+    saving.check_model_file(path)  # first: code is refused whatever the file claims to be
     if (metadata := file_metadata(path)) is not None:
         load_encoder_backbone(model, path, backbone, alpha, metadata)
         return
-    saving.check_model_file(path)
     try:
         model.load_weights(path)
     except (ValueError, KeyError, OSError, TypeError) as error:
@@ -239,9 +237,10 @@ def load_encoder_backbone(
     metadata = file_metadata(path) if metadata is None else metadata
     kind, architecture = metadata.get("kind"), metadata.get("architecture")
     if kind not in ENCODER_KINDS:
+        described = f"a bc_keras {kind or 'model'}" + (f" ({architecture})" if architecture else "")
         raise WeightsError(
-            f"{path.name} is a bc_keras {kind} ({architecture}), not starting weights; pass an "
-            "encoder from `train_simclr.py pretrain`, a no-top .h5, 'imagenet' or 'none'"
+            f"{path.name} is {described}, not starting weights; pass an encoder from "
+            "`train_simclr.py pretrain`, a no-top .h5, 'imagenet' or 'none'"
         )
     encoder_alpha = float(metadata.get("alpha", 1.0))
     width = f" --alpha {encoder_alpha:g}" if encoder_alpha != 1.0 else ""
@@ -428,6 +427,7 @@ def start_phase(
     strategy=None,
     mixed_precision: bool = False,
     jit_compile: bool = False,
+    label_smoothing: float = 0.0,
 ) -> keras.Model:
     """Prepares a transfer model for a training phase and (re)compiles it in `model_scope`.
 
@@ -445,5 +445,5 @@ def start_phase(
         learning_rate = PHASE1_LEARNING_RATE if phase == PHASE_FROZEN else PHASE2_LEARNING_RATE
     with model_scope(strategy, mixed_precision):
         set_backbone_trainable(model, phase == PHASE_FINE_TUNE, freeze_batchnorm)
-        compile_classifier(model, learning_rate, jit_compile)
+        compile_classifier(model, learning_rate, jit_compile, label_smoothing=label_smoothing)
     return model
