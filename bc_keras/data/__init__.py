@@ -43,5 +43,6 @@ from bc_keras.data.pipeline import (  # noqa: F401
     simclr_dataset_from_files,
     simclr_pair,
     simclr_views,
+    technique_options,
     tfdata_from_files,
 )

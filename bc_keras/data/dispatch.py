@@ -44,6 +44,10 @@ def build_dataset(
     files: SplitFiles | None = None,
     epochs: int | None = 1,
     start_epoch: int = 0,
+    randaugment: tuple[int, int] | None = None,
+    mixup_alpha: float = 0.0,
+    cutmix_alpha: float = 0.0,
+    class_weight: tuple[float, float] | None = None,
 ) -> ImageDataset:
     """Builds the input pipeline for one subset of a prepared split.
 
@@ -69,6 +73,9 @@ def build_dataset(
         files: the subset's files when already listed (e.g. a label-fraction subset).
         epochs, start_epoch: tf.data only; see `tfdata_from_files` (the generator always
             delivers epochs for as long as it is asked).
+        randaugment, mixup_alpha, cutmix_alpha, class_weight: the training-data techniques
+            (tf.data only; see `PipelineOptions`); a mixed stream with `class_weight` yields
+            `(images, targets, per-image weights)`.
     """
     if pipeline not in PIPELINES:
         raise ValueError(f"pipeline must be one of {PIPELINES}. Received: pipeline={pipeline!r}")
@@ -95,6 +102,10 @@ def build_dataset(
         seed=seed,
         interpolation=interpolation,
         start_epoch=start_epoch,
+        randaugment=randaugment,
+        mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha,
+        class_weight=class_weight,
     )
     if records:
         data = tfrecords.tfdata_from_records(

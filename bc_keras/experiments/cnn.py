@@ -37,7 +37,12 @@ def train(run, sets, epochs=None):
 
     def prepare():
         with run.scope():
-            models.compile_classifier(model, config.learning_rate, config.jit_compile)
+            models.compile_classifier(
+                model,
+                config.learning_rate,
+                config.jit_compile,
+                label_smoothing=config.label_smoothing,
+            )
 
     phase = common.Phase(1, config.epochs, config.learning_rate, prepare)
     selected = common.fit_phases(

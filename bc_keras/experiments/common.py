@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,10 +12,15 @@ from pathlib import Path
 import numpy as np
 
 from bc_keras import data, evaluation, models, runs, training
-from bc_keras.config import CLASS_WEIGHT_BALANCED, ClassifierConfig
+from bc_keras.config import ClassifierConfig
 from bc_keras.errors import ConfigError, DataError
+from bc_keras.experiments.labels import (  # noqa: F401
+    LABEL_FRACTION_TOLERANCE,
+    class_weights,
+    labelled_files,
+)
 from bc_keras.models import card, distill
-from bc_keras.prepare.subsets import label_fraction_indices, patients_of_paths
+from bc_keras.prepare.subsets import patients_of_paths
 from bc_keras.training import distribute
 from bc_keras.training.run import LABELLED_FILES, Run, start_run, verbosity  # noqa: F401
 
@@ -110,38 +114,6 @@ def load_run_teacher(run: Run) -> distill.Teacher | None:
     return teacher
 
 
-# The share drawn by whole patients is near the one asked for; beyond this relative difference
-# (one patient per class is the least drawn) a warning gives the share actually used.
-LABEL_FRACTION_TOLERANCE = 0.2
-
-
-def labelled_files(config: ClassifierConfig, run_dir: Path) -> tuple[data.SplitFiles, float]:
-    """The training files whose labels are used: all, or --label-fraction of them drawn by
-    whole patients per class (listed in the run folder), and the share of the training images
-    they are (rounded to 6 digits); warns when that share is far from the one asked for."""
-    files = data.list_split_files(config.data, data.SUBSET_TRAIN)
-    if config.label_fraction == 1.0:
-        return files, 1.0
-    patients = patients_of_paths(files.paths)
-    keep = label_fraction_indices(files.labels, patients, config.label_fraction, seed=config.seed)
-    chosen = data.SplitFiles([files.paths[i] for i in keep], files.labels[keep])
-    (run_dir / LABELLED_FILES).write_text("".join(f"{path}\n" for path in chosen.paths))
-    used = round(len(chosen.paths) / len(files.paths), 6)
-    print(
-        f"label fraction {config.label_fraction}: {len(chosen.paths)} of {len(files.paths)} "
-        f"training images ({'whole patients' if patients else 'single images'}, per class)"
-    )
-    if abs(used - config.label_fraction) > LABEL_FRACTION_TOLERANCE * config.label_fraction:
-        warnings.warn(
-            f"--label-fraction {config.label_fraction:g} uses {used:.4g} of the training images "
-            f"({len(chosen.paths)} of {len(files.paths)}: whole "
-            f"{'patients' if patients else 'images'} per class, at least one each); recorded as "
-            "label_fraction_used",
-            stacklevel=2,
-        )
-    return chosen, used
-
-
 def classifier_data(
     config: ClassifierConfig, preprocess: str, interpolation: str, train_files=None
 ) -> ClassifierData:
@@ -174,9 +146,16 @@ def classifier_data(
     return sets
 
 
-def training_dataset(config: ClassifierConfig, sets: ClassifierData, phase: int, start_epoch: int):
+def training_dataset(
+    config: ClassifierConfig,
+    sets: ClassifierData,
+    phase: int,
+    start_epoch: int,
+    class_weight: dict | None = None,
+):
     """The augmented training stream of one phase, starting at `start_epoch` (each phase draws
-    its own shuffles and augmentations)."""
+    its own shuffles and augmentations), with the config's RandAugment and batch mixing; a
+    mixed stream carries `class_weight` per image (see `data.pipeline.technique_options`)."""
     return sets.dataset(
         data.SUBSET_TRAIN,
         sets.train_files,
@@ -187,18 +166,8 @@ def training_dataset(config: ClassifierConfig, sets: ClassifierData, phase: int,
         seed=config.seed + 1000 * (phase - 1),
         epochs=None,
         start_epoch=start_epoch,
+        **data.technique_options(config, class_weight),
     )
-
-
-def class_weights(config: ClassifierConfig, labels) -> dict | None:
-    """Keras `class_weight` for --class-weight balanced: n / (2 n_class), from the training
-    labels actually used."""
-    if config.class_weight != CLASS_WEIGHT_BALANCED:
-        return None
-    labels = np.asarray(labels)
-    weights = {c: float(len(labels) / (2.0 * np.sum(labels == c))) for c in (0, 1)}
-    print(f"class weights: benign {weights[0]:.3f}, malignant {weights[1]:.3f}")
-    return weights
 
 
 def fit_phases(
@@ -230,6 +199,8 @@ def fit_phases(
     numbered = len(phases) > 1
     best_value, best_weights = None, None
     weights = class_weights(config, sets.train_files.labels)
+    # A mixed label is no class: mixed batches carry the class weights per image instead.
+    fit_weights = None if config.mixup or config.cutmix else weights
     selected: list[int | None] = []
     select = epochs is None
     if not select:
@@ -258,7 +229,7 @@ def fit_phases(
             start_epoch = training.resumed_epoch(run.run_dir / backup_name)
             if training.stopped_early(run.run_dir / backup_name):
                 epochs = start_epoch  # killed as the phase ended: fit only finishes it
-        train = training_dataset(config, sets, phase.number, start_epoch)
+        train = training_dataset(config, sets, phase.number, start_epoch, weights)
         callbacks = run.callbacks(
             phase.learning_rate,
             monitor=config.monitor,
@@ -284,7 +255,7 @@ def fit_phases(
                 validation_data=None if sets.validation is None else sets.validation.data,
                 epochs=epochs,
                 steps_per_epoch=train.steps,
-                class_weight=weights,
+                class_weight=fit_weights,
                 callbacks=callbacks,
                 shuffle=False,  # both pipelines shuffle each epoch themselves
                 verbose=verbosity(),

@@ -55,6 +55,7 @@ def train(run, sets, epochs=None):
                 strategy=run.strategy,
                 mixed_precision=config.mixed_precision,
                 jit_compile=config.jit_compile,
+                label_smoothing=config.label_smoothing,
             )
 
         return compile_phase

@@ -152,7 +152,7 @@ def test_predict_skips_unreadable_images_and_rejects_foreign_models(
     text = tmp_path / "model.h5"
     text.write_text("not a model")
     assert cli.run_script(predict.main, [str(text), str(folder)]) == 2
-    assert "is not an HDF5 (.h5) model file" in capsys.readouterr().err
+    assert "is neither an HDF5 (.h5) nor a .keras model file" in capsys.readouterr().err
 
 
 def test_bad_data_folder_gives_one_line_error(tmp_path, capsys):

@@ -284,7 +284,7 @@ def test_bad_input_is_refused_in_one_line_and_leaves_nothing(
         formats.export_model(cnn, tmp_path / "a", "keras", "int8")
     not_a_model = tmp_path / "weights.h5"
     not_a_model.write_bytes(b"not hdf5")
-    with pytest.raises(ModelFileError, match="is not an HDF5"):
+    with pytest.raises(ModelFileError, match=r"is neither an HDF5 \(.h5\) nor a .keras model"):
         formats.export_model(not_a_model, tmp_path / "a", "keras")
     encoder = tmp_path / "encoder.h5"
     models.save_model(build_resnet18(32), encoder, {"kind": "encoder", "image_size": 32})

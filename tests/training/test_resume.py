@@ -37,18 +37,55 @@ def _cnn_args(split, folder, *extra):
     ]  # fmt: skip
 
 
+def _spy_on_techniques(monkeypatch) -> set:
+    """The names of the issue-22 techniques a run used: batch mixing and RandAugment in its
+    training stream, a smoothed loss."""
+    from bc_keras.data import pipeline
+    from bc_keras.models import classifier
+
+    used: set = set()
+    for name in ("mix_batch", "randaugment"):
+        original = getattr(pipeline, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            used.add(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(pipeline, name, spy)
+    loss = classifier.classifier_loss
+
+    def smoothed(label_smoothing=0.0):
+        if label_smoothing:
+            used.add("smoothed")
+        return loss(label_smoothing)
+
+    monkeypatch.setattr(classifier, "classifier_loss", smoothed)
+    return used
+
+
+# The training-data techniques of issue 22, all at once, with class weights carried per image.
+TECHNIQUES = ("--mixup", "0.4", "--cutmix", "1", "--randaugment", "2", "5",
+              "--label-smoothing", "0.1", "--class-weight", "balanced")  # fmt: skip
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("techniques", [(), TECHNIQUES], ids=["report", "mixed-randaugment"])
 def test_cnn_resume_restores_the_state_and_ends_like_an_uninterrupted_run(
-    synthetic_split, tmp_path, monkeypatch, capsys
+    synthetic_split, tmp_path, monkeypatch, capsys, techniques
 ):
+    used = _spy_on_techniques(monkeypatch)
     uninterrupted: list = []
     probe_callbacks(monkeypatch, uninterrupted)
-    assert cli.run_script(train_cnn.main, _cnn_args(synthetic_split, tmp_path / "a")) == 0
+    reference_args = _cnn_args(synthetic_split, tmp_path / "a", *techniques)
+    assert cli.run_script(train_cnn.main, reference_args) == 0
     reference, _ = models.load_model(tmp_path / "a" / "cnn.h5")
+    # The flags reached the training stream and the loss, or the test would prove nothing.
+    expected = {"mix_batch", "randaugment", "smoothed"} if techniques else set()
+    assert used == expected
 
     interrupted: list = []
     probe_callbacks(monkeypatch, interrupted, stop_after=3)
-    args = _cnn_args(synthetic_split, tmp_path / "b")
+    args = _cnn_args(synthetic_split, tmp_path / "b", *techniques)
     assert cli.run_script(train_cnn.main, args) == 130
     assert "--resume" in capsys.readouterr().err
     assert runs.has_backup(tmp_path / "b" / "run") and not (tmp_path / "b" / "cnn.h5").exists()

@@ -139,9 +139,9 @@ def test_a_setting_added_after_the_run_started_does_not_block_its_resume(tmp_pat
 
 def test_outputs_are_checked_before_training(split, tmp_path, capsys):
     args = _args(split, tmp_path)
-    args[args.index("--model-out") + 1] = str(tmp_path / "model.keras")
+    args[args.index("--model-out") + 1] = str(tmp_path / "model.pt")
     assert cli.run_script(train_cnn.main, args) == 2
-    assert "must end in .h5" in _error_line(capsys)
+    assert "must end in .h5 (HDF5, the default) or .keras" in _error_line(capsys)
     assert not (tmp_path / "run").exists(), "refused before the run folder is made"
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
