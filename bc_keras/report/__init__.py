@@ -2,7 +2,7 @@
 figures, runs, evaluation sets, tables, the comparison table and the analysis sections."""
 
 _SUBMODULES = {
-    "analyses", "claims", "compare", "document", "figures", "forest", "panels", "runs", "sets", "significance",
+    "analyses", "batchsize", "claims", "compare", "document", "figures", "forest", "panels", "runs", "sets", "significance",
     "tables", "validation",
 }  # fmt: skip
 

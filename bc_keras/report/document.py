@@ -15,6 +15,7 @@ from bc_keras.errors import DataError, RunError
 from bc_keras.evaluation.metrics import VIEW_SUMMARY, metrics_in
 from bc_keras.report import figures as figures_module
 from bc_keras.report.analyses import analysis_lines
+from bc_keras.report.batchsize import batch_size_lines
 from bc_keras.report.claims import (
     label_efficiency_lines,
     leak_lines,
@@ -313,6 +314,7 @@ def report_markdown(
         "### 3. Label efficiency: balanced accuracy and AUC with 10%-100% of the labels",
         "",
         *label_efficiency_lines(sets, figures, tests),
+        *batch_size_lines(runs, figures),
     ]
     lines += analyses or []
     lines += ["## Models", ""]

@@ -19,7 +19,7 @@ from pathlib import Path
 from bc_keras import cli
 from bc_keras import config as configs
 from bc_keras.backbones import get_backbone
-from bc_keras.config.options import MODEL_RESNET18
+from bc_keras.config.options import MODEL_RESNET18, SSL_METHODS
 from bc_keras.config.values import ENCODER_INIT_IMAGENET, ENCODER_INIT_RANDOM
 from bc_keras.errors import ConfigError, UserError, one_line
 from bc_keras.prepare import SETTINGS_NAME, prepare_folds, prepare_split
@@ -47,6 +47,7 @@ SETTINGS = {
         "folds": 2,
         "cross_fit": 2,
         "deployment": False,
+        "batch_sizes": (16, 32, 96),
     },
     PROFILE_FULL: {
         "classifier": {},
@@ -57,6 +58,7 @@ SETTINGS = {
         "folds": 5,
         "cross_fit": 5,
         "deployment": True,
+        "batch_sizes": (16, 32, 96, 256),
     },
 }
 
@@ -189,11 +191,29 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
         encoder=str(imagenet), **settings["finetune"], **simclr)  # fmt: skip
     add("simclr_linear_imagenet", configs.LinearConfig, needs=[imagenet], skip=reason,
         encoder=str(imagenet), **simclr)  # fmt: skip
+    _batch_size_steps(add, data, models_dir, settings, seed, simclr)
     for fold in range(1, settings["folds"] + 1):
         for recipe in configs.RECIPES:
             add(f"cnn_{recipe}_fold{fold}", configs.CNNConfig,
                 data=str(out / "data" / "folds" / f"fold_{fold}"), recipe=recipe, **classifier)  # fmt: skip
     return steps
+
+
+def _batch_size_steps(add, data, models_dir, settings, seed, simclr) -> None:
+    """The report's small-batch claim measured (issue 21 item 4): each self-supervised method
+    pretrained at each batch size of the profile for the same epochs without early stopping
+    (every image seen as often), then each encoder linear-evaluated."""
+    pretrain = dict(settings["pretrain"])
+    epochs = pretrain.get("epochs", configs.PretrainConfig.__dataclass_fields__["epochs"].default)
+    for method in SSL_METHODS:
+        for batch_size in settings["batch_sizes"]:
+            name = f"batch_{method}_{batch_size}"
+            encoder = models_dir / f"{name}_encoder.h5"
+            add(f"{name}_pretrain", configs.PretrainConfig, data=data["patient"], seed=seed,
+                method=method, encoder_init=ENCODER_INIT_RANDOM, model_out=str(encoder),
+                **{**pretrain, "batch_size": batch_size, "patience": epochs})  # fmt: skip
+            add(f"{name}_linear", configs.LinearConfig, needs=[encoder], encoder=str(encoder),
+                **simclr)  # fmt: skip
 
 
 def _deployment_steps(add, data, models_dir, classifier, settings, weights) -> None:
