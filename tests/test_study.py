@@ -36,8 +36,10 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     # CNN x 2 recipes x 2 splits + cross-fitted, 3 backbones x (2 recipes x 2 splits +
     # cross-fitted), SimCLR pretrain, 4 fine-tunes + cross-fitted, 3 CNN label fractions x 2
     # recipes, linear x 2, SimCLR from ImageNet (pretrain, fine-tune, linear), 2 folds x 2
-    # recipes, and the batch-size claim: SimCLR and BYOL x 3 batch sizes x (pretrain, linear).
-    assert len(steps) == 5 + 15 + 1 + 5 + 6 + 2 + 3 + 4 + 12
+    # recipes, BYOL (pretrain, 4 fine-tunes, linear), the hybrid (SimCLR on the ResNet50,
+    # transfer from it), and the batch-size claim: SimCLR and BYOL x 3 batch sizes x (pretrain,
+    # linear).
+    assert len(steps) == 5 + 15 + 1 + 5 + 6 + 2 + 3 + 4 + 6 + 2 + 12
     produced = {}
     for index, step in enumerate(steps):
         config = study._config(step, tmp_path, resume=False)
@@ -57,6 +59,21 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     assert configs["simclr_pretrain"].encoder_init == "random"  # whatever the recipe's default
     assert isinstance(configs["simclr_finetune"], FinetuneConfig)
     assert configs["cnn_report"].image_size == 48  # quick profile
+    # BYOL beside SimCLR, from random weights, with the same classifiers on its encoder.
+    byol = configs["byol_pretrain"]
+    assert (byol.method, byol.encoder_init) == ("byol", "random")
+    assert configs["byol_finetune_10pct"].encoder == byol.model_out
+    assert configs["byol_finetune_10pct"].label_fraction == 0.1
+    assert configs["byol_linear"].encoder == byol.model_out
+    # The report's hybrid: SimCLR on the ImageNet ResNet50, the robust transfer from it.
+    hybrid = configs["simclr_pretrain_resnet50"]
+    assert (hybrid.method, hybrid.encoder_backbone, hybrid.encoder_init) == (
+        "simclr", "resnet50", "imagenet")  # fmt: skip
+    transfer = configs["transfer_resnet50_robust_simclr"]
+    assert (transfer.backbone, transfer.weights, transfer.recipe) == (
+        "resnet50", hybrid.model_out, "robust")  # fmt: skip
+    hybrid_steps = [s for s in steps if s.name.endswith(("_resnet50", "_robust_simclr"))]
+    assert all(s.skip.startswith("its ImageNet weights are not available") for s in hybrid_steps)
     # The headline models cross-fitted (2 folds in quick), the rest on the single split.
     crossed = {name for name, config in configs.items() if getattr(config, "cross_fit", 0)}
     assert crossed == {
@@ -94,8 +111,21 @@ def test_every_step_parses_and_comes_after_what_it_needs(tmp_path):
     assert full_steps["transfer_resnet50_robust"][0] < index
     assert distilled.skip.startswith("its teacher is skipped: its ImageNet weights")
     # 3 more folds x 2 recipes, 4 light backbones x 2 recipes, the distilled CNN, batch 256
-    # for both methods (pretrain, linear).
-    assert len(full) == len(steps) + 3 * 2 + 4 * 2 + 1 + 4
+    # for both methods (pretrain, linear), and on each of the 5 folds SimCLR and BYOL
+    # (pretrain, linear) and the hybrid beside its ImageNet twin (3 steps).
+    assert len(full) == len(steps) + 3 * 2 + 4 * 2 + 1 + 4 + 5 * 7
+    fold3 = {n: s.config for n, (_, s) in full_steps.items() if n.endswith("_fold3")}
+    assert fold3["byol_pretrain_fold3"].data == str(tmp_path / "data" / "folds" / "fold_3")
+    assert fold3["byol_linear_fold3"].encoder == fold3["byol_pretrain_fold3"].model_out
+    hybrid = fold3["transfer_resnet50_robust_simclr_fold3"]
+    assert hybrid.weights == fold3["simclr_pretrain_resnet50_fold3"].model_out
+    assert fold3["transfer_resnet50_robust_fold3"].weights == "imagenet"
+    given = {"resnet50": tmp_path / "resnet50_no_top.h5"}
+    with_file = {s.name: s for s in study.plan(tmp_path, study.PROFILE_FULL, given, seed=7)}
+    assert with_file["transfer_resnet50_robust_fold3"].config.weights == str(given["resnet50"])
+    assert with_file["simclr_pretrain_resnet50"].config.encoder_init == str(given["resnet50"])
+    assert with_file["transfer_resnet50_robust_simclr"].config.weights == str(
+        tmp_path / "models" / "simclr_resnet50_encoder.h5")  # fmt: skip
     batch = {n: s.config for n, (_, s) in full_steps.items() if n.startswith("batch_")}
     assert sorted({(c.method, c.batch_size) for c in batch.values() if hasattr(c, "method")}) == [
         (m, b) for m in ("byol", "simclr") for b in (16, 32, 96, 256)]  # fmt: skip
@@ -187,8 +217,8 @@ def test_a_second_call_runs_nothing_and_an_interrupted_step_resumes(tmp_path, mo
     planned = [s for s in study.plan(out, study.PROFILE_QUICK, {}, 42) if not s.skip]
     assert [name for name, _ in calls] == [s.name for s in planned]
     assert not any(resumed for _, resumed in calls)
-    # 3 backbones x 5 steps, and the MobileNet's deployment analysis.
-    assert sum("skipped: its ImageNet weights" in line for line in lines) == 16
+    # 3 backbones x 5 steps, the hybrid's 2, and the MobileNet's deployment analysis.
+    assert sum("skipped: its ImageNet weights" in line for line in lines) == 18
     assert any("about 0m00s left" in line for line in lines)
     assert (out / "data" / "patient" / "split.csv").is_file()
     assert (out / "data" / "folds" / "fold_2").is_dir()
@@ -237,8 +267,8 @@ def test_a_step_that_cannot_run_is_counted_and_the_others_go_on(tmp_path, monkey
     names = [name for name, _ in problems]
     assert names[0] == "simclr_pretrain"
     # Every fine-tune and the SimCLR linear evaluation need the encoder; the rest ran.
-    # (The stand-in writes no model files: the batch-size linear evaluations miss theirs too.)
-    assert {name for name in names[1:] if not name.startswith("batch_")} == {
+    # (The stand-in writes no model files: BYOL's and the batch-size classifiers miss theirs.)
+    assert {name for name in names[1:] if not name.startswith(("batch_", "byol_"))} == {
         "simclr_finetune", "simclr_finetune_50pct", "simclr_finetune_25pct",
         "simclr_finetune_10pct", "simclr_linear", "simclr_finetune_cross_fit",
     }  # fmt: skip

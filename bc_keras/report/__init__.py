@@ -2,8 +2,8 @@
 figures, runs, evaluation sets, tables, the comparison table and the analysis sections."""
 
 _SUBMODULES = {
-    "analyses", "batchsize", "claims", "compare", "document", "figures", "forest", "panels", "runs", "sets", "significance",
-    "tables", "validation",
+    "analyses", "batchsize", "claims", "compare", "document", "encoders", "figures", "forest",
+    "panels", "paths", "runs", "sets", "significance", "sslclaims", "tables", "validation",
 }  # fmt: skip
 
 

@@ -14,15 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from bc_keras.evaluation import statistics
+from bc_keras.report.encoders import fixed_epochs
 from bc_keras.report.runs import KIND_PRETRAIN, Run, locate
 
 LINEAR_EXPERIMENT = "simclr_linear"
 DEFAULT_METHOD = "simclr"
 FIGURE = "batch_size.png"
-
-
-def _fixed_epochs(config: dict) -> bool:
-    return int(config.get("patience", 0)) >= int(config.get("epochs", 1))
 
 
 def batch_size_points(runs: list[Run]) -> dict[str, list[tuple[int, Run]]]:
@@ -31,7 +28,7 @@ def batch_size_points(runs: list[Run]) -> dict[str, list[tuple[int, Run]]]:
     the first by name)."""
     encoders = {}
     for run in runs:
-        if run.kind == KIND_PRETRAIN and _fixed_epochs(run.config) and run.config.get("model_out"):
+        if run.kind == KIND_PRETRAIN and fixed_epochs(run.config) and run.config.get("model_out"):
             encoders.setdefault(locate(str(run.config["model_out"]), run.run_dir), run)
     points: dict[str, dict[int, Run]] = {}
     for run in runs:

@@ -41,6 +41,7 @@ from bc_keras.report.significance import (
     comparison_lines,
     family,
 )
+from bc_keras.report.sslclaims import ssl_claim_lines
 from bc_keras.report.tables import (
     CALIBRATION_BINS,
     calibration_table,
@@ -315,6 +316,7 @@ def report_markdown(
         "",
         *label_efficiency_lines(sets, figures, tests),
         *batch_size_lines(runs, figures),
+        *ssl_claim_lines(sets, tests),
     ]
     lines += analyses or []
     lines += ["## Models", ""]

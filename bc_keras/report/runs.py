@@ -16,6 +16,15 @@ from bc_keras.config import ENCODER_NONE
 from bc_keras.errors import DataError, shorten
 from bc_keras.evaluation.metrics import FLAG_ALL_PREDICTED_BENIGN, FLAG_ALL_PREDICTED_MALIGNANT
 from bc_keras.prepare.manifest import SETTINGS_NAME
+from bc_keras.report.encoders import (  # noqa: F401
+    START_RANDOM,
+    encoder_label,
+    from_imagenet,
+    link_encoders,
+    method_title,
+    pretraining_of,
+)
+from bc_keras.report.paths import locate, resolve_path, same_folder  # noqa: F401
 from bc_keras.report.validation import (
     LABEL_FRACTION_USED,
     is_number,
@@ -37,7 +46,6 @@ ENCODER_RANDOM = "random encoder"
 ENCODER_ORDER = (ENCODER_PRETRAINED, ENCODER_IMAGENET, ENCODER_RANDOM)
 # The key of a pretraining run that started from ImageNet ("SimCLR pretraining, from ImageNet").
 START_IMAGENET = "from ImageNet"
-START_RANDOM = "random"
 EXPERIMENTS = ("cnn", "transfer", "simclr_linear", "simclr_finetune", "simclr_pretrain")
 _BASE_NAMES = {
     "cnn": "baseline CNN",
@@ -71,6 +79,10 @@ class ModelKey:
     label_fraction: float = 1.0
     cross_fit: int = 0
     cross_fit_final: str = ""
+    # A self-supervised model's pretraining (`encoders.Pretraining`): "" for SimCLR, the
+    # report's, else the method; the batch size of a fixed-epoch pretraining, else 0.
+    method: str = ""
+    pretrain_batch: int = 0
 
     def name(self) -> str:
         """E.g. "baseline CNN (report recipe, 10% labels)" or "baseline CNN (robust recipe,
@@ -78,11 +90,17 @@ class ModelKey:
         if self.experiment == "transfer":
             base = f"{self.backbone} transfer"
             base += f" ({self.weights})" if self.weights else ""
+        elif self.experiment == "simclr_pretrain":
+            base = f"{method_title(self.method)} pretraining"
+            base += f" of {self.backbone}" if self.backbone else ""
         else:
             base = _BASE_NAMES.get(self.experiment, self.experiment)
+            base = base.replace("ResNet-18", self.backbone) if self.backbone else base
         if self.encoder:
             base += f", {self.encoder}"
         details = [f"{self.recipe} recipe"]
+        if self.pretrain_batch:
+            details.append(f"pretrained at batch {self.pretrain_batch}")
         if self.label_fraction < 1.0:
             details.append(f"{self.label_fraction * 100:g}% labels")
         if self.cross_fit:
@@ -109,6 +127,8 @@ class ModelKey:
             -self.label_fraction,
             self.cross_fit,
             self.cross_fit_final,
+            self.method,
+            self.pretrain_batch,
         )
 
 
@@ -127,6 +147,9 @@ class Run:
     # A SimCLR classifier's: the --encoder-init of the pretraining run that wrote its --encoder
     # (`link_encoders`); "" when no pretraining run found says so.
     encoder_start: str = ""
+    # The config.json of that pretraining run (also for a transfer run started from its
+    # encoder), or None: what pretrained the encoder (`encoders.pretraining_of`).
+    encoder_pretraining: dict | None = None
 
     @property
     def kind(self) -> str:
@@ -159,17 +182,20 @@ class Run:
         ImageNet, see `encoder_start`) or randomly initialised. Pretraining runs: their start
         (config.json's encoder_init; runs from before it always started from random weights)."""
         if self.experiment == "simclr_pretrain":
-            return START_IMAGENET if _from_imagenet(self.config.get("encoder_init")) else ""
+            return START_IMAGENET if from_imagenet(self.config.get("encoder_init")) else ""
         if self.experiment not in ("simclr_linear", "simclr_finetune"):
             return ""
         encoder = str(self.config.get("encoder") or ENCODER_NONE)
         if encoder.lower() == ENCODER_NONE:
             return ENCODER_RANDOM
-        return ENCODER_IMAGENET if _from_imagenet(self.encoder_start) else ENCODER_PRETRAINED
+        pretraining = pretraining_of(self.encoder_pretraining)
+        return encoder_label(pretraining, from_imagenet(self.encoder_start))
 
     @property
     def model_key(self) -> ModelKey:
         backbone, weights = "", ""
+        own = self.experiment == "simclr_pretrain"
+        pretraining = pretraining_of(self.config if own else self.encoder_pretraining)
         if self.experiment == "transfer":
             backbone = str(self.config.get("backbone") or "?")
             start = str(self.config.get("weights") or "imagenet")
@@ -178,6 +204,12 @@ class Run:
                 if start == "imagenet"
                 else ("random init" if start.lower() == "none" else "weights file")
             )
+            if self.encoder_pretraining is not None:  # a self-supervised encoder's file
+                weights = encoder_label(pretraining, from_imagenet(self.encoder_start))
+        elif self.experiment.startswith("simclr_") and self.encoder != ENCODER_RANDOM:
+            backbone = pretraining.backbone
+        else:
+            pretraining = pretraining_of(None)
         return ModelKey(
             self.experiment,
             backbone,
@@ -186,6 +218,8 @@ class Run:
             self.encoder,
             self.label_fraction,
             *self.cross_fitting,
+            pretraining.method,
+            pretraining.batch_size,
         )
 
     @property
@@ -232,55 +266,6 @@ class Run:
     @property
     def count(self) -> dict:
         return self.metrics.get("counts") or {}
-
-
-def _from_imagenet(encoder_init) -> bool:
-    """Whether an --encoder-init started from pretrained weights: 'imagenet' or a preset PATH."""
-    return isinstance(encoder_init, str) and encoder_init.strip().lower() not in ("", START_RANDOM)
-
-
-def link_encoders(runs: list[Run]) -> None:
-    """Sets each SimCLR classifier's `encoder_start`: the encoder_init of the pretraining run
-    whose --model-out is the classifier's --encoder (paths resolved as `locate` does). Left ""
-    (counted as a random start, the only one before --encoder-init) when no pretraining run
-    among `runs` wrote that file, or when several did, some from ImageNet and some from random
-    weights (the file then holds the last one's encoder, which config.json cannot tell)."""
-    starts: dict[str, set[str]] = {}
-    for run in runs:
-        model_out = run.config.get("model_out")
-        if run.experiment == "simclr_pretrain" and isinstance(model_out, str) and model_out:
-            start = str(run.config.get("encoder_init") or START_RANDOM)
-            starts.setdefault(str(locate(model_out, run.run_dir)), set()).add(start)
-    for run in runs:
-        encoder = run.config.get("encoder")
-        if run.experiment not in ("simclr_linear", "simclr_finetune") or not encoder:
-            continue
-        found = sorted(starts.get(str(locate(str(encoder), run.run_dir)), ()))
-        agree = len({_from_imagenet(start) for start in found}) == 1
-        run.encoder_start = found[0] if agree else ""
-
-
-def resolve_path(text: str) -> Path:
-    """A path made absolute (relative to the current folder) without requiring it to exist."""
-    return Path(os.path.abspath(Path(text).expanduser()))
-
-
-def locate(text: str, run_dir: Path) -> Path:
-    """A path from a run's config. A relative one is relative to where the training script
-    ran: the current folder when it exists there, else the nearest folder above the run
-    folder that holds it (e.g. the project holding runs/ and data/)."""
-    path = Path(text).expanduser()
-    if path.is_absolute() or path.exists():
-        return resolve_path(text)
-    for folder in run_dir.parents:
-        if (folder / path).exists():
-            return Path(os.path.abspath(folder / path))
-    return resolve_path(text)
-
-
-def same_folder(a, b) -> bool:
-    """Whether two paths name the same folder, links resolved."""
-    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def read_json(path: Path) -> dict:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from bc_keras.evaluation import statistics
 from bc_keras.prepare.folds import FOLD_KIND_OFFICIAL
+from bc_keras.report.encoders import byol_twin, imagenet_twins
 from bc_keras.report.runs import ENCODER_PRETRAINED, ENCODER_RANDOM
 from bc_keras.report.sets import EvaluationSet, Model, shared_patients, shared_predictions
 from bc_keras.report.tables import markdown_table, number, p_value, with_interval
@@ -21,11 +22,15 @@ REASON_LINEAR = "claim 2 (SimCLR vs random encoder)"
 REASON_LABELS = "claim 3 (label fraction vs all labels)"
 REASON_CROSS_FIT = "cross-fit vs single split"
 REASON_BEST = "vs the best headline model"
+REASON_BYOL = "claim 5 (BYOL vs SimCLR)"
+REASON_SSL_TRANSFER = "claim 6 (self-supervised vs ImageNet initialisation)"
 MAIN_RULE = (
     "Shown here: the pairs the claims compare (claim 2: the SimCLR encoder vs a random one at "
     "the same recipe and label fraction; claim 3: each label fraction vs all labels of the same "
-    "model), each cross-fitted model vs its single-split twin, and each headline model (all "
-    "labels, not a random encoder) vs the set's best headline model (highest AUC). Every other "
+    "model; claim 5: a classifier on a BYOL encoder vs the same on a SimCLR one; claim 6: a "
+    "transfer from a self-supervised encoder vs the same from ImageNet), each cross-fitted "
+    "model vs its single-split twin, and each headline model (all labels, not a random "
+    "encoder) vs the set's best headline model (highest AUC). Every other "
     f"pair is in the appendix ({APPENDIX_HEADING.removeprefix('## ')}), adjusted over the same "
     "family."
 )
@@ -160,6 +165,10 @@ def _reasons(model_a: Model, model_b: Model, best: Model | None) -> list[str]:
     one_crossed = bool(a.cross_fit) != bool(b.cross_fit)
     if one_crossed and single == replace(b, cross_fit=0, cross_fit_final=""):
         reasons.append(REASON_CROSS_FIT)
+    if byol_twin(a) == b or byol_twin(b) == a:
+        reasons.append(REASON_BYOL)
+    if b in imagenet_twins(a) or a in imagenet_twins(b):
+        reasons.append(REASON_SSL_TRANSFER)
     if best is not None and best in (model_a, model_b) and all(map(_headline, (model_a, model_b))):
         reasons.append(REASON_BEST)
     return reasons

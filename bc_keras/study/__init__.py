@@ -19,10 +19,11 @@ from pathlib import Path
 from bc_keras import cli
 from bc_keras import config as configs
 from bc_keras.backbones import get_backbone
-from bc_keras.config.options import MODEL_RESNET18, SSL_METHODS
+from bc_keras.config.options import MODEL_RESNET18
 from bc_keras.config.values import ENCODER_INIT_IMAGENET, ENCODER_INIT_RANDOM
 from bc_keras.errors import ConfigError, UserError, one_line
 from bc_keras.prepare import SETTINGS_NAME, prepare_folds, prepare_split
+from bc_keras.study import selfsupervised
 from bc_keras.study.analyses import Analysis, plan_analyses
 
 PROFILE_QUICK, PROFILE_FULL = PROFILES = ("quick", "full")
@@ -48,6 +49,7 @@ SETTINGS = {
         "cross_fit": 2,
         "deployment": False,
         "batch_sizes": (16, 32, 96),
+        "ssl_folds": False,
     },
     PROFILE_FULL: {
         "classifier": {},
@@ -59,6 +61,8 @@ SETTINGS = {
         "cross_fit": 5,
         "deployment": True,
         "batch_sizes": (16, 32, 96, 256),
+        # SimCLR, BYOL and the hybrid on every fold: claims 5 and 6 tested over folds.
+        "ssl_folds": True,
     },
 }
 
@@ -191,29 +195,26 @@ def plan(out: Path, profile: str, weights: dict, seed: int) -> list[Step]:
         encoder=str(imagenet), **settings["finetune"], **simclr)  # fmt: skip
     add("simclr_linear_imagenet", configs.LinearConfig, needs=[imagenet], skip=reason,
         encoder=str(imagenet), **simclr)  # fmt: skip
-    _batch_size_steps(add, data, models_dir, settings, seed, simclr)
-    for fold in range(1, settings["folds"] + 1):
+    ssl_steps = selfsupervised.SSLSteps(add, data["patient"], models_dir, settings, seed, simclr)
+    ssl_steps.byol(LABEL_FRACTIONS)
+    hybrid = selfsupervised.HYBRID_BACKBONE
+    hybrid_run = (
+        dict(classifier, **settings["transfer"]),
+        str(weights.get(hybrid, ENCODER_INIT_IMAGENET)),
+        _weights_available(hybrid, 1.0, weights),
+    )
+    if hybrid in weights:
+        hybrid_run[0]["weights"] = str(weights[hybrid])  # the ImageNet twins' start
+    ssl_steps.hybrid(*hybrid_run)
+    ssl_steps.batch_sizes()
+    fold_dirs = [str(out / "data" / "folds" / f"fold_{k}") for k in range(1, settings["folds"] + 1)]
+    if settings["ssl_folds"]:
+        ssl_steps.folds(fold_dirs, *hybrid_run)
+    for fold, fold_dir in enumerate(fold_dirs, start=1):
         for recipe in configs.RECIPES:
-            add(f"cnn_{recipe}_fold{fold}", configs.CNNConfig,
-                data=str(out / "data" / "folds" / f"fold_{fold}"), recipe=recipe, **classifier)  # fmt: skip
+            add(f"cnn_{recipe}_fold{fold}", configs.CNNConfig, data=fold_dir, recipe=recipe,
+                **classifier)  # fmt: skip
     return steps
-
-
-def _batch_size_steps(add, data, models_dir, settings, seed, simclr) -> None:
-    """The report's small-batch claim measured (issue 21 item 4): each self-supervised method
-    pretrained at each batch size of the profile for the same epochs without early stopping
-    (every image seen as often), then each encoder linear-evaluated."""
-    pretrain = dict(settings["pretrain"])
-    epochs = pretrain.get("epochs", configs.PretrainConfig.__dataclass_fields__["epochs"].default)
-    for method in SSL_METHODS:
-        for batch_size in settings["batch_sizes"]:
-            name = f"batch_{method}_{batch_size}"
-            encoder = models_dir / f"{name}_encoder.h5"
-            add(f"{name}_pretrain", configs.PretrainConfig, data=data["patient"], seed=seed,
-                method=method, encoder_init=ENCODER_INIT_RANDOM, model_out=str(encoder),
-                **{**pretrain, "batch_size": batch_size, "patience": epochs})  # fmt: skip
-            add(f"{name}_linear", configs.LinearConfig, needs=[encoder], encoder=str(encoder),
-                **simclr)  # fmt: skip
 
 
 def _deployment_steps(add, data, models_dir, classifier, settings, weights) -> None:

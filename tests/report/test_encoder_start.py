@@ -79,3 +79,44 @@ def test_report_order_puts_the_imagenet_start_between_random_start_and_random_en
     assert ordered == [ENCODER_PRETRAINED, ENCODER_IMAGENET, ENCODER_RANDOM]
     pretraining = [ModelKey("simclr_pretrain", encoder=START_IMAGENET), ModelKey("simclr_pretrain")]
     assert [key.encoder for key in sorted(pretraining, key=ModelKey.order)] == ["", START_IMAGENET]
+
+
+def test_method_backbone_and_batch_size_of_the_pretraining_make_distinct_models(tmp_path):
+    """BYOL beside SimCLR, a registry-backbone encoder, the batch-size sweep's fixed-epoch
+    encoders and a transfer started from an encoder file are each their own model, named so."""
+    runs = tmp_path / "runs"
+    _pretrain(runs, "simclr", "models/simclr.h5", encoder_init="random", patience=15, epochs=100,
+              batch_size=96)  # fmt: skip
+    _pretrain(runs, "byol", "models/byol.h5", encoder_init="random", method="byol", patience=15,
+              epochs=100, batch_size=96)  # fmt: skip
+    for size in (16, 96):  # the sweep: no early stopping
+        _pretrain(runs, f"byol_{size}", f"models/byol_{size}.h5", encoder_init="random",
+                  method="byol", patience=4, epochs=4, batch_size=size)  # fmt: skip
+    _pretrain(runs, "hybrid", "models/hybrid.h5", encoder_init="imagenet",
+              encoder_backbone="mobilenet", patience=15, epochs=100, batch_size=96)  # fmt: skip
+    for name in ("simclr", "byol", "byol_16", "byol_96"):
+        _classifier(runs, f"linear_{name}", f"models/{name}.h5")
+    _classifier(runs, "finetune_hybrid", "models/hybrid.h5", "simclr_finetune")
+    transfer = {"experiment": "transfer", "data": "split", "backbone": "mobilenet"}
+    _run(runs, "transfer_hybrid", {**transfer, "weights": "models/hybrid.h5"}, SCORES)
+    _run(runs, "transfer_imagenet", {**transfer, "weights": "imagenet"}, SCORES)
+    _run(runs, "transfer_file", {**transfer, "weights": "weights/no_top.h5"}, SCORES)
+    found, _ = find_runs([runs])
+    names = {run.name: run.model_key.name() for run in found}
+    assert names["linear_simclr"] == "ResNet-18 linear, SimCLR encoder (report recipe)"
+    assert names["linear_byol"] == "ResNet-18 linear, BYOL encoder (report recipe)"
+    assert names["linear_byol_16"] == (
+        "ResNet-18 linear, BYOL encoder (report recipe, pretrained at batch 16)"
+    )
+    assert names["finetune_hybrid"] == (
+        "mobilenet fine-tuned, SimCLR encoder from ImageNet (report recipe)"
+    )
+    assert names["transfer_hybrid"] == (
+        "mobilenet transfer (SimCLR encoder from ImageNet) (report recipe)"
+    )
+    assert names["transfer_imagenet"] == "mobilenet transfer (report recipe)"
+    assert names["transfer_file"] == "mobilenet transfer (weights file) (report recipe)"
+    assert names["byol"] == "BYOL pretraining (report recipe)"
+    assert names["byol_16"] == "BYOL pretraining (report recipe, pretrained at batch 16)"
+    assert names["hybrid"] == "SimCLR pretraining of mobilenet, from ImageNet (report recipe)"
+    assert len(set(names.values())) == len(names), "every run above is its own model"
