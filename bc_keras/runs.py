@@ -314,6 +314,21 @@ def _json_default(value):
 MODEL_HASH_KEY = "model_sha256"
 
 
+def replaceable_out_dir(out_dir, marker: str, what: str) -> Path:
+    """An output folder that does not exist, is empty, or holds an earlier `what` (its `marker`
+    file: it is then replaced); a folder holding anything else is refused rather than
+    overwritten, and a file in its place too."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"--out {out_dir} is a file; name a folder for the {what}")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / marker).is_file():
+        raise RunError(
+            f"--out {out_dir} exists and is not a {what} (no {marker}); choose a new folder or "
+            "empty it"
+        )
+    return out_dir
+
+
 def file_sha256(path) -> str:
     """The SHA-256 of a file's bytes, read in chunks."""
     digest = hashlib.sha256()

@@ -95,17 +95,8 @@ def export_record(metadata: dict, source, fmt: str, quantize: str, tta: bool, ma
 
 
 def check_out_dir(out_dir) -> Path:
-    """An output folder that does not exist, is empty, or holds an earlier export (replaced);
-    a folder holding anything else is refused rather than overwritten."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"--out {out_dir} is a file; name a folder for the export")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / EXPORT_FILE).is_file():
-        raise RunError(
-            f"--out {out_dir} exists and is not a bc_keras export (no {EXPORT_FILE}); choose "
-            "a new folder or empty it"
-        )
-    return out_dir
+    """An output folder that does not exist, is empty, or holds an earlier export (replaced)."""
+    return runs.replaceable_out_dir(out_dir, EXPORT_FILE, "bc_keras export")
 
 
 def _stain_graph(record: dict | None, fmt: str, litert: bool) -> Callable | None:

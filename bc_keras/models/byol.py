@@ -9,6 +9,8 @@ import math
 import keras
 import tensorflow as tf
 
+from bc_keras.models.simclr import check_dimensions
+
 DEFAULT_EMA_DECAY = 0.996
 PROJECTION_HIDDEN_DIM = 256
 PROJECTION_OUTPUT_DIM = 128
@@ -109,13 +111,7 @@ def build_mlp(
     Returns:
         A functional `keras.Model` mapping `[batch, input_dim]` to `[batch, output_dim]`.
     """
-    for argument, value in (
-        ("input_dim", input_dim),
-        ("hidden_dim", hidden_dim),
-        ("output_dim", output_dim),
-    ):
-        if value < 1:
-            raise ValueError(f"{argument} must be positive. Received: {argument}={value}")
+    check_dimensions(input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim)
     inputs = keras.Input((input_dim,), name="features")
     x = keras.layers.Dense(hidden_dim, name=f"{name}_hidden")(inputs)
     x = keras.layers.BatchNormalization(synchronized=synchronized_batch_norm, name=f"{name}_bn")(x)

@@ -207,6 +207,13 @@ class NTXentLoss(keras.losses.Loss):
         return config
 
 
+def check_dimensions(**dimensions: int) -> None:
+    """Raises ValueError naming the first of the layer widths `dimensions` below 1."""
+    for argument, value in dimensions.items():
+        if value < 1:
+            raise ValueError(f"{argument} must be positive. Received: {argument}={value}")
+
+
 def build_projection_head(
     input_dim: int = EMBEDDING_DIM,
     hidden_dim: int = PROJECTION_HIDDEN_DIM,
@@ -218,13 +225,7 @@ def build_projection_head(
     Returns:
         A functional `keras.Model` mapping `[batch, input_dim]` to `[batch, output_dim]`.
     """
-    for argument, value in (
-        ("input_dim", input_dim),
-        ("hidden_dim", hidden_dim),
-        ("output_dim", output_dim),
-    ):
-        if value < 1:
-            raise ValueError(f"{argument} must be positive. Received: {argument}={value}")
+    check_dimensions(input_dim=input_dim, hidden_dim=hidden_dim, output_dim=output_dim)
     inputs = keras.Input((input_dim,), name="embedding")
     x = keras.layers.Dense(hidden_dim, name="projection_hidden")(inputs)
     x = keras.layers.ReLU(name="projection_relu")(x)

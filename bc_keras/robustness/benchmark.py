@@ -243,19 +243,11 @@ def benchmark(model_paths, split, corruptions=None, severities=None, seed: int =
 
 
 def check_out_dir(out_dir) -> Path:
-    """An output folder that does not exist, is empty, or holds an earlier benchmark (then
-    replaced); any other folder is refused rather than overwritten."""
+    """An output folder that does not exist, is empty, or holds an earlier benchmark
+    (replaced)."""
     from bc_keras.robustness.outputs import RESULT_FILE
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"--out {out_dir} is a file; name a folder for the benchmark")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / RESULT_FILE).is_file():
-        raise RunError(
-            f"--out {out_dir} exists and is not a robustness benchmark (no {RESULT_FILE}); choose "
-            "a new folder or empty it"
-        )
-    return out_dir
+    return runs.replaceable_out_dir(out_dir, RESULT_FILE, "robustness benchmark")
 
 
 def run_robustness(model_paths, split, out_dir, corruptions=None, severities=None,

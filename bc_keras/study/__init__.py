@@ -287,6 +287,23 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
 
 
+def _ready(name, prefix, skip, finished, needs, log, problems) -> bool:
+    """Whether a step or analysis is to run now: not when it is skipped or already finished
+    (logged), nor when a file it needs is missing (logged and added to `problems`)."""
+    if skip:
+        log(f"{prefix}: skipped: {skip}")
+        return False
+    if finished:
+        log(f"{prefix}: already finished")
+        return False
+    missing = [str(path) for path in needs if not path.is_file()]
+    if missing:
+        problems.append((name, f"needs {', '.join(missing)}"))
+        log(f"{prefix}: cannot run: needs {', '.join(missing)} (an earlier step failed)")
+        return False
+    return True
+
+
 def run_study(source, out, profile: str = PROFILE_QUICK, weights=None, seed: int = 42, log=print):
     """Prepares the data, runs every step not yet finished, then writes out/report. Returns
     the list of (step, outcome) for steps that did not finish."""
@@ -301,16 +318,7 @@ def run_study(source, out, profile: str = PROFILE_QUICK, weights=None, seed: int
     for number, step in enumerate(steps, start=1):
         prefix = f"[{number}/{len(steps)}] {step.name}"
         state = _state(out, step)
-        if step.skip:
-            log(f"{prefix}: skipped: {step.skip}")
-            continue
-        if state == "finished":
-            log(f"{prefix}: already finished")
-            continue
-        missing = [str(path) for path in step.needs if not path.is_file()]
-        if missing:
-            problems.append((step.name, f"needs {', '.join(missing)}"))
-            log(f"{prefix}: cannot run: needs {', '.join(missing)} (an earlier step failed)")
+        if not _ready(step.name, prefix, step.skip, state == "finished", step.needs, log, problems):
             continue
         log(f"{prefix}: {'resuming' if state == 'interrupted' else 'running'} ...")
         begun = time.time()
@@ -351,16 +359,9 @@ def _run_analyses(analyses: list[Analysis], out: Path, log) -> list[tuple[str, s
     problems = []
     for number, analysis in enumerate(analyses, start=1):
         prefix = f"[analysis {number}/{len(analyses)}] {analysis.name}"
-        if analysis.skip:
-            log(f"{prefix}: skipped: {analysis.skip}")
-            continue
-        if analysis.finished:
-            log(f"{prefix}: already finished")
-            continue
-        missing = [str(path) for path in analysis.needs if not path.is_file()]
-        if missing:
-            problems.append((analysis.name, f"needs {', '.join(missing)}"))
-            log(f"{prefix}: cannot run: needs {', '.join(missing)} (an earlier step failed)")
+        ready = _ready(analysis.name, prefix, analysis.skip, analysis.finished, analysis.needs,
+                       log, problems)  # fmt: skip
+        if not ready:
             continue
         log(f"{prefix}: running ...")
         begun = time.time()
