@@ -188,24 +188,32 @@ def linear_pairs(each: EvaluationSet) -> list[tuple[Model, Model]]:
     ]
 
 
+def pair_row(each: EvaluationSet, model_a: Model, model_b: Model, tests: Family, metrics):
+    """A claim table's row comparing two models of `each`: the set, both labels, each metric of
+    `metrics` for both and their difference, and the pair's test; with the note saying the
+    pair is not measurable (None when it is)."""
+    answers = not (model_a.degenerate or model_b.degenerate)
+    cells = [each.slug, model_a.label, model_b.label]
+    for metric, _ in metrics:
+        a, b = estimate(model_a, metric), estimate(model_b, metric)
+        gap = "n/a" if None in (a.value, b.value) else f"{a.value - b.value:+.3f}"
+        cells += [a.text, b.text, gap if answers else NOT_MEASURABLE_CELL]
+    comparison = tests.pair(each, model_a, model_b)
+    cells.append(claim_test_text(comparison) if answers else NOT_MEASURABLE_CELL)
+    if answers:
+        return cells, None
+    return cells, degenerate_line(model_a.label, (*model_a.runs, *model_b.runs))
+
+
 def linear_lines(sets: list[EvaluationSet], tests: Family) -> list[str]:
     """Claim 2: linear evaluation on the SimCLR encoder vs on a random encoder."""
     rows, notes, measured = [], [], {}
     for each in sets:
         for pretrained, random in linear_pairs(each):
-            runs = (*pretrained.runs, *random.runs)
-            answers = not (pretrained.degenerate or random.degenerate)
-            measured[pretrained.key] = measured.get(pretrained.key, False) or answers
-            cells = [each.slug, pretrained.label, random.label]
-            for metric, _ in CLAIM_METRICS:
-                a, b = estimate(pretrained, metric), estimate(random, metric)
-                gap = "n/a" if None in (a.value, b.value) else f"{a.value - b.value:+.3f}"
-                cells += [a.text, b.text, gap if answers else NOT_MEASURABLE_CELL]
-            comparison = tests.pair(each, pretrained, random)
-            cells.append(claim_test_text(comparison) if answers else NOT_MEASURABLE_CELL)
+            cells, note = pair_row(each, pretrained, random, tests, CLAIM_METRICS)
+            measured[pretrained.key] = measured.get(pretrained.key, False) or note is None
             rows.append(cells)
-            if not answers:
-                notes.append(degenerate_line(pretrained.label, runs))
+            notes += [note] if note else []
     if not rows:
         return [
             "Needs `train_simclr.py linear --encoder ENCODER.h5` and `train_simclr.py linear "

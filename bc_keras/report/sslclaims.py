@@ -5,15 +5,10 @@ DeLong's AUC test on a single split, the paired test over folds on a cross-valid
 
 from __future__ import annotations
 
-from bc_keras.report.claims import (
-    CLAIM_METRICS,
-    NOT_MEASURABLE_CELL,
-    claim_test_text,
-    degenerate_line,
-)
+from bc_keras.report.claims import CLAIM_METRICS, pair_row
 from bc_keras.report.encoders import byol_twin, imagenet_twins
 from bc_keras.report.sets import EvaluationSet, Model
-from bc_keras.report.significance import Family, estimate
+from bc_keras.report.significance import Family
 from bc_keras.report.tables import markdown_table
 
 BYOL_HEADING = "### 5. BYOL vs SimCLR: the same classifier on each method's encoder"
@@ -43,18 +38,9 @@ def _pair_lines(sets, tests: Family, pairs_of, titles: tuple[str, str], missing:
     rows, notes = [], []
     for each in sets:
         for model_a, model_b in pairs_of(each):
-            answers = not (model_a.degenerate or model_b.degenerate)
-            cells = [each.slug, model_a.label, model_b.label]
-            for metric, _ in CLAIM_METRICS[:2]:
-                a, b = estimate(model_a, metric), estimate(model_b, metric)
-                gap = "n/a" if None in (a.value, b.value) else f"{a.value - b.value:+.3f}"
-                cells += [a.text, b.text, gap if answers else NOT_MEASURABLE_CELL]
-            comparison = tests.pair(each, model_a, model_b)
-            cells.append(claim_test_text(comparison) if answers else NOT_MEASURABLE_CELL)
+            cells, note = pair_row(each, model_a, model_b, tests, CLAIM_METRICS[:2])
             rows.append(cells)
-            if not answers:
-                runs = (*model_a.runs, *model_b.runs)
-                notes.append(degenerate_line(f"{model_a.label} vs {model_b.label}", runs))
+            notes += [note] if note else []
     if not rows:
         return [missing, ""]
     header = ["test set", titles[0], titles[1]]

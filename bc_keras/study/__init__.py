@@ -34,7 +34,7 @@ LIGHT_BACKBONES = tuple(name for name in BACKBONES if get_backbone(name).light)
 REPORT_BACKBONES = tuple(name for name in BACKBONES if name not in LIGHT_BACKBONES)
 # The distilled CNN's teacher (full profile): the robust transfer of the report's backbone
 # (ResNet50: "transferring knowledge from a large ResNet50 to a smaller CNN").
-TEACHER_BACKBONE = next(name for name in BACKBONES if get_backbone(name).in_report)
+TEACHER_BACKBONE = selfsupervised.HYBRID_BACKBONE
 LABEL_FRACTIONS = (0.1, 0.25, 0.5)
 # Per profile: config values of every classifier, the two-phase and SimCLR settings, the
 # backbones' width, and the folds; the full profile keeps the report's values.

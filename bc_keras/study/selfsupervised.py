@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bc_keras import config as configs
+from bc_keras.backbones import BACKBONES, get_backbone
 from bc_keras.config.options import SSL_METHOD_BYOL, SSL_METHOD_SIMCLR, SSL_METHODS
 from bc_keras.config.values import ENCODER_INIT_RANDOM
 
-# "fine-tune a ResNet50 initialized from this checkpoint": the report's hybrid.
-HYBRID_BACKBONE = "resnet50"
+# "fine-tune a ResNet50 initialized from this checkpoint": the report's hybrid, on the
+# registry's backbone of the report (ResNet50).
+HYBRID_BACKBONE = next(name for name in BACKBONES if get_backbone(name).in_report)
 
 
 @dataclass
@@ -48,7 +50,7 @@ class SSLSteps:
 
     def hybrid(self, transfer: dict, start: str, skip: str, suffix: str = "") -> None:
         """SimCLR on the ResNet50 from `start` (ImageNet's file), then the robust transfer
-        recipe from that encoder: compared with the ImageNet-initialised transfer_resnet50_*
+        recipe from that encoder: compared with the ImageNet-initialised transfer_<backbone>_*
         steps; skipped (`skip` says why) without the ImageNet weights offline."""
         encoder = self.models_dir / f"simclr_{HYBRID_BACKBONE}_encoder{suffix}.h5"
         self._pretrain(f"simclr_pretrain_{HYBRID_BACKBONE}{suffix}", encoder, skip=skip,
