@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadscope --durations=15 tests
+	$(PY) -m pytest -n 2 --durations=15 tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bc_keras data_tools tests *.py
