@@ -249,7 +249,11 @@ def _claimed(key: ModelKey) -> str | None:
     """Which of the report's label-efficiency claims a model speaks to ("cnn"/"simclr")."""
     if key.experiment == "cnn":
         return "cnn"
-    if key.experiment == "simclr_finetune" and key.encoder == ENCODER_PRETRAINED:
+    if (
+        key.experiment == "simclr_finetune"
+        and key.encoder == ENCODER_PRETRAINED
+        and not (key.backbone or key.pretrain_batch)
+    ):  # the report's SimCLR ResNet-18, not a registry encoder's
         return "simclr"
     return None
 

@@ -140,7 +140,11 @@ def published_for(key: ModelKey) -> dict | None:
     backbone = BACKBONES.get(key.backbone)
     if key.experiment == "transfer" and backbone and backbone.in_report and not key.weights:
         return PUBLISHED["transfer"]
-    if key.experiment == "simclr_finetune" and key.encoder == ENCODER_PRETRAINED:
+    if (
+        key.experiment == "simclr_finetune"
+        and key.encoder == ENCODER_PRETRAINED
+        and not (key.backbone or key.pretrain_batch)
+    ):  # the report's SimCLR ResNet-18, not a registry encoder's
         return PUBLISHED["simclr"]
     return None
 

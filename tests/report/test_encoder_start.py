@@ -4,6 +4,7 @@ from one pretrained from random weights, by the pretraining run that wrote the e
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from bc_keras.report.runs import (
     ENCODER_IMAGENET,
@@ -120,3 +121,13 @@ def test_method_backbone_and_batch_size_of_the_pretraining_make_distinct_models(
     assert names["byol_16"] == "BYOL pretraining (report recipe, pretrained at batch 16)"
     assert names["hybrid"] == "SimCLR pretraining of mobilenet, from ImageNet (report recipe)"
     assert len(set(names.values())) == len(names), "every run above is its own model"
+
+
+def test_only_the_reports_simclr_resnet18_fine_tune_is_matched_with_the_published_number():
+    from bc_keras.report.tables import PUBLISHED, published_for
+
+    reports = ModelKey("simclr_finetune", encoder=ENCODER_PRETRAINED)
+    assert published_for(reports) == PUBLISHED["simclr"]
+    for other in (replace(reports, backbone="mobilenet"), replace(reports, pretrain_batch=16),
+                  replace(reports, method="byol", encoder="BYOL encoder")):  # fmt: skip
+        assert published_for(other) is None, other
